@@ -21,6 +21,7 @@ from medzoo.models.registry import (
 _FAMILIES = [
     "dynunet",
     "unet",
+    "vnet",
 ]
 
 for _module in _FAMILIES:
