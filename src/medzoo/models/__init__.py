@@ -19,7 +19,12 @@ from medzoo.models.registry import (
 
 # One module per family. Add yours here (alphabetical); every listed module must import cleanly.
 _FAMILIES = [
+    "deeplab",
+    "densenet3d",
     "dynunet",
+    "highresnet",
+    "resnet_seg",
+    "segresnet",
     "unet",
     "vnet",
 ]
