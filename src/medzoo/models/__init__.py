@@ -19,12 +19,9 @@ from medzoo.models.registry import (
 
 # One module per family. Add yours here (alphabetical); every listed module must import cleanly.
 _FAMILIES = [
-    "deeplab",
     "densenet3d",
     "dynunet",
     "highresnet",
-    "resnet_seg",
-    "segresnet",
     "unet",
     "vnet",
 ]
