@@ -22,6 +22,7 @@ _FAMILIES = [
     "densenet3d",
     "dynunet",
     "highresnet",
+    "hyperdensenet",
     "unet",
     "vnet",
 ]
