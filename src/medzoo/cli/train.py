@@ -1,0 +1,96 @@
+"""``medzoo train``: train a network on a dataset folder (or resume a run)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _model_arg(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--model-arg needs key=value, got '{text}'")
+    key, value = text.split("=", 1)
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a network (writes a run folder: plan, checkpoints, logs)")
+    p.add_argument("--data", help="dataset folder (segmentation) or CSV of volumes and labels (classify)")
+    p.add_argument("--out", help="run folder to create")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last checkpoint")
+    p.add_argument("--layout", help="dataset layout (default: auto-detect)")
+    p.add_argument("--task", choices=["segment", "classify"], default="segment")
+    p.add_argument("--model", help="network name (see `medzoo models`; default: the planner's choice)")
+    p.add_argument("--model-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
+                   help="network argument override (value read as JSON if possible), repeatable")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--epochs", type=int, help="number of epochs (default 50)")
+    g.add_argument("--time-budget", help="wall-clock budget incl. final validation, e.g. 10m, 1.5h")
+    p.add_argument("--iterations", type=int, default=50, help="optimizer steps per epoch (default 50)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--patch-size", type=int, nargs="+", metavar="N")
+    p.add_argument("--spatial-dims", type=int, choices=[2, 3], help="force 2D (slices) or 3D training")
+    p.add_argument("--context-slices", type=int, default=0, help="2D: neighbouring slices per side as channels")
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw", "rmsprop"], default="adamw")
+    p.add_argument("--lr", type=float, help="learning rate (default per optimizer)")
+    p.add_argument("--weight-decay", type=float, default=3e-5)
+    p.add_argument("--schedule", choices=["poly", "cosine", "step", "plateau", "constant"], default="poly")
+    p.add_argument("--warmup-epochs", type=int, default=0)
+    p.add_argument("--grad-clip", type=float, default=12.0, help="max gradient norm (0: off)")
+    p.add_argument("--loss", default="dice_ce")
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default="auto")
+    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
+    p.add_argument("--max-val-cases", type=int, help="validate on at most this many cases")
+    p.add_argument("--patience", type=int, help="early stopping after N validations without improvement")
+    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--folds", type=int, default=1, help="k for k-fold cross-validation (1: one 80/20 split)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower)")
+    p.add_argument("--num-workers", type=int, default=1)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
+    p.add_argument("--init-from", metavar="CKPT", help="initialise matching weights from a checkpoint")
+    p.add_argument("--freeze", nargs="+", default=[], metavar="PREFIX", help="freeze 'encoder' or prefixes")
+    p.add_argument("--cache-dir", help="preprocessed-case cache (default: RUN/cache)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(ns: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from medzoo.engine.config import TrainConfig
+    from medzoo.engine.trainer import train
+    from medzoo.errors import ConfigError
+
+    if ns.resume:
+        config = TrainConfig.load(Path(ns.resume) / "config.json")
+        result = train(config, resume=True)
+    else:
+        if not ns.data or not ns.out:
+            raise ConfigError("--data and --out are required (or --resume RUN)")
+        config = TrainConfig(
+            data=ns.data, out=ns.out, layout=ns.layout, task=ns.task, model=ns.model,
+            model_kwargs=dict(ns.model_arg), epochs=ns.epochs, time_budget=ns.time_budget,
+            iterations_per_epoch=ns.iterations, batch_size=ns.batch_size,
+            patch_size=tuple(ns.patch_size) if ns.patch_size else None, spatial_dims=ns.spatial_dims,
+            context_slices=ns.context_slices, optimizer=ns.optimizer, lr=ns.lr, weight_decay=ns.weight_decay,
+            schedule=ns.schedule, warmup_epochs=ns.warmup_epochs, grad_clip=ns.grad_clip or None,
+            loss=ns.loss, amp=ns.amp, val_every=ns.val_every, max_val_cases=ns.max_val_cases,
+            patience=ns.patience, fold=ns.fold, folds=ns.folds, seed=ns.seed, deterministic=ns.deterministic,
+            num_workers=ns.num_workers, device=ns.device, init_from=ns.init_from, freeze=list(ns.freeze),
+            cache_dir=ns.cache_dir, progress=not ns.no_progress,
+        )
+        result = train(config)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        metric = "accuracy" if config.task == "classify" else "mean foreground Dice"
+        print(
+            f"trained {result.epochs} epochs ({result.steps} steps, {result.seconds:.0f} s, "
+            f"stopped by {result.stop_reason}); best {metric} {result.best_metric:.4f} "
+            f"at epoch {result.best_epoch}; run folder: {result.run_dir}"
+        )
+    return 0

@@ -1,0 +1,533 @@
+"""Training: one readable loop with callbacks.
+
+:func:`train` prepares a run folder (plan, splits, preprocessed cache), builds the network, optimizer,
+schedule and loss, then runs::
+
+    for each epoch:
+        re-seed every generator from (seed, epoch, rank); set the learning rate from the schedule
+        train `iterations_per_epoch` steps on patches from this rank's training cases
+        every `val_every` epochs: sliding-window validation -> best checkpoint, early stopping
+        write checkpoint_last.pt, metrics.csv, TensorBoard
+
+A wall-clock ``time_budget`` stops training early enough to leave time for the final validation. Under
+``torchrun`` the same code runs one process per device (DDP); only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medzoo.engine import distributed
+from medzoo.engine.callbacks import CallbackList, CSVLogger, EarlyStopping, ProgressBar, TensorBoardLogger
+from medzoo.engine.checkpoint import build_model, load_checkpoint, save_checkpoint
+from medzoo.engine.config import TrainConfig
+from medzoo.engine.rng import capture_rng, restore_rng, seed_epoch, seed_everything, set_determinism
+from medzoo.engine.schedules import Schedule, create_schedule
+from medzoo.engine.splits import load_splits, make_splits, save_splits
+from medzoo.engine.validation import ValidationResult, validate
+from medzoo.errors import CheckpointError, ConfigError, DataError
+from medzoo.planning.plan import Plan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports.
+
+    Attributes:
+        run_dir: the run folder.
+        epochs: epochs completed.
+        steps: optimizer steps taken.
+        best_metric: best validation mean foreground Dice (or accuracy for classification).
+        best_epoch: epoch of the best checkpoint.
+        final_metrics: the last validation's figures.
+        seconds: wall-clock time of :func:`train`.
+        stop_reason: "epochs", "time_budget" or "early_stopping".
+    """
+
+    run_dir: Path
+    epochs: int
+    steps: int
+    best_metric: float
+    best_epoch: int
+    final_metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    stop_reason: str = "epochs"
+
+
+# ----------------------------------------------------------------------------------------------- setup
+
+
+def build_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimizer named by ``config.optimizer`` over ``params``."""
+    lr, wd = config.learning_rate, config.weight_decay
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=wd, nesterov=True)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    return torch.optim.RMSprop(params, lr=lr, weight_decay=wd, momentum=min(config.momentum, 0.9))
+
+
+def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: None (fp32) on CPU or with amp "none"; bf16 / fp16 on CUDA."""
+    if device.type != "cuda" or config.amp == "none":
+        return None
+    if config.amp == "fp16" or (config.amp == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+def apply_transfer(model: nn.Module, config: TrainConfig) -> None:
+    """``init_from``: copy matching weights from a checkpoint; ``freeze``: stop gradients by prefix."""
+    if config.init_from:
+        from medzoo.models.transfer import load_matching_weights
+
+        ckpt = load_checkpoint(config.init_from)
+        report = load_matching_weights(model, ckpt["model"])
+        log.info("initialised from %s: %s", config.init_from, report)
+    if config.freeze:
+        from medzoo.models.transfer import freeze
+
+        freeze(model, list(config.freeze))
+
+
+def _plan_for(config: TrainConfig, info: Any) -> Plan:
+    from medzoo.planning.planner import make_plan
+
+    fingerprint = None
+    try:
+        from medzoo.planning.fingerprint import compute_fingerprint
+
+        fingerprint = compute_fingerprint(info)
+    except ImportError:
+        log.debug("no fingerprint module; the planner reads the geometry itself")
+    overrides = dict(config.plan_overrides)
+    overrides.update(model=config.model, patch_size=config.patch_size, batch_size=config.batch_size,
+                     spatial_dims=config.spatial_dims)
+    if config.model_kwargs:
+        overrides["model_kwargs"] = dict(config.model_kwargs)
+    if config.context_slices:
+        overrides["context_slices"] = config.context_slices
+    return make_plan(info, fingerprint, **overrides)
+
+
+@dataclass
+class _Data:
+    plan: Plan
+    train_cases: list
+    val_cases: list
+
+
+def _prepare_data(config: TrainConfig, run_dir: Path, resume: bool, info_dist: distributed.DistInfo) -> _Data:
+    """Plan (or reload it), split, cache the preprocessed cases; rank 0 writes, the others wait and read."""
+    from medzoo.data.cache import build_cache
+    from medzoo.data.layouts import load_dataset
+
+    info = load_dataset(config.data, layout=config.layout)
+    if resume:
+        plan = Plan.load(run_dir / "plan.json")
+        splits = load_splits(run_dir / "splits.json")
+    else:
+        if info_dist.is_main:
+            plan = _plan_for(config, info)
+            plan.save(run_dir / "plan.json")
+            ids = [c.case_id for c in info.cases]
+            splits = make_splits(ids, folds=config.folds, seed=config.seed)
+            save_splits(splits, run_dir / "splits.json", seed=config.seed, fold=config.fold)
+        distributed.barrier()
+        plan = Plan.load(run_dir / "plan.json")
+        splits = load_splits(run_dir / "splits.json")
+    split = splits[config.fold if config.folds > 1 else 0]
+    cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / "cache"
+    by_id = {c.case_id: c for c in info.cases}
+    missing = [i for i in split["train"] + split["val"] if i not in by_id]
+    if missing:
+        raise DataError(f"{config.data}: cases {missing[:5]} of splits.json are not in the dataset")
+    wanted = split["train"] + split["val"]
+    if info_dist.is_main:
+        cached = build_cache(info, plan, cache_dir, cases=wanted, progress=config.progress)
+    distributed.barrier()
+    if not info_dist.is_main:
+        cached = build_cache(info, plan, cache_dir, cases=wanted, progress=False)  # reads rank 0's files
+    cached_by_id = {c.case_id: c for c in cached}
+    train_cases = [cached_by_id[i] for i in split["train"]]
+    val_cases = [cached_by_id[i] for i in split["val"]]
+    if config.max_val_cases is not None:
+        val_cases = val_cases[: config.max_val_cases]
+    return _Data(plan, train_cases, val_cases)
+
+
+def _make_loader(plan: Plan, cases: list, config: TrainConfig, seed: int):
+    from medzoo.data.loader import PatchLoader
+
+    return PatchLoader(
+        cases, plan.patch_size, plan.batch_size, spatial_dims=plan.spatial_dims, seed=seed,
+        num_workers=config.num_workers, slice_axis=plan.slice_axis, context_slices=plan.context_slices,
+    )
+
+
+# -------------------------------------------------------------------------------------------- the clock
+
+
+class Budget:
+    """Wall-clock budget: says whether another step still leaves time for the final validation."""
+
+    def __init__(self, seconds: float | None, start: float) -> None:
+        self.seconds = seconds
+        self.start = start
+        self.step_time = 0.0  # running estimate of one training step
+        self.val_time: float | None = None  # last measured validation
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def progress(self) -> float:
+        """Fraction of the training part of the budget used (for schedules)."""
+        if self.seconds is None:
+            return 0.0
+        usable = max(self.seconds - self.reserve(), 1e-6)
+        return min(self.elapsed() / usable, 1.0)
+
+    def reserve(self) -> float:
+        """Time kept for the final validation (measured, or estimated from the step time)."""
+        return 1.2 * (self.val_time if self.val_time is not None else self.val_estimate) + 0.5
+
+    val_estimate = 2.0
+
+    def record_step(self, seconds: float) -> None:
+        self.step_time = seconds if self.step_time == 0 else 0.8 * self.step_time + 0.2 * seconds
+
+    def exhausted(self) -> bool:
+        if self.seconds is None:
+            return False
+        return self.elapsed() + self.step_time + self.reserve() > self.seconds
+
+
+def _estimate_val_seconds(step_time: float, plan: Plan, cases: list, overlap: float) -> float:
+    """Sliding-window cost estimate: windows x (one training step's forward share per patch)."""
+    per_window = step_time / max(plan.batch_size, 1) / 2.5
+    total = 0
+    for case in cases:
+        shape = case.image.shape[1:]
+        if plan.spatial_dims == 2:
+            n_slices = shape[plan.slice_axis]
+            shape = tuple(s for a, s in enumerate(shape) if a != plan.slice_axis)
+        else:
+            n_slices = 1
+        step = [max(1, int(p * (1 - overlap))) for p in plan.patch_size]
+        windows = math.prod(max(1, math.ceil((s - p) / st) + 1) for s, p, st in zip(shape, plan.patch_size, step))
+        total += windows * n_slices
+    return total * per_window
+
+
+# --------------------------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class _State:
+    epoch: int = 0  # epochs completed
+    step: int = 0
+    elapsed: float = 0.0  # training seconds of earlier (resumed) sessions
+
+
+def _checkpoint_state(model, optimizer, scaler, schedule, stopper, state, plan, config) -> dict[str, Any]:
+    return {
+        "model": _unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+        "scheduler": schedule.state_dict(),
+        "early_stopping": stopper.state_dict(),
+        "epoch": state.epoch,
+        "step": state.step,
+        "elapsed": state.elapsed,
+        "best_metric": stopper.best,
+        "plan": plan.to_dict(),
+        "model_name": plan.model,
+        "config": config.to_dict(),
+        "rng": capture_rng(),
+    }
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _validation_logs(result: ValidationResult, plan: Plan) -> dict[str, float]:
+    logs = {"val_dice_mean": result.mean_foreground_dice}
+    for k, name in plan.foreground_labels.items():
+        logs[f"val_dice_{name}"] = float(result.dice_per_class[k])
+    return logs
+
+
+def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
+    """Train a network as ``config`` says; the run folder ``config.out`` gets everything to predict/resume.
+
+    Args:
+        config: the run's settings.
+        resume: continue the run in ``config.out`` from its ``checkpoint_last.pt`` (exactly, in
+            deterministic mode on CPU: same batches, same weights as an uninterrupted run).
+
+    Returns:
+        A :class:`TrainResult`.
+    """
+    start = time.monotonic()
+    dist_info = distributed.env_info()
+    device = distributed.resolve_device(config.device, dist_info)
+    distributed.setup(device, dist_info)
+    try:
+        if config.task == "classify":
+            from medzoo.engine.classify import train_classifier
+
+            return train_classifier(config, resume=resume, device=device, dist_info=dist_info, start=start)
+        return _train_segmentation(config, resume, device, dist_info, start)
+    finally:
+        distributed.cleanup()
+
+
+def prepare_run_dir(config: TrainConfig, resume: bool, is_main: bool) -> Path:
+    """Create (or check, on resume) the run folder and write ``config.json``."""
+    run_dir = Path(config.out)
+    if resume:
+        if not (run_dir / "checkpoint_last.pt").is_file():
+            raise CheckpointError(f"{run_dir}: nothing to resume (no checkpoint_last.pt)")
+    elif (run_dir / "checkpoint_last.pt").exists() or (run_dir / "config.json").exists():
+        raise ConfigError(f"{run_dir}: a run already exists there; use --resume {run_dir} or another --out")
+    if config.data is None:
+        raise ConfigError("no dataset given (--data)")
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(run_dir / "config.json")
+    return run_dir
+
+
+def _train_segmentation(
+    config: TrainConfig, resume: bool, device: torch.device, dist_info: distributed.DistInfo, start: float
+) -> TrainResult:
+    from medzoo.losses import DeepSupervisionLoss, create_loss
+
+    run_dir = prepare_run_dir(config, resume, dist_info.is_main)
+    set_determinism(config.deterministic, device)
+    seed_everything(config.seed)
+    data = _prepare_data(config, run_dir, resume, dist_info)
+    plan = data.plan
+    train_cases = distributed.shard(data.train_cases, dist_info)
+    val_cases = distributed.shard(data.val_cases, dist_info)
+
+    seed_everything(config.seed)  # same initial weights on every rank and every run
+    model = build_model(plan).to(device)
+    if not resume:
+        apply_transfer(model, config)
+    elif config.freeze:
+        from medzoo.models.transfer import freeze
+
+        freeze(model, list(config.freeze))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(config, params)
+    schedule: Schedule = create_schedule(
+        config.schedule, warmup_epochs=config.warmup_epochs, step_size=config.step_size, gamma=config.gamma,
+        plateau_patience=config.plateau_patience,
+    )
+    stopper = EarlyStopping(config.patience)
+    dtype = amp_dtype(config, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    loss_fn = create_loss(config.loss)
+    deep_loss_fn = DeepSupervisionLoss(loss_fn)  # used when the network returns a list in train mode
+    state = _State()
+
+    if resume:
+        ckpt = load_checkpoint(run_dir / "checkpoint_last.pt", map_location=device)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        schedule.load_state_dict(ckpt["scheduler"])
+        stopper.load_state_dict(ckpt["early_stopping"])
+        state = _State(int(ckpt["epoch"]), int(ckpt["step"]), float(ckpt.get("elapsed", 0.0)))
+        restore_rng(ckpt["rng"])
+        log.info("resuming %s after epoch %d (step %d)", run_dir, state.epoch, state.step)
+
+    train_model: nn.Module = model
+    if dist_info.enabled:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    callbacks = CallbackList([])
+    if dist_info.is_main:
+        class_names = list(plan.foreground_labels.values())
+        callbacks = CallbackList([CSVLogger(run_dir / "metrics.csv", class_names),
+                                  TensorBoardLogger(run_dir / "tensorboard")])
+        if config.progress:
+            callbacks.callbacks.append(ProgressBar(config.max_epochs, config.budget_seconds))
+    callbacks.on_train_start(run_dir, state.epoch)
+
+    budget = Budget(config.budget_seconds, start - state.elapsed)
+    stop_reason = "epochs"
+    last_val: dict[str, float] = {}
+    steps_since_val = 0
+    base_lr = config.learning_rate
+
+    def run_validation(epoch: int) -> dict[str, float]:
+        t0 = time.monotonic()
+        result = validate(model, val_cases, plan, device, overlap=config.val_overlap,
+                          keep_example=config.log_images and dist_info.is_main)
+        budget.val_time = time.monotonic() - t0
+        logs = _validation_logs(result, plan)
+        schedule.observe(result.mean_foreground_dice)
+        if stopper.update(result.mean_foreground_dice, epoch) and dist_info.is_main:
+            save_checkpoint(run_dir / "checkpoint_best.pt",
+                            _checkpoint_state(model, optimizer, scaler, schedule, stopper, state, plan, config))
+        if result.example is not None:
+            _log_overlay(callbacks, epoch, *result.example)
+        return logs
+
+    try:
+        for epoch in range(state.epoch, config.max_epochs):
+            if budget.exhausted():
+                stop_reason = "time_budget"
+                break
+            progress = budget.progress() if config.epochs is None else epoch / config.max_epochs
+            lr = base_lr * schedule.factor(epoch, progress)
+            _set_lr(optimizer, lr)
+            loader = _make_loader(plan, train_cases, config, seed_epoch(config.seed, epoch, dist_info.rank))
+            callbacks.on_epoch_start(epoch, config.iterations_per_epoch)
+            train_model.train()
+            losses = []
+            try:
+                batches = iter(loader)
+                for _ in range(config.iterations_per_epoch):
+                    if _stop_now(budget, dist_info, device):
+                        stop_reason = "time_budget"
+                        break
+                    t0 = time.monotonic()
+                    image, label = next(batches)
+                    loss = _train_step(train_model, model, image.to(device), label.to(device),
+                                       (loss_fn, deep_loss_fn), optimizer, scaler, dtype, config.grad_clip)
+                    losses.append(loss)
+                    state.step += 1
+                    steps_since_val += 1
+                    budget.record_step(time.monotonic() - t0)
+                    if budget.val_time is None and budget.seconds is not None:
+                        budget.val_estimate = _estimate_val_seconds(budget.step_time, plan, val_cases,
+                                                                    config.val_overlap)
+                    callbacks.on_step_end(state.step, loss)
+            finally:
+                if hasattr(loader, "close"):
+                    loader.close()
+            mean_loss = _mean_across_ranks(losses, device)
+            state.epoch = epoch + 1
+            state.elapsed = budget.elapsed()
+            logs: dict[str, Any] = {"epoch": state.epoch, "train_loss": mean_loss, "lr": lr}
+            last_epoch = state.epoch == config.max_epochs or stop_reason == "time_budget"
+            if last_epoch or state.epoch % config.val_every == 0:
+                last_val = run_validation(state.epoch)
+                logs.update(last_val)
+                steps_since_val = 0
+            logs["seconds"] = budget.elapsed()
+            state.elapsed = budget.elapsed()
+            if dist_info.is_main and (state.epoch % config.checkpoint_every == 0 or last_epoch):
+                save_checkpoint(run_dir / "checkpoint_last.pt",
+                                _checkpoint_state(model, optimizer, scaler, schedule, stopper, state, plan, config))
+            callbacks.on_epoch_end(state.epoch, logs)
+            if stopper.should_stop:
+                stop_reason = "early_stopping"
+                break
+            if stop_reason == "time_budget":
+                break
+        if steps_since_val > 0 or not last_val:  # the loop ended without validating the final weights
+            last_val = run_validation(state.epoch)
+            if dist_info.is_main:
+                save_checkpoint(run_dir / "checkpoint_last.pt",
+                                _checkpoint_state(model, optimizer, scaler, schedule, stopper, state, plan, config))
+        final = {"epoch": state.epoch, **last_val, "seconds": budget.elapsed()}
+        callbacks.on_train_end(final)
+    finally:
+        callbacks.close()
+    if dist_info.is_main:
+        _plot_curves(run_dir)
+    return TrainResult(run_dir, state.epoch, state.step, stopper.best, stopper.best_epoch, last_val,
+                       time.monotonic() - start, stop_reason)
+
+
+def _train_step(
+    train_model: nn.Module, model: nn.Module, image: torch.Tensor, label: torch.Tensor,
+    losses: tuple[nn.Module, nn.Module], optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+    dtype: torch.dtype | None, grad_clip: float | None,
+) -> float:
+    """One optimizer step on a batch image (B, C, *P), label (B, *P); returns the loss value.
+
+    ``losses`` is (plain loss, deep-supervision loss): the second is used when the network returns a list of
+    logits (deep supervision); a model's ``auxiliary_loss()`` (e.g. the VAE branch) is added.
+    """
+    loss_fn, deep_loss_fn = losses
+    with torch.autocast(image.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        out = train_model(image)
+        loss = deep_loss_fn(list(out), label) if isinstance(out, (list, tuple)) else loss_fn(out, label)
+        aux = getattr(model, "auxiliary_loss", None)
+        if callable(aux):
+            extra = aux()
+            if extra is not None:
+                loss = loss + extra
+    if not torch.isfinite(loss):
+        raise ConfigError(f"training loss became {loss.item()}; lower the learning rate (--lr) or use --amp none")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return float(loss.detach())
+
+
+def _stop_now(budget: Budget, dist_info: distributed.DistInfo, device: torch.device) -> bool:
+    """Budget check, agreed across ranks (any rank out of time stops them all)."""
+    if budget.seconds is None:
+        return False
+    flag = torch.tensor([1.0 if budget.exhausted() else 0.0], device=device)
+    if dist_info.enabled:
+        distributed.all_reduce_sum(flag)
+    return bool(flag.item() > 0)
+
+
+def _mean_across_ranks(values: list[float], device: torch.device) -> float:
+    t = torch.tensor([sum(values), float(len(values))], dtype=torch.float64, device=device)
+    distributed.all_reduce_sum(t)
+    return float(t[0] / t[1]) if t[1] > 0 else float("nan")
+
+
+def _log_overlay(callbacks: CallbackList, epoch: int, image: np.ndarray, pred: np.ndarray) -> None:
+    try:
+        from medzoo.viz.overlay import overlay_slices
+
+        rgb = overlay_slices(image, pred)
+    except Exception as err:  # noqa: BLE001 - a picture must never stop training
+        log.debug("no overlay image: %s", err)
+        return
+    callbacks.on_validation_image(epoch, rgb)
+
+
+def _plot_curves(run_dir: Path) -> None:
+    try:
+        from medzoo.viz.curves import plot_training_curves
+
+        plot_training_curves(run_dir / "metrics.csv", run_dir / "training_curves.png")
+    except Exception as err:  # noqa: BLE001 - a picture must never fail a finished run
+        log.warning("could not draw training curves: %s", err)
