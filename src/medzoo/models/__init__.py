@@ -20,9 +20,11 @@ from medzoo.models.registry import (
 # One module per family. Add yours here (alphabetical); every listed module must import cleanly.
 _FAMILIES = [
     "densenet3d",
+    "densevoxelnet",
     "dynunet",
     "highresnet",
     "hyperdensenet",
+    "skipdensenet",
     "unet",
     "vnet",
 ]
