@@ -24,6 +24,7 @@ _FAMILIES = [
     "dynunet",
     "highresnet",
     "hyperdensenet",
+    "resnet_vae",
     "skipdensenet",
     "unet",
     "vnet",
