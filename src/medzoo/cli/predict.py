@@ -1,0 +1,44 @@
+"""``medzoo predict``: label maps for a scan or a folder of scans, with a trained run or an export."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="predict label maps with a trained run (or an exported model)")
+    p.add_argument("--model", required=True, help="run folder (plan.json + checkpoints) or an .onnx export")
+    p.add_argument("--input", "-i", required=True, help="an image file or a folder of them")
+    p.add_argument("--output", "-o", required=True, help="output folder for the label maps")
+    p.add_argument("--checkpoint", default="best", help="best | last | a checkpoint file (default: best)")
+    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation over all axes")
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write <case>_probabilities.npz (float16 class probabilities + affine)")
+    p.add_argument("--keep-largest", action="store_true", help="keep the largest component of each class")
+    p.add_argument("--fill-holes", action="store_true", help="fill enclosed holes of each class")
+    p.add_argument("--min-size", type=int, default=0, help="drop components smaller than this (voxels)")
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch", help="default: torch")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(ns: argparse.Namespace) -> int:
+    from medzoo.inference.predictor import predict
+
+    report = predict(
+        ns.model, ns.input, ns.output, checkpoint=ns.checkpoint, device=ns.device, tta=ns.tta,
+        overlap=ns.overlap, batch_size=ns.batch_size, save_probabilities=ns.save_probabilities,
+        keep_largest=ns.keep_largest, fill_holes=ns.fill_holes, min_size=ns.min_size, backend=ns.backend,
+        progress=not ns.no_progress,
+    )  # fmt: skip
+    print(f"wrote {len(report.written)} label map(s) to {ns.output} in {report.seconds:.1f} s")
+    for name, reason in report.failed:
+        print(f"medzoo predict: error: {name}: {reason}", file=sys.stderr)
+    if report.failed:
+        print(f"medzoo predict: {len(report.failed)} case(s) failed", file=sys.stderr)
+        return 1
+    return 0

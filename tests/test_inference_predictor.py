@@ -1,0 +1,117 @@
+"""Predictor: run folder in, label map on the scan's own grid out (resampling, cropping, padding, 2D)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medzoo.errors import DataError, VolumeError
+from medzoo.inference import sliding_window
+from medzoo.inference.postprocess import PostProcess
+from medzoo.inference.predictor import Predictor, context_stack
+from medzoo.io.volume import Volume
+from test_inference_helpers import THRESHOLD, blob_image, make_run, register_threshold
+
+
+def test_threshold_model_gives_the_thresholded_scan_exactly(tmp_path, monkeypatch):
+    register_threshold(monkeypatch)
+    run, _ = make_run(tmp_path / "run", THRESHOLD, 1, 2, patch_size=(8, 8, 8), normalization=["none"])
+    image = blob_image()
+    out = Predictor.from_run(run, device="cpu").predict_volume(image)
+    assert out.array.shape == (1, *image.spatial_shape) and out.array.dtype == np.uint8
+    np.testing.assert_array_equal(out.affine, image.affine)
+    np.testing.assert_array_equal(out.array[0], (image.array[0] > 0).astype(np.uint8))
+
+
+def test_resampled_and_cropped_plan_maps_back_to_the_input_grid(tmp_path, monkeypatch):
+    register_threshold(monkeypatch)
+    run, _ = make_run(
+        tmp_path / "run", THRESHOLD, 1, 2, patch_size=(8, 8, 8), normalization=["none"],
+        target_spacing=(1.0, 1.0, 1.0), crop_to_nonzero=True,
+    )  # fmt: skip
+    image = blob_image(shape=(24, 20, 12))
+    image.array[0] = np.abs(image.array[0])  # a solid block inside a zero frame
+    image.array[0, 2:22, 2:18, 2:10] += 0.5
+    out = Predictor.from_run(run, checkpoint="last").predict_volume(image)
+    assert out.spatial_shape == image.spatial_shape
+    np.testing.assert_array_equal(out.affine, image.affine)
+    expected = image.array[0] > 0
+    assert (out.array[0] == expected).mean() > 0.97  # nearest-neighbour round trip through 1 mm
+    assert out.array[0][~np.pad(np.ones((20, 16, 8), bool), 2)].max() == 0  # background outside the crop
+
+
+def test_unet_with_size_rule_on_odd_sizes_equals_sliding_window(tmp_path):
+    run, plan = make_run(
+        tmp_path / "run", "unet3d", 2, 3, patch_size=(16, 16, 8), model_kwargs={"features": [4, 8]},
+        normalization=["none", "none"], modalities=["t1", "t2"],
+    )  # fmt: skip
+    image = blob_image(shape=(19, 13, 11), channels=2)
+    predictor = Predictor.from_run(run, device="cpu")
+    out = predictor.predict_volume(image)
+    assert out.spatial_shape == (19, 13, 11)
+    np.testing.assert_array_equal(out.affine, image.affine)
+    ref = sliding_window(torch.from_numpy(image.array)[None], predictor.model, (16, 16, 8), overlap=0.5)
+    np.testing.assert_array_equal(out.array[0], ref[0].argmax(0).numpy())
+
+
+def test_probabilities_and_tta(tmp_path):
+    run, _ = make_run(tmp_path / "run", "unet3d", 1, 3, patch_size=(8, 8, 8), model_kwargs={"features": [4, 8]})
+    image = blob_image(shape=(12, 10, 9))
+    predictor = Predictor.from_run(run, mirror_axes=(0, 1, 2))
+    labels, probs = predictor.predict_case(image, probabilities=True)
+    assert probs.array.shape == (3, 12, 10, 9) and probs.array.dtype == np.float16
+    np.testing.assert_allclose(probs.array.astype(np.float32).sum(0), 1.0, atol=5e-3)
+    np.testing.assert_array_equal(probs.array.argmax(0), labels.array[0])
+    np.testing.assert_array_equal(probs.affine, image.affine)
+
+
+def test_2d_plan_predicts_slice_by_slice_with_context(tmp_path, monkeypatch):
+    register_threshold(monkeypatch)
+    # 3 input channels = 1 modality x (2 * 1 context + 1) slices; the net thresholds the first channel,
+    # i.e. the previous slice (edge-replicated at slice 0).
+    run, _ = make_run(
+        tmp_path / "run", THRESHOLD, 3, 2, spatial_dims=2, patch_size=(8, 8), normalization=["none"],
+        slice_axis=1, context_slices=1,
+    )  # fmt: skip
+    image = blob_image(shape=(13, 9, 10))
+    predictor = Predictor.from_run(run, slices_per_step=4)
+    out = predictor.predict_volume(image)
+    assert out.spatial_shape == image.spatial_shape
+    np.testing.assert_array_equal(out.affine, image.affine)
+    positive = image.array[0] > 0
+    previous = np.concatenate([positive[:, :1], positive[:, :-1]], axis=1)
+    np.testing.assert_array_equal(out.array[0], previous.astype(np.uint8))
+
+
+def test_context_stack_is_channel_major_and_replicates_edges():
+    vol = torch.arange(2 * 4 * 1 * 1, dtype=torch.float32).reshape(2, 4, 1, 1)  # (C=2, N=4, 1, 1)
+    out = context_stack(vol, [0, 3], 1)
+    assert out.shape == (2, 6, 1, 1)
+    assert out[0, :, 0, 0].tolist() == [0, 0, 1, 4, 4, 5]
+    assert out[1, :, 0, 0].tolist() == [2, 3, 3, 6, 7, 7]
+
+
+def test_wrong_modalities_and_2d_scan_are_clear_errors(tmp_path):
+    run, _ = make_run(
+        tmp_path / "run", "unet3d", 2, 3, patch_size=(8, 8, 8), model_kwargs={"features": [4, 8]},
+        modalities=["t1", "t2"],
+    )  # fmt: skip
+    predictor = Predictor.from_run(run)
+    with pytest.raises(DataError, match=r"1 channel\(s\).*2 modalities \(t1, t2\)"):
+        predictor.predict_volume(blob_image(channels=1))
+    flat = Volume(np.zeros((2, 16, 16), np.float32), np.eye(4), {"path": "slice.nii.gz"})
+    with pytest.raises(VolumeError, match="slice.nii.gz.*2D image.*3D"):
+        predictor.predict_volume(flat)
+
+
+def test_postprocess_runs_on_the_final_map(tmp_path, monkeypatch):
+    register_threshold(monkeypatch)
+    run, _ = make_run(tmp_path / "run", THRESHOLD, 1, 2, patch_size=(8, 8, 8), normalization=["none"])
+    image = blob_image()
+    plain = Predictor.from_run(run).predict_volume(image).array[0]
+    kept = Predictor.from_run(run, postprocess=PostProcess(keep_largest=True)).predict_volume(image).array[0]
+    from scipy import ndimage
+
+    assert ndimage.label(plain)[1] > 1 and ndimage.label(kept)[1] == 1
+    assert kept.sum() < plain.sum() and np.all(kept <= plain)
