@@ -19,6 +19,7 @@ from medzoo.models.registry import (
 
 # One module per family. Add yours here (alphabetical); every listed module must import cleanly.
 _FAMILIES = [
+    "classifier",
     "densenet3d",
     "densevoxelnet",
     "dynunet",
