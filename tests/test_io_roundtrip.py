@@ -137,3 +137,30 @@ def test_public_api_exports():
 
     assert medzoo.read_volume is read_volume
     assert medzoo.write_volume is write_volume
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+def test_2d_itk_roundtrip_in_plane(tmp_path, suffix):
+    in_plane = make_affine((0.7, 1.3, 1.0), (10.5, -3.25, 0.0), rotation(0.0, 0.0, 25.0))
+    array = random_array("int16", 2)[:, :, :, 0]
+    back = read_volume(write_volume(Volume(array, in_plane), tmp_path / f"flat{suffix}"))
+    assert back.array.shape == (2, 7, 9)
+    np.testing.assert_array_equal(back.array, array)
+    np.testing.assert_allclose(back.affine[:, [0, 1, 3]], in_plane[:, [0, 1, 3]], atol=ATOL)
+
+
+def test_2d_itk_refuses_out_of_plane_geometry(tmp_path):
+    from medzoo.errors import VolumeError
+
+    array = random_array("int16", 1)[:, :, :, 0]
+    with pytest.raises(VolumeError, match="out of that plane"):
+        write_volume(Volume(array, OBLIQUE), tmp_path / "flat.nrrd")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("dtype", ["int64", "uint16", "int8", "float64"])
+def test_other_dtypes_keep_their_type_in_nifti(tmp_path, dtype):
+    array = np.arange(60).reshape(1, 3, 4, 5).astype(dtype)
+    back = read_volume(write_volume(Volume(array, OBLIQUE), tmp_path / "d.nii.gz"))
+    assert back.array.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(back.array, array)

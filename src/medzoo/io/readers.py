@@ -308,6 +308,8 @@ def write_volume(volume: Volume, path: str | Path) -> Path:
         )
     array = _writable_dtype(np.asarray(volume.array), path)
     volume = Volume(array, volume.affine, volume.meta)
+    if suffix in ITK_SUFFIXES:
+        _check_itk_2d(volume, path)
     try:
         if suffix in NIFTI_SUFFIXES:
             atomic_write(path, lambda tmp: _write_nifti(volume, tmp))
@@ -350,7 +352,9 @@ def _file_array(volume: Volume) -> np.ndarray:
 def _write_nifti(volume: Volume, tmp: Path) -> None:
     import nibabel as nib
 
-    img = nib.Nifti1Image(np.asarray(_file_array(volume)), volume.affine)
+    data = np.asarray(_file_array(volume))
+    # an explicit dtype keeps int64/uint64 as they are (nibabel otherwise refuses them)
+    img = nib.Nifti1Image(data, volume.affine, dtype=data.dtype)
     img.header.set_qform(volume.affine, code=1)
     img.header.set_sform(volume.affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
@@ -447,6 +451,19 @@ def volume_to_sitk(volume: Volume):
     image.SetOrigin([float(v) for v in offset[:dim]])
     image.SetDirection([float(v) for v in direction.ravel()])
     return image
+
+
+def _check_itk_2d(volume: Volume, path: Path) -> None:
+    """A 2D ITK image has in-plane (x, y) geometry only; refuse a 2D volume placed out of that plane."""
+    affine = volume.affine
+    if volume.spatial_dims == 2 and not (
+        np.allclose(affine[2, :2], 0.0, atol=1e-6) and abs(affine[2, 3]) < 1e-6
+    ):
+        raise VolumeError(
+            path,
+            "a 2D NRRD/MetaImage holds only in-plane (x, y) geometry but this 2D image is placed out of that "
+            "plane; write NIfTI (.nii.gz) to keep its geometry",
+        )
 
 
 def _write_itk(volume: Volume, tmp: Path) -> None:
