@@ -57,7 +57,7 @@ def predict_case(
     """Label map (*S) of one preprocessed case image (C, *S) by sliding window (2D: slice by slice)."""
     from medzoo.inference.sliding_window import sliding_window_argmax
 
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    x = torch.from_numpy(np.array(image, dtype=np.float32))  # a writable copy of the memmap
     if plan.spatial_dims == 3:
         labels, _ = sliding_window_argmax(
             x[None], model, plan.patch_size, overlap=overlap, batch_size=batch_size, device=device

@@ -1,0 +1,282 @@
+"""Training end to end on a tiny phantom: run folder, checkpoints, resume exactness, time budget, 2D on 3D,
+deep supervision, transfer, DDP (slow)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medzoo.engine.checkpoint import load_checkpoint, load_model_from_run
+from medzoo.engine.config import TrainConfig
+from medzoo.engine.trainer import train
+from medzoo.errors import CheckpointError, ConfigError
+
+TINY3D = {"features": [4, 8]}
+SHAPE = (24, 28, 20)
+
+# Until the data engineer's PatchLoader lands, a seeded random-crop stand-in drives the loop.
+STANDIN = textwrap.dedent('''
+    import numpy as np, torch
+    import medzoo.engine.trainer as _trainer
+    from medzoo.data.sampling import crop_with_padding
+
+    class _StandInLoader:
+        def __init__(self, cases, patch_size, batch_size, seed, spatial_dims=3, context=0, axis=2):
+            self.cases, self.p, self.b = cases, tuple(patch_size), batch_size
+            self.rng, self.dims, self.context, self.axis = np.random.default_rng(seed), spatial_dims, context, axis
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            imgs, labs = [], []
+            for _ in range(self.b):
+                c = self.cases[self.rng.integers(len(self.cases))]
+                centre = [int(self.rng.integers(s)) for s in c.shape]
+                if self.dims == 3:
+                    imgs.append(np.stack([crop_with_padding(ch, centre, self.p) for ch in c.image]))
+                    labs.append(crop_with_padding(c.label, centre, self.p))
+                else:
+                    n = c.shape[self.axis]
+                    s = centre[self.axis]
+                    chans = []
+                    for off in range(-self.context, self.context + 1):
+                        k = min(max(s + off, 0), n - 1)
+                        for ch in c.image:
+                            chans.append(crop_with_padding(np.take(ch, k, axis=self.axis),
+                                                           [x for a, x in enumerate(centre) if a != self.axis], self.p))
+                    imgs.append(np.stack(chans))
+                    labs.append(crop_with_padding(np.take(c.label, s, axis=self.axis),
+                                                  [x for a, x in enumerate(centre) if a != self.axis], self.p))
+            return torch.from_numpy(np.stack(imgs)).float(), torch.from_numpy(np.stack(labs)).long()
+
+        def close(self):
+            pass
+
+    def _make(plan, cases, config, seed):
+        return _StandInLoader(cases, plan.patch_size, plan.batch_size, seed, plan.spatial_dims,
+                              plan.context_slices, plan.slice_axis)
+
+    _trainer._make_loader = _make
+''')
+
+try:
+    import medzoo.data.loader  # noqa: F401
+
+    HAVE_LOADER = True
+except ImportError:
+    HAVE_LOADER = False
+
+
+@pytest.fixture(autouse=True)
+def _loader():
+    if not HAVE_LOADER:
+        import medzoo.engine.trainer as trainer
+
+        original = trainer._make_loader
+        exec(STANDIN, {})
+        yield
+        trainer._make_loader = original
+    else:
+        yield
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    from medzoo.data.phantom import make_phantom_dataset
+
+    return make_phantom_dataset(tmp_path_factory.mktemp("phantom"), cases=5, seed=0, shape=SHAPE)
+
+
+def _config(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), model="unet3d", model_kwargs=TINY3D, epochs=2,
+                iterations_per_epoch=2, batch_size=2, patch_size=(16, 16, 16), progress=False, device="cpu",
+                num_workers=0, log_images=True)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_cli_train_writes_a_complete_run_folder(phantom, tmp_path, capsys):
+    from medzoo.cli import main
+
+    run = tmp_path / "run"
+    code = main(["train", "--data", str(phantom), "--out", str(run), "--model", "unet3d",
+                 "--model-arg", "features=[4, 8]", "--epochs", "2", "--iterations", "2", "--batch-size", "2",
+                 "--patch-size", "16", "16", "16", "--device", "cpu", "--num-workers", "0", "--no-progress"])
+    assert code == 0
+    assert "run folder" in capsys.readouterr().out
+    for name in ("plan.json", "config.json", "splits.json", "checkpoint_last.pt", "checkpoint_best.pt",
+                 "metrics.csv"):
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard").iterdir())
+    ckpt = torch.load(run / "checkpoint_last.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["step"] == 4 and ckpt["format_version"] == 1
+    assert json.loads((run / "config.json").read_text())["model_kwargs"] == {"features": [4, 8]}
+    splits = json.loads((run / "splits.json").read_text())["folds"][0]
+    assert len(splits["val"]) == 1 and len(splits["train"]) == 4
+    with (run / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert {"train_loss", "lr", "val_dice_mean", "val_dice_csf", "val_dice_white_matter", "seconds"} <= set(rows[0])
+    assert 0.0 <= float(rows[-1]["val_dice_mean"]) <= 1.0
+    model, plan = load_model_from_run(run)
+    assert plan.patch_size == (16, 16, 16) and plan.num_classes == 4
+    with torch.no_grad():
+        assert model(torch.zeros(1, 2, 16, 16, 16)).shape == (1, 4, 16, 16, 16)
+    # an existing run is never overwritten
+    assert main(["train", "--data", str(phantom), "--out", str(run), "--epochs", "1"]) == 1
+
+
+def test_training_lowers_the_loss(phantom, tmp_path):
+    result = train(_config(phantom, tmp_path / "r", epochs=3, iterations_per_epoch=4, lr=3e-3, val_every=3,
+                           log_images=False))
+    with (tmp_path / "r" / "metrics.csv").open() as f:
+        losses = [float(r["train_loss"]) for r in csv.DictReader(f)]
+    assert losses[-1] < losses[0]
+    assert result.epochs == 3 and result.steps == 12 and result.stop_reason == "epochs"
+    assert result.best_epoch == 3 and result.best_metric == pytest.approx(result.final_metrics["val_dice_mean"])
+
+
+RESUME_SCRIPT = '''
+import sys, time
+{standin}
+import medzoo.engine.trainer as trainer
+from medzoo.engine.config import TrainConfig
+from medzoo.engine.trainer import train
+
+data, out, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+if mode == "slow":  # same arithmetic, slower steps, so the parent can kill it mid-epoch
+    step = trainer._train_step
+    def slow_step(*a, **k):
+        time.sleep(0.25)
+        return step(*a, **k)
+    trainer._train_step = slow_step
+config = TrainConfig(data=data, out=out, model="unet3d", model_kwargs={{"features": [4, 8]}}, epochs=3,
+                     iterations_per_epoch=4, batch_size=2, patch_size=(16, 16, 16), progress=False, device="cpu",
+                     num_workers=0, deterministic=True, seed=5, optimizer="adamw", schedule="cosine",
+                     warmup_epochs=1, val_every=1, log_images=False)
+if mode == "resume":
+    train(TrainConfig.load(out + "/config.json"), resume=True)
+else:
+    train(config)
+'''
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(phantom, tmp_path):
+    script = tmp_path / "run_train.py"
+    script.write_text(RESUME_SCRIPT.format(standin="" if HAVE_LOADER else STANDIN))
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run([sys.executable, str(script), str(phantom), str(full), "full"], check=True, env=env,
+                   timeout=240, capture_output=True)
+
+    proc = subprocess.Popen([sys.executable, str(script), str(phantom), str(killed), "slow"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt_path = killed / "checkpoint_last.pt"
+    deadline = time.monotonic() + 240
+    while not ckpt_path.exists():
+        assert proc.poll() is None, "training ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.6)  # into epoch 2 (each step sleeps 0.25 s), well before its end
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert load_checkpoint(ckpt_path)["epoch"] == 1  # killed mid epoch 2
+    with pytest.raises(ConfigError, match="already exists"):
+        train(TrainConfig.load(killed / "config.json"))  # not a resume: refused
+    subprocess.run([sys.executable, str(script), str(phantom), str(killed), "resume"], check=True, env=env,
+                   timeout=240, capture_output=True)
+
+    a = load_checkpoint(full / "checkpoint_last.pt")
+    b = load_checkpoint(killed / "checkpoint_last.pt")
+    assert a["epoch"] == b["epoch"] == 3 and a["step"] == b["step"] == 12
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    exp_avg_a = [s["exp_avg"] for s in a["optimizer"]["state"].values()]
+    exp_avg_b = [s["exp_avg"] for s in b["optimizer"]["state"].values()]
+    assert all(torch.equal(x, y) for x, y in zip(exp_avg_a, exp_avg_b))
+    with (killed / "metrics.csv").open() as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
+
+
+def test_resume_needs_a_checkpoint(phantom, tmp_path):
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train(_config(phantom, tmp_path / "none"), resume=True)
+
+
+def test_time_budget_stops_within_budget(phantom, tmp_path):
+    budget = 10.0
+    t0 = time.monotonic()
+    result = train(_config(phantom, tmp_path / "b", epochs=None, time_budget=f"{budget}s",
+                           iterations_per_epoch=5, log_images=False))
+    wall = time.monotonic() - t0
+    assert result.stop_reason == "time_budget"
+    assert wall <= budget + 1.5
+    assert result.steps >= 1
+    assert "val_dice_mean" in result.final_metrics  # the final validation ran inside the budget
+    assert load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")["step"] == result.steps
+
+
+def test_2d_network_on_3d_cases(phantom, tmp_path):
+    result = train(_config(phantom, tmp_path / "r2d", model="unet2d", model_kwargs={"features": [4, 8]},
+                           patch_size=(16, 16), context_slices=1, batch_size=4))
+    model, plan = load_model_from_run(tmp_path / "r2d")
+    assert plan.spatial_dims == 2 and plan.in_channels == 6 and plan.context_slices == 1
+    assert 0.0 <= result.final_metrics["val_dice_mean"] <= 1.0
+    with torch.no_grad():
+        assert model(torch.zeros(1, 6, 16, 16)).shape == (1, 4, 16, 16)
+
+
+def test_deep_supervision_network_trains(phantom, tmp_path):
+    result = train(_config(phantom, tmp_path / "ds", model_kwargs={"features": [4, 8, 16], "deep_supervision": True},
+                           epochs=1, log_images=False))
+    assert result.steps == 2 and np.isfinite(result.best_metric)
+
+
+def test_init_from_and_freeze(phantom, tmp_path):
+    train(_config(phantom, tmp_path / "src", epochs=1, log_images=False))
+    source = load_checkpoint(tmp_path / "src" / "checkpoint_last.pt")["model"]
+    train(_config(phantom, tmp_path / "dst", epochs=1, init_from=str(tmp_path / "src" / "checkpoint_last.pt"),
+                  freeze=["encoder"], log_images=False))
+    after = load_checkpoint(tmp_path / "dst" / "checkpoint_last.pt")["model"]
+    enc = [k for k in after if k.startswith("encoder.") and k.endswith("weight")]
+    dec = [k for k in after if k.startswith("decoder.") and k.endswith("weight")]
+    assert enc and dec
+    assert all(torch.equal(after[k], source[k]) for k in enc)  # frozen and initialised from the source
+    assert not all(torch.equal(after[k], source[k]) for k in dec)  # trained further
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(phantom, tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(("" if HAVE_LOADER else STANDIN) + textwrap.dedent(f'''
+        from medzoo.engine.config import TrainConfig
+        from medzoo.engine.trainer import train
+        train(TrainConfig(data={str(phantom)!r}, out={str(tmp_path / "ddp")!r}, model="unet3d",
+                          model_kwargs={{"features": [4, 8]}}, epochs=2, iterations_per_epoch=3, batch_size=2,
+                          patch_size=(16, 16, 16), progress=False, device="cpu", num_workers=0, folds=1))
+    '''))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29581",
+                           str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "ddp"
+    ckpt = load_checkpoint(run / "checkpoint_last.pt")
+    assert ckpt["epoch"] == 2 and ckpt["step"] == 6
+    with (run / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and 0.0 <= float(rows[-1]["val_dice_mean"]) <= 1.0
+    model, _ = load_model_from_run(run)
+    assert not any(k.startswith("module.") for k in model.state_dict())
