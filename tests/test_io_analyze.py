@@ -58,3 +58,18 @@ def test_analyze_refuses_unsupported_dtype(tmp_path):
     with pytest.raises(VolumeError, match="uint16"):
         write_volume(Volume(np.zeros((1, 4, 5, 6), np.uint16), LAS), tmp_path / "u16.img")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_centred_analyze_writes_back(tmp_path):
+    """Plain Analyze (origin field zero) is centred, often on a half voxel; it must still write back."""
+    data = np.arange(4 * 6 * 8, dtype=np.uint8).reshape(4, 6, 8)
+    hdr = nib.AnalyzeHeader()
+    hdr.set_data_shape(data.shape)
+    hdr.set_data_dtype(np.uint8)
+    hdr.set_zooms((1.0, 1.0, 1.5))
+    nib.save(nib.AnalyzeImage(data, None, hdr), str(tmp_path / "iseg_like.hdr"))
+    volume = read_volume(tmp_path / "iseg_like.hdr")
+    assert not np.allclose(volume.origin, np.round(volume.origin))  # a half-voxel origin
+    back = read_volume(write_volume(volume, tmp_path / "again.img"))
+    np.testing.assert_array_equal(back.array, volume.array)
+    np.testing.assert_allclose(back.affine, volume.affine, atol=1e-6)

@@ -386,12 +386,19 @@ def _analyze_image(volume: Volume, path: Path):
     header.set_data_shape(data.shape)
     header.set_data_dtype(data.dtype)
     header.set_zooms(tuple(float(z) for z in zooms) + (1.0,) * (data.ndim - 3))
+    # candidate origin fields: the whole voxel at world (0, 0, 0) (1-based), or zero, which means the image
+    # centre (what plain Analyze files such as iSeg's carry, often a half-voxel position)
+    candidates = [np.zeros(3)]
     if np.all(zooms > 0):
         voxel_origin = -np.linalg.solve(np.diag([-zooms[0], zooms[1], zooms[2]]), affine[:3, 3])
         if np.all(np.abs(voxel_origin) < 30000):
-            header["origin"][:3] = np.round(voxel_origin) + 1  # SPM's origin field is 1-based
-    stored = header.get_best_affine()
-    if not np.allclose(stored, affine, atol=1e-5):
+            candidates.insert(0, np.round(voxel_origin) + 1)
+    for origin in candidates:
+        header["origin"][:3] = origin
+        stored = header.get_best_affine()
+        if np.allclose(stored, affine, atol=1e-5):
+            break
+    else:
         raise VolumeError(
             path,
             "Analyze .hdr/.img cannot store this affine (only voxel sizes along L-A-S axes and a whole-voxel "
