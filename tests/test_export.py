@@ -1,0 +1,70 @@
+"""Export to ONNX / TorchScript: checked against PyTorch, card written, usable by the predictor."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medzoo.cli import main
+from medzoo.errors import ConfigError
+from medzoo.export import export_model
+from medzoo.inference.backends import OnnxModel, load_backend
+from medzoo.inference.predictor import Predictor
+from test_inference_helpers import blob_image, make_run
+
+
+@pytest.fixture
+def run(tmp_path):
+    run_dir, _ = make_run(
+        tmp_path / "run", "unet3d", 2, 3, patch_size=(16, 16, 8), model_kwargs={"features": [4, 8]},
+        modalities=["t1", "t2"], labels={0: "background", 1: "a", 2: "b"}, normalization=["none", "none"],
+    )  # fmt: skip
+    return run_dir
+
+
+def test_onnx_export_matches_pytorch_with_dynamic_axes(run, tmp_path):
+    result = export_model(run, "onnx", tmp_path / "exp" / "net.onnx")
+    assert result.path.is_file() and result.max_abs_diff <= 1e-4 and result.dynamic_spatial
+    card = json.loads(result.card_path.read_text())
+    assert result.card_path.name == "net.json"
+    assert card["labels"] == {"0": "background", "1": "a", "2": "b"} and card["patch_size"] == [16, 16, 8]
+    assert card["plan"]["model"] == "unet3d" and card["opset"] >= 17
+    model, plan = load_backend(result.path, backend="onnxruntime")
+    assert isinstance(model, OnnxModel) and plan.modalities == ["t1", "t2"]
+    torch_model, _ = load_backend(run, backend="torch", device="cpu")
+    x = torch.randn(3, 2, 24, 16, 32)  # another batch and spatial size than exported with
+    with torch.no_grad():
+        np.testing.assert_allclose(model(x).numpy(), torch_model(x).numpy(), atol=1e-4)
+    assert not [p for p in result.path.parent.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_onnxruntime_backend_gives_the_same_labels_as_torch(run, tmp_path):
+    export_model(run, "onnx")  # default: RUN/model.onnx
+    image = blob_image(shape=(21, 18, 11), channels=2)
+    model, plan = load_backend(run, backend="onnxruntime")
+    onnx_labels = Predictor(model, plan).predict_volume(image)
+    torch_labels = Predictor.from_run(run, device="cpu").predict_volume(image)
+    np.testing.assert_array_equal(onnx_labels.array, torch_labels.array)
+    np.testing.assert_array_equal(onnx_labels.affine, image.affine)
+
+
+def test_torchscript_export_matches_pytorch(run, tmp_path):
+    result = export_model(run, "torchscript", tmp_path / "net.pt")
+    loaded = torch.jit.load(str(result.path))
+    torch_model, _ = load_backend(run, backend="torch", device="cpu")
+    x = torch.randn(1, 2, 16, 16, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), torch_model(x), atol=1e-4, rtol=0)
+    card = json.loads(result.card_path.read_text())
+    assert card["format"] == "torchscript" and card["torchscript_method"] in {"script", "trace"}
+
+
+def test_export_cli_and_bad_format(run, tmp_path, capsys):
+    assert main(["export", "--model", str(run), "--format", "onnx", "--out", str(tmp_path / "cli.onnx")]) == 0
+    assert (tmp_path / "cli.onnx").is_file() and (tmp_path / "cli.json").is_file()
+    assert "cli.onnx" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="unknown export format"):
+        export_model(run, "tflite")
