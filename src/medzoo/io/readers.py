@@ -119,13 +119,13 @@ def read_volume(path: str | Path, *, spatial_dims: int | None = None) -> Volume:
 
         volume = read_dicom_series(path)
     else:
+        if not path.exists():
+            raise VolumeError(path, "file not found")
         suffix = volume_suffix(path)
         if not suffix:
             raise VolumeError(
                 path, f"unsupported file type; medzoo reads {', '.join(READ_SUFFIXES)} or a DICOM folder"
             )
-        if not path.exists():
-            raise VolumeError(path, "file not found")
         if not path.is_file():
             raise VolumeError(path, "not a regular file")
         if suffix in NIFTI_SUFFIXES or suffix in ANALYZE_SUFFIXES:
