@@ -194,9 +194,10 @@ class Predictor:
     def _check_input(self, image: Volume) -> None:
         where = image.meta.get("path", "input scan")
         dims = image.spatial_dims
-        if dims == 2 and self.plan.spatial_dims == 3:
+        if self.plan.spatial_dims == 3 and (dims == 2 or 1 in image.spatial_shape):
             raise VolumeError(
-                where, f"is a 2D image but model '{self.plan.model}' is a 3D network; give it a 3D scan"
+                where, f"is a 2D image (spatial shape {image.spatial_shape}) but model '{self.plan.model}' "
+                "is a 3D network; give it a 3D scan"
             )
         if image.num_channels != self.num_modalities:
             names = ", ".join(self.plan.modalities) if self.plan.modalities else "?"
