@@ -1,0 +1,145 @@
+"""Patch samplers: where in a case the next training patch is centred.
+
+A sampler is called as ``sampler(case, patch_size, rng, force_foreground)`` and returns the patch centre
+(integer voxel coordinates, one per spatial axis of the case). ``patch_size`` has one entry per axis of the
+case (for 2D training on 3D data the sliced axis has size 1). The patch ``[centre - P // 2, centre - P // 2
++ P)`` may reach outside the case; :func:`crop_with_padding` pads it with zeros.
+
+Samplers (names for ``PatchLoader(sampler=...)``):
+
+- ``uniform``: a uniformly random patch inside the case.
+- ``foreground``: when ``force_foreground`` (the loader forces the last ``oversample_foreground`` fraction
+  of each batch, like nnU-Net) pick a random foreground class present in the case, then a random voxel of
+  it, as the centre; otherwise uniform.
+- ``class_balanced``: every patch centred on a random voxel of a class drawn uniformly among the classes
+  present (background included).
+- ``threshold``: MedicalZoo's rule — draw uniform patches until the fraction of foreground voxels in the
+  patch exceeds ``threshold`` (at most ``max_tries``; the best patch drawn is used otherwise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from medzoo.errors import ConfigError
+
+
+def _bounds(shape: tuple[int, ...], patch: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest centre keeping the patch inside the case (lo > hi when the case is smaller)."""
+    p = np.asarray(patch)
+    lo = p // 2
+    hi = np.asarray(shape) - (p - p // 2)
+    return lo, hi
+
+
+def clamp_centre(centre: np.ndarray, shape: tuple[int, ...], patch: tuple[int, ...]) -> np.ndarray:
+    """Move ``centre`` so the patch stays inside the case where the case is large enough.
+
+    The voxel at the original centre stays inside the patch.
+    """
+    lo, hi = _bounds(shape, patch)
+    a, b = np.minimum(lo, hi), np.maximum(lo, hi)
+    return np.clip(centre, a, b)
+
+
+def uniform_centre(shape: tuple[int, ...], patch: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random centre keeping the patch inside (a random offset when the case is smaller)."""
+    lo, hi = _bounds(shape, patch)
+    a, b = np.minimum(lo, hi), np.maximum(lo, hi)
+    return np.array([int(rng.integers(x, y + 1)) for x, y in zip(a, b)])
+
+
+def _class_voxel(case, classes: list[int], rng: np.random.Generator) -> np.ndarray | None:
+    locs = case.class_locations
+    present = [k for k in classes if k in locs and len(locs[k])]
+    if not present:
+        return None
+    k = present[int(rng.integers(len(present)))]
+    return np.asarray(locs[k][int(rng.integers(len(locs[k])))], dtype=np.int64)
+
+
+def sample_uniform(case, patch_size, rng, force_foreground=False) -> np.ndarray:
+    """Uniform centre."""
+    return uniform_centre(case.shape, patch_size, rng)
+
+
+def sample_foreground(case, patch_size, rng, force_foreground=False) -> np.ndarray:
+    """Centre on a random voxel of a random foreground class present when forced, else uniform."""
+    if force_foreground:
+        voxel = _class_voxel(case, sorted(k for k in case.class_locations if k != 0), rng)
+        if voxel is not None:
+            return clamp_centre(voxel, case.shape, patch_size)
+    return uniform_centre(case.shape, patch_size, rng)
+
+
+def sample_class_balanced(case, patch_size, rng, force_foreground=False) -> np.ndarray:
+    """Centre on a random voxel of a class drawn uniformly among those present (background included)."""
+    voxel = _class_voxel(case, sorted(case.class_locations), rng)
+    if voxel is None:
+        return uniform_centre(case.shape, patch_size, rng)
+    return clamp_centre(voxel, case.shape, patch_size)
+
+
+class ThresholdSampler:
+    """MedicalZoo's sampler: retry uniform patches until the foreground fraction exceeds ``threshold``.
+
+    Args:
+        threshold: minimum fraction of non-background voxels in the patch.
+        max_tries: bound on the draws; the patch with the largest fraction is used when none passes.
+    """
+
+    def __init__(self, threshold: float = 0.1, max_tries: int = 10) -> None:
+        self.threshold, self.max_tries = float(threshold), int(max_tries)
+
+    def __call__(self, case, patch_size, rng, force_foreground=False) -> np.ndarray:
+        best, best_frac = None, -1.0
+        for _ in range(max(1, self.max_tries)):
+            centre = uniform_centre(case.shape, patch_size, rng)
+            if case.label is None:
+                return centre
+            patch = crop_with_padding(case.label, centre, patch_size)
+            frac = float(np.count_nonzero(patch)) / patch.size
+            if frac > self.threshold:
+                return centre
+            if frac > best_frac:
+                best, best_frac = centre, frac
+        return best
+
+
+def get_sampler(name: str | Callable, **options) -> Callable:
+    """A sampler by name (``uniform``, ``foreground``, ``class_balanced``, ``threshold``) or a callable."""
+    if callable(name):
+        return name
+    if name == "threshold":
+        return ThresholdSampler(**options)
+    table = {"uniform": sample_uniform, "foreground": sample_foreground, "class_balanced": sample_class_balanced}
+    if name not in table:
+        raise ConfigError(f"unknown sampler '{name}' (known: uniform, foreground, class_balanced, threshold)")
+    return table[name]
+
+
+def crop_with_padding(array: np.ndarray, centre, size) -> np.ndarray:
+    """The block of ``size`` centred at ``centre`` (start ``centre - size // 2``) over the LAST axes of ``array``.
+
+    Leading axes (channels) are kept whole; voxels outside ``array`` are 0. Reads only the needed part,
+    so ``array`` may be a memmap.
+    """
+    nd = len(size)
+    lead = array.shape[: array.ndim - nd]
+    spatial = array.shape[array.ndim - nd :]
+    start = np.asarray(centre, dtype=np.int64) - np.asarray(size) // 2
+    stop = start + np.asarray(size)
+    src_lo = np.maximum(start, 0)
+    src_hi = np.minimum(stop, spatial)
+    if np.all(src_lo == start) and np.all(src_hi == stop):
+        sl = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
+        return np.array(array[(Ellipsis,) + sl], copy=True)
+    out = np.zeros(lead + tuple(int(s) for s in size), dtype=array.dtype)
+    if np.any(src_hi <= src_lo):
+        return out
+    src = tuple(slice(int(a), int(b)) for a, b in zip(src_lo, src_hi))
+    dst = tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(src_lo, src_hi, start))
+    out[(Ellipsis,) + dst] = array[(Ellipsis,) + src]
+    return out

@@ -1,0 +1,493 @@
+"""Data augmentation in torch: batched, on CPU or GPU, reproducible from a ``torch.Generator``.
+
+Every transform takes ``(image (B, C, *S), label (B, *S) or None, generator)`` and returns the pair with the
+same shapes (the spatial one returns a smaller, centre-cropped patch). Parameters are drawn per sample from
+the CPU ``generator`` (so the result is the same on CPU and GPU) and the same draw is applied to every image
+channel and to the label (labels with nearest-neighbour interpolation).
+
+The spatial transform composes rotation, scaling and elastic deformation into ONE ``grid_sample``. It
+samples from a larger region than the patch so borders stay filled: :meth:`SpatialAugment.sample` draws the
+parameters and says how large a region the loader must crop; :meth:`SpatialAugment.warp` produces the
+centred patch from that region. Called directly on a batch (``__call__``) it warps the centre of the input.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from medzoo.errors import ConfigError
+
+Pair = tuple[torch.Tensor, torch.Tensor | None]
+
+
+def _uniform(generator: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=generator)
+
+
+def _coin(generator: torch.Generator, n: int, p: float) -> torch.Tensor:
+    return torch.rand(n, generator=generator) < p
+
+
+def _per_sample(values: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """(B,) or (B, C) values shaped to broadcast over ``ref`` (B, C, *S)."""
+    v = values.to(device=ref.device, dtype=ref.dtype)
+    return v.reshape(v.shape + (1,) * (ref.ndim - v.ndim))
+
+
+# ------------------------------------------------------------------------------------------- spatial
+
+
+def rotation_matrix(angles: list[float]) -> torch.Tensor:
+    """Rotation in voxel space: 2D from one angle, 3D from three (about axes I, J, K), radians -> (nd, nd)."""
+    if len(angles) == 1:
+        c, s = math.cos(angles[0]), math.sin(angles[0])
+        return torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
+    m = torch.eye(3, dtype=torch.float64)
+    for axis, a in enumerate(angles):
+        c, s = math.cos(a), math.sin(a)
+        i, j = [x for x in range(3) if x != axis]
+        r = torch.eye(3, dtype=torch.float64)
+        r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+        m = r @ m
+    return m
+
+
+@dataclass
+class SpatialParams:
+    """One sample's spatial draw.
+
+    Attributes:
+        matrix: (nd, nd) float64: output voxel offset (from the patch centre) -> input voxel offset.
+        displacement: (nd, *P) elastic displacement in input voxels, or None.
+        region: the size of the input region (centred on the patch centre) the warp reads.
+    """
+
+    matrix: torch.Tensor | None
+    displacement: torch.Tensor | None
+    region: tuple[int, ...]
+
+    @property
+    def is_identity(self) -> bool:
+        return self.matrix is None and self.displacement is None
+
+
+class SpatialAugment:
+    """Random rotation + scaling + elastic deformation, applied in one ``grid_sample``.
+
+    Args:
+        patch_size: output patch size (nd entries).
+        p_rotation: probability of a rotation per sample.
+        rotation_deg: maximum absolute angle (degrees), per axis in 3D.
+        p_scale: probability of a scaling per sample.
+        scale: range of the zoom factor (> 1 zooms in: structures look larger).
+        p_elastic: probability of an elastic deformation per sample.
+        elastic_magnitude: range of the displacement standard deviation (voxels).
+        elastic_grid: control-point spacing of the smooth displacement field (voxels).
+        image_mode: ``bilinear`` (trilinear in 3D) or ``nearest`` for images; labels always ``nearest``.
+    """
+
+    def __init__(
+        self,
+        patch_size: tuple[int, ...],
+        *,
+        p_rotation: float = 0.2,
+        rotation_deg: float = 30.0,
+        p_scale: float = 0.2,
+        scale: tuple[float, float] = (0.7, 1.4),
+        p_elastic: float = 0.0,
+        elastic_magnitude: tuple[float, float] = (0.0, 3.0),
+        elastic_grid: int = 12,
+        image_mode: str = "bilinear",
+    ) -> None:
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.nd = len(self.patch_size)
+        if self.nd not in (2, 3):
+            raise ConfigError(f"spatial augmentation needs a 2D or 3D patch, got {patch_size}")
+        self.p_rotation, self.rotation = p_rotation, math.radians(rotation_deg)
+        self.p_scale, self.scale = p_scale, scale
+        self.p_elastic, self.elastic_magnitude, self.elastic_grid = p_elastic, elastic_magnitude, elastic_grid
+        self.image_mode = image_mode
+
+    def sample(self, generator: torch.Generator) -> SpatialParams:
+        """Draw one sample's parameters and the input region size they need."""
+        u = torch.rand(3, generator=generator).tolist()
+        n_angles = 1 if self.nd == 2 else 3
+        angles = ((torch.rand(n_angles, generator=generator) * 2 - 1) * self.rotation).tolist()
+        zoom = float(_uniform(generator, 1, *self.scale))
+        mag = float(_uniform(generator, 1, *self.elastic_magnitude))
+        noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        matrix = None
+        if u[0] < self.p_rotation:
+            matrix = rotation_matrix(angles)
+        if u[1] < self.p_scale:
+            s = torch.eye(self.nd, dtype=torch.float64) / zoom
+            matrix = s if matrix is None else matrix @ s
+        displacement = None
+        if u[2] < self.p_elastic and mag > 0:
+            g = torch.Generator().manual_seed(noise_seed)
+            coarse = [max(2, math.ceil(p / self.elastic_grid) + 1) for p in self.patch_size]
+            field = torch.randn((1, self.nd, *coarse), generator=g) * mag
+            mode = "bicubic" if self.nd == 2 else "trilinear"
+            displacement = F.interpolate(field, size=self.patch_size, mode=mode, align_corners=True)[0]
+        return SpatialParams(matrix, displacement, self.region_for(matrix, displacement))
+
+    def region_for(self, matrix: torch.Tensor | None, displacement: torch.Tensor | None) -> tuple[int, ...]:
+        """Input region size covering the warped patch (plus the largest elastic displacement)."""
+        p = torch.tensor(self.patch_size, dtype=torch.float64)
+        extent = p if matrix is None else matrix.abs() @ p
+        if displacement is not None:
+            extent = extent + 2 * displacement.abs().amax(dim=tuple(range(1, displacement.ndim))).double()
+        extent = torch.maximum(extent, p)
+        if matrix is None and displacement is None:
+            return self.patch_size
+        region = [int(math.ceil(e)) + 2 for e in extent.tolist()]
+        # same parity as the patch so the patch centre is the region centre exactly
+        return tuple(r + (r - q) % 2 for r, q in zip(region, self.patch_size))
+
+    def grid(self, params: list[SpatialParams], region: tuple[int, ...], device=None) -> torch.Tensor:
+        """Sampling grid (B, *P, nd) reading a region of size ``region`` (torch's x = last axis order)."""
+        nd, P = self.nd, self.patch_size
+        R = torch.tensor(region, dtype=torch.float64)
+        Pt = torch.tensor(P, dtype=torch.float64)
+        thetas = []
+        for prm in params:
+            m = torch.eye(nd, dtype=torch.float64) if prm.matrix is None else prm.matrix
+            theta = torch.diag(2.0 / R) @ m @ torch.diag(Pt / 2.0)
+            theta = theta.flip(0).flip(1)  # (I, J, K) order -> torch's (x=K, y=J, z=I)
+            thetas.append(torch.cat([theta, torch.zeros(nd, 1, dtype=torch.float64)], dim=1))
+        theta = torch.stack(thetas).to(device=device, dtype=torch.float32)
+        grid = F.affine_grid(theta, [len(params), 1, *P], align_corners=False)
+        for b, prm in enumerate(params):
+            if prm.displacement is not None:
+                d = prm.displacement.to(device=device, dtype=torch.float32)  # (nd, *P) in input voxels
+                d = d * (2.0 / R.to(device=device, dtype=torch.float32)).reshape((nd,) + (1,) * nd)
+                grid[b] += torch.movedim(d.flip(0), 0, -1)
+        return grid
+
+    def warp(self, image: torch.Tensor, label: torch.Tensor | None, params: list[SpatialParams]) -> Pair:
+        """Warp regions ``image (B, C, *R)``, ``label (B, *R)`` (patch centre = region centre) to (B, C, *P)."""
+        region = tuple(image.shape[2:])
+        if all(p.is_identity for p in params):
+            return centre_crop(image, self.patch_size), None if label is None else centre_crop(label, self.patch_size)
+        grid = self.grid(params, region, image.device)
+        mode = self.image_mode
+        out = F.grid_sample(image.float(), grid, mode=mode, padding_mode="zeros", align_corners=False)
+        lab = None
+        if label is not None:
+            lab = F.grid_sample(label[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+            lab = lab[:, 0].round().to(label.dtype)
+        return out, lab
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor | None, generator: torch.Generator) -> Pair:
+        """Batched: draw per-sample parameters and warp the centre of ``image (B, C, *S)`` to the patch size."""
+        params = [self.sample(generator) for _ in range(image.shape[0])]
+        return self.warp(image, label, params)
+
+
+def centre_crop(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Centre crop (or zero-pad) the last ``len(size)`` axes of ``x`` to ``size`` (start = (R - P) // 2 + ...).
+
+    The crop keeps the region centre (R // 2 ... consistent with ``crop_with_padding``'s ``centre - P // 2``).
+    """
+    nd = len(size)
+    shape = x.shape[-nd:]
+    if tuple(shape) == tuple(size):
+        return x
+    pads, slices = [], []
+    for r, p in zip(shape, size):
+        start = r // 2 - p // 2
+        lo, hi = max(start, 0), min(start + p, r)
+        slices.append(slice(lo, hi))
+        pads.append((lo - start, start + p - hi))
+    out = x[(Ellipsis,) + tuple(slices)]
+    if any(a or b for a, b in pads):
+        flat = [v for a, b in reversed(pads) for v in (a, b)]
+        out = F.pad(out, flat)
+    return out
+
+
+# ------------------------------------------------------------------------------ simple spatial ones
+
+
+class RandomFlip:
+    """Flip each spatial axis in ``axes`` with probability ``p``, per sample."""
+
+    def __init__(self, axes: tuple[int, ...] = (0, 1, 2), p: float = 0.5) -> None:
+        self.axes, self.p = tuple(axes), p
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor | None, generator: torch.Generator) -> Pair:
+        B = image.shape[0]
+        nd = image.ndim - 2
+        axes = [a for a in self.axes if a < nd]
+        draws = torch.rand(B, len(axes), generator=generator) < self.p
+        if not draws.any():
+            return image, label
+        image, label = image.clone(), None if label is None else label.clone()
+        for b in range(B):
+            dims = [a for a, d in zip(axes, draws[b].tolist()) if d]
+            if dims:
+                image[b] = torch.flip(image[b], [a + 1 for a in dims])
+                if label is not None:
+                    label[b] = torch.flip(label[b], dims)
+        return image, label
+
+
+class RandomRot90:
+    """Rotate by k x 90 degrees in a random plane of two equally sized axes, with probability ``p``."""
+
+    def __init__(self, p: float = 0.5, axes: tuple[int, ...] = (0, 1, 2)) -> None:
+        self.p, self.axes = p, tuple(axes)
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor | None, generator: torch.Generator) -> Pair:
+        B, S = image.shape[0], image.shape[2:]
+        axes = [a for a in self.axes if a < len(S)]
+        planes = [(a, b) for i, a in enumerate(axes) for b in axes[i + 1 :] if S[a] == S[b]]
+        apply = torch.rand(B, generator=generator) < self.p
+        ks = torch.randint(1, 4, (B,), generator=generator)
+        which = torch.randint(0, max(1, len(planes)), (B,), generator=generator)
+        if not planes or not apply.any():
+            return image, label
+        image, label = image.clone(), None if label is None else label.clone()
+        for b in range(B):
+            if apply[b]:
+                a0, a1 = planes[int(which[b])]
+                image[b] = torch.rot90(image[b], int(ks[b]), [a0 + 1, a1 + 1])
+                if label is not None:
+                    label[b] = torch.rot90(label[b], int(ks[b]), [a0, a1])
+        return image, label
+
+
+# -------------------------------------------------------------------------------------- intensity
+
+
+class RandomGamma:
+    """``x -> ((x - min) / range) ** gamma * range + min`` per sample and channel, optionally on the inverted
+    image, keeping mean and std (nnU-Net's gamma)."""
+
+    def __init__(self, p: float = 0.3, gamma: tuple[float, float] = (0.7, 1.5), p_invert: float = 0.0,
+                 retain_stats: bool = True) -> None:
+        self.p, self.gamma, self.p_invert, self.retain_stats = p, gamma, p_invert, retain_stats
+
+    def __call__(self, image, label, generator):
+        B = image.shape[0]
+        apply = _coin(generator, B, self.p)
+        # half the draws below 1, half above, as nnU-Net
+        low = _coin(generator, B, 0.5)
+        g = torch.where(low & (self.gamma[0] < 1), _uniform(generator, B, self.gamma[0], 1.0),
+                        _uniform(generator, B, max(self.gamma[0], 1.0), self.gamma[1]))
+        invert = _coin(generator, B, self.p_invert)
+        if not apply.any():
+            return image, label
+        dims = tuple(range(2, image.ndim))
+        x = torch.where(_per_sample(invert, image).bool(), -image, image)
+        mean, std = x.mean(dims, keepdim=True), x.std(dims, keepdim=True)
+        mn, mx = x.amin(dims, keepdim=True), x.amax(dims, keepdim=True)
+        rng = (mx - mn).clamp_min(1e-7)
+        y = ((x - mn) / rng).clamp_min(0) ** _per_sample(g, image) * rng + mn
+        if self.retain_stats:
+            y = (y - y.mean(dims, keepdim=True)) / y.std(dims, keepdim=True).clamp_min(1e-7) * std + mean
+        y = torch.where(_per_sample(invert, image).bool(), -y, y)
+        return torch.where(_per_sample(apply, image).bool(), y, image), label
+
+
+class RandomBrightness:
+    """Multiply intensities by a factor in ``factor`` (per sample and channel)."""
+
+    def __init__(self, p: float = 0.15, factor: tuple[float, float] = (0.75, 1.25)) -> None:
+        self.p, self.factor = p, factor
+
+    def __call__(self, image, label, generator):
+        B, C = image.shape[:2]
+        apply = _coin(generator, B, self.p)
+        f = self.factor[0] + (self.factor[1] - self.factor[0]) * torch.rand(B, C, generator=generator)
+        f = torch.where(apply[:, None], f, torch.ones_like(f))
+        if not apply.any():
+            return image, label
+        return image * _per_sample(f, image), label
+
+
+class RandomContrast:
+    """``(x - mean) * f + mean``, clipped to the sample's original range (per sample and channel)."""
+
+    def __init__(self, p: float = 0.15, factor: tuple[float, float] = (0.75, 1.25)) -> None:
+        self.p, self.factor = p, factor
+
+    def __call__(self, image, label, generator):
+        B, C = image.shape[:2]
+        apply = _coin(generator, B, self.p)
+        f = self.factor[0] + (self.factor[1] - self.factor[0]) * torch.rand(B, C, generator=generator)
+        if not apply.any():
+            return image, label
+        dims = tuple(range(2, image.ndim))
+        mean = image.mean(dims, keepdim=True)
+        mn, mx = image.amin(dims, keepdim=True), image.amax(dims, keepdim=True)
+        y = torch.minimum(torch.maximum((image - mean) * _per_sample(f, image) + mean, mn), mx)
+        return torch.where(_per_sample(apply, image).bool(), y, image), label
+
+
+class RandomNoise:
+    """Add Gaussian noise with a standard deviation drawn in ``std`` (per sample)."""
+
+    def __init__(self, p: float = 0.1, std: tuple[float, float] = (0.0, 0.3)) -> None:
+        self.p, self.std = p, std
+
+    def __call__(self, image, label, generator):
+        B = image.shape[0]
+        apply = _coin(generator, B, self.p)
+        s = _uniform(generator, B, *self.std) * apply
+        if not apply.any():
+            return image, label
+        noise = torch.randn(image.shape, generator=generator).to(image.device, image.dtype)
+        return image + noise * _per_sample(s, image), label
+
+
+def _gaussian_kernels(sigmas: torch.Tensor, radius: int) -> torch.Tensor:
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x[None] / sigmas[:, None].clamp_min(1e-3)) ** 2)
+    return k / k.sum(1, keepdim=True)
+
+
+def gaussian_blur(image: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur of ``image (B, C, *S)`` with one sigma (voxels) per sample ``sigmas (B,)``."""
+    B, C = image.shape[:2]
+    nd = image.ndim - 2
+    radius = max(1, int(math.ceil(3 * float(sigmas.max()))))
+    k = _gaussian_kernels(sigmas, radius).to(image.device, image.dtype)  # (B, L)
+    weight = k.repeat_interleave(C, 0)  # (B*C, L)
+    x = image.reshape(1, B * C, *image.shape[2:])
+    conv = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
+    for axis in range(nd):
+        shape = [B * C, 1] + [1] * nd
+        shape[2 + axis] = 2 * radius + 1
+        pad = [0] * (2 * nd)
+        pad[2 * (nd - 1 - axis)] = radius
+        pad[2 * (nd - 1 - axis) + 1] = radius
+        x = conv(F.pad(x, pad, mode="replicate"), weight.reshape(shape), groups=B * C)
+    return x.reshape(image.shape)
+
+
+class RandomBlur:
+    """Gaussian blur with sigma (voxels) drawn in ``sigma`` (per sample)."""
+
+    def __init__(self, p: float = 0.2, sigma: tuple[float, float] = (0.5, 1.0)) -> None:
+        self.p, self.sigma = p, sigma
+
+    def __call__(self, image, label, generator):
+        B = image.shape[0]
+        apply = _coin(generator, B, self.p)
+        s = _uniform(generator, B, *self.sigma)
+        if not apply.any():
+            return image, label
+        idx = apply.nonzero()[:, 0].to(image.device)
+        out = image.clone()
+        out[idx] = gaussian_blur(image[idx], s[apply])
+        return out, label
+
+
+class RandomBiasField:
+    """Multiply by a smooth field ``exp(c * f)``, f a low-resolution random field upsampled (per sample)."""
+
+    def __init__(self, p: float = 0.1, strength: tuple[float, float] = (0.0, 0.4), grid: int = 4) -> None:
+        self.p, self.strength, self.grid = p, strength, grid
+
+    def __call__(self, image, label, generator):
+        B = image.shape[0]
+        nd = image.ndim - 2
+        apply = _coin(generator, B, self.p)
+        c = _uniform(generator, B, *self.strength) * apply
+        coarse = torch.randn((B, 1) + (self.grid,) * nd, generator=generator)
+        if not apply.any():
+            return image, label
+        mode = "bilinear" if nd == 2 else "trilinear"
+        field = F.interpolate(coarse.to(image.device), size=image.shape[2:], mode=mode, align_corners=True)
+        return image * torch.exp(field * _per_sample(c, field)), label
+
+
+class RandomLowRes:
+    """Simulate low resolution: downsample by a zoom in ``zoom`` (nearest), upsample back (linear)."""
+
+    def __init__(self, p: float = 0.25, zoom: tuple[float, float] = (0.5, 1.0)) -> None:
+        self.p, self.zoom = p, zoom
+
+    def __call__(self, image, label, generator):
+        B = image.shape[0]
+        size = image.shape[2:]
+        apply = _coin(generator, B, self.p)
+        z = _uniform(generator, B, *self.zoom)
+        if not apply.any():
+            return image, label
+        mode = "bilinear" if len(size) == 2 else "trilinear"
+        out = image.clone()
+        for b in apply.nonzero()[:, 0].tolist():
+            small = [max(1, int(round(s * float(z[b])))) for s in size]
+            low = F.interpolate(image[b : b + 1], size=small, mode="nearest")
+            out[b] = F.interpolate(low, size=size, mode=mode, align_corners=False)[0]
+        return out, label
+
+
+class Compose:
+    """Apply transforms in order with one generator."""
+
+    def __init__(self, transforms: list) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor | None, generator: torch.Generator) -> Pair:
+        for t in self.transforms:
+            image, label = t(image, label, generator)
+        return image, label
+
+
+@dataclass
+class Augmentation:
+    """A spatial warp (coupled to patch cropping) followed by patch-level transforms.
+
+    Attributes:
+        spatial: the rotation/scale/elastic warp, or None.
+        transforms: flips, intensity transforms, ... applied on the (B, C, *P) patch batch.
+    """
+
+    spatial: SpatialAugment | None
+    transforms: Compose
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor | None, generator: torch.Generator) -> Pair:
+        """Batched use (e.g. on GPU): warp the centre of ``image (B, C, *R)`` to the patch, then transforms."""
+        if self.spatial is not None:
+            image, label = self.spatial(image, label, generator)
+        return self.transforms(image, label, generator)
+
+
+def build_augmentation(name: str | Augmentation | None, patch_size: tuple[int, ...]) -> Augmentation:
+    """A named augmentation pipeline for ``patch_size`` (2 or 3 entries).
+
+    - ``default``: nnU-Net-like — rotation (p 0.2, +-30 deg) + scaling (p 0.2, 0.7-1.4), Gaussian noise,
+      blur, brightness, contrast, low resolution, gamma, flips on every axis.
+    - ``standard``: flips, rotation + scaling, gamma, noise (the benchmark pipeline).
+    - ``strong``: ``default`` plus elastic deformation, bias field and rot90 in equal-sized planes.
+    - ``none`` (or None): no augmentation.
+    """
+    if isinstance(name, Augmentation):
+        return name
+    nd = len(patch_size)
+    axes = tuple(range(nd))
+    if name in (None, "none"):
+        return Augmentation(None, Compose([]))
+    if name == "standard":
+        return Augmentation(
+            SpatialAugment(patch_size, p_rotation=0.2, p_scale=0.2),
+            Compose([RandomFlip(axes), RandomGamma(p=0.3), RandomNoise(p=0.1)]),
+        )
+    if name in ("default", "strong"):
+        strong = name == "strong"
+        spatial = SpatialAugment(patch_size, p_rotation=0.2, p_scale=0.2, p_elastic=0.2 if strong else 0.0)
+        ts = [RandomNoise(p=0.1), RandomBlur(p=0.2), RandomBrightness(p=0.15), RandomContrast(p=0.15),
+              RandomLowRes(p=0.25), RandomGamma(p=0.1, p_invert=1.0), RandomGamma(p=0.3)]
+        if strong:
+            ts.insert(0, RandomBiasField(p=0.1))
+            ts.append(RandomRot90(p=0.3, axes=axes))
+        ts.append(RandomFlip(axes))
+        return Augmentation(spatial, Compose(ts))
+    raise ConfigError(f"unknown augmentation '{name}' (known: default, standard, strong, none)")

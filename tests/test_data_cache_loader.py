@@ -1,0 +1,137 @@
+"""Cache (build, reuse, invalidate, atomicity) and PatchLoader (shapes, determinism, 2D, samplers)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medzoo.data.cache import build_cache, load_cache
+from medzoo.data.case import Case, DatasetInfo
+from medzoo.data.loader import PatchLoader, slices_with_context
+from medzoo.errors import DataError
+from medzoo.io.readers import write_volume
+from medzoo.io.volume import Volume
+from medzoo.planning.plan import Plan
+
+SHAPE = (20, 18, 12)
+
+
+def oblique_affine(spacing=(0.9, 1.2, 2.0)) -> np.ndarray:
+    a = np.deg2rad(15)
+    rot = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ np.diag(spacing)
+    aff[:3, 3] = (3.0, -2.0, 5.0)
+    return aff
+
+
+def make_dataset(root, n=3, seed=0) -> DatasetInfo:
+    rng = np.random.default_rng(seed)
+    cases = []
+    for i in range(n):
+        lab = np.zeros(SHAPE, np.uint8)
+        lab[5:10, 4:9, 3:7] = 1
+        lab[12:15, 10:14, 6:9] = 2
+        img = np.zeros((2, *SHAPE), np.float32)
+        img[:, 2:18, 2:16, 1:11] = rng.normal(100, 10, (2, 16, 14, 10))
+        img[0][lab == 1] += 50
+        img[1][lab == 2] -= 40
+        ip = write_volume(Volume(img, oblique_affine()), root / f"case_{i}_img.nii.gz")
+        lp = write_volume(Volume(lab[None], oblique_affine()), root / f"case_{i}_seg.nii.gz")
+        cases.append(Case(f"case_{i}", [ip], lp))
+    return DatasetInfo(root, "folder", cases, {0: "bg", 1: "a", 2: "b"}, ["T1", "T2"])
+
+
+PLAN = Plan(model="unet3d", in_channels=2, num_classes=3, crop_to_nonzero=True,
+            normalization=["zscore_nonzero", "zscore"])
+
+
+def test_cache_builds_memmaps_and_reuses(tmp_path):
+    info = make_dataset(tmp_path / "raw")
+    cached = build_cache(info, PLAN, tmp_path / "cache", progress=False)
+    assert [c.case_id for c in cached] == ["case_0", "case_1", "case_2"]
+    c = cached[0]
+    assert isinstance(c.image, np.memmap) and c.image.dtype == np.float32
+    assert c.image.shape == (2, 16, 14, 10) and c.label.shape == (16, 14, 10)  # cropped to non-zero
+    assert c.meta["crop_box"] == [[2, 18], [2, 16], [1, 11]]
+    assert set(c.class_locations) == {0, 1, 2}
+    locs = c.class_locations[1]
+    assert (np.asarray(c.label)[tuple(locs.T)] == 1).all()
+    mtime = (tmp_path / "cache" / "case_0_image.npy").stat().st_mtime_ns
+    again = build_cache(info, PLAN, tmp_path / "cache", progress=False)
+    assert (tmp_path / "cache" / "case_0_image.npy").stat().st_mtime_ns == mtime  # reused
+    np.testing.assert_array_equal(again[0].image, c.image)
+    assert [x.case_id for x in load_cache(tmp_path / "cache")] == ["case_0", "case_1", "case_2"]
+    # a settings change redoes the cases
+    plan2 = Plan(**{**PLAN.to_dict(), "normalization": ["zscore", "zscore"]})
+    build_cache(info, plan2, tmp_path / "cache", progress=False)
+    assert (tmp_path / "cache" / "case_0_image.npy").stat().st_mtime_ns != mtime
+    assert json.loads((tmp_path / "cache" / "case_0.json").read_text())["normalization"] == ["zscore", "zscore"]
+
+
+def test_cache_interrupted_case_is_redone_and_bad_case_leaves_nothing(tmp_path):
+    info = make_dataset(tmp_path / "raw", n=2)
+    build_cache(info, PLAN, tmp_path / "cache", progress=False)
+    (tmp_path / "cache" / "case_1.json").unlink()  # as if interrupted before the metadata was written
+    (tmp_path / "cache" / "case_1_image.npy").write_bytes(b"garbage")
+    cached = build_cache(info, PLAN, tmp_path / "cache", progress=False)
+    assert cached[1].image.shape[0] == 2
+    # a bad case: label values outside the declared classes
+    bad = np.zeros(SHAPE, np.uint8)
+    bad[0, 0, 0] = 7
+    write_volume(Volume(bad[None], oblique_affine()), info.cases[0].label_path)
+    with pytest.raises(DataError, match="case_0"):
+        build_cache(info, PLAN, tmp_path / "cache2", progress=False)
+    assert not any((tmp_path / "cache2").glob("case_0*"))
+    cached = build_cache(info, PLAN, tmp_path / "cache2", progress=False, skip_bad_cases=True)
+    assert [c.case_id for c in cached] == ["case_1"]
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loader")
+    info = make_dataset(root / "raw")
+    return build_cache(info, PLAN, root / "cache", progress=False)
+
+
+def test_loader_shapes_and_determinism(cached):
+    a = PatchLoader(cached, (8, 8, 6), 3, seed=5, num_workers=0, augment="strong")
+    b = PatchLoader(cached, (8, 8, 6), 3, seed=5, num_workers=1, augment="strong")
+    for _ in range(3):
+        (xa, ya), (xb, yb) = next(a), next(b)
+        assert xa.shape == (3, 2, 8, 8, 6) and xa.dtype == torch.float32
+        assert ya.shape == (3, 8, 8, 6) and ya.dtype == torch.int64
+        torch.testing.assert_close(xa, xb)
+        torch.testing.assert_close(ya, yb)
+    b.close()
+    c = PatchLoader(cached, (8, 8, 6), 3, seed=6, num_workers=0, augment="strong")
+    assert not torch.equal(next(c)[0], next(PatchLoader(cached, (8, 8, 6), 3, seed=5, num_workers=0,
+                                                           augment="strong"))[0])
+
+
+def test_loader_foreground_oversampling(cached):
+    loader = PatchLoader(cached, (4, 4, 4), 4, oversample_foreground=1.0, augment="none", num_workers=0)
+    for _ in range(5):
+        _, y = next(loader)
+        assert all(y[i].any() for i in range(4))  # every patch holds foreground
+    uniform = PatchLoader(cached, (4, 4, 4), 4, sampler="uniform", augment="none", num_workers=0)
+    fg = np.mean([next(uniform)[1].reshape(4, -1).any(1).float().mean().item() for _ in range(5)])
+    assert fg < 1.0
+
+
+def test_loader_2d_with_context_matches_slices(cached):
+    loader = PatchLoader(cached, (16, 14), 2, spatial_dims=2, slice_axis=2, context_slices=1,
+                         augment="none", sampler="uniform", num_workers=0)
+    x, y = next(loader)
+    assert x.shape == (2, 6, 16, 14) and y.shape == (2, 16, 14)
+    # each sample equals some slice of some case, built the way the predictor builds it
+    stacks = [slices_with_context(np.asarray(c.image), 2, 1) for c in cached]
+    labels = [torch.from_numpy(np.asarray(c.label)).long().movedim(2, 0) for c in cached]
+    for i in range(2):
+        hits = [(s, k) for s in range(3) for k in range(stacks[s].shape[0]) if torch.equal(stacks[s][k], x[i])]
+        assert hits
+        s, k = hits[0]
+        assert torch.equal(labels[s][k], y[i])
