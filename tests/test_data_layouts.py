@@ -153,3 +153,191 @@ def test_ambiguous_and_unknown_layouts(tmp_path):
         load_dataset(tmp_path / "empty")
     with pytest.raises(DataError, match="unknown dataset layout"):
         load_dataset(root, layout="nope")
+
+
+# -------------------------------------------------------------------------------------------- brats
+
+
+def make_brats(root: Path) -> Path:
+    for n, cid in enumerate(["BraTS2021_00010", "BraTS2021_00002"]):
+        folder = root / "HGG" / cid
+        for m, mod in enumerate(["t1", "t1ce", "t2", "flair"]):
+            save_nii(folder / f"{cid}_{mod}.nii.gz", channel(10.0 * m + n))
+        save_nii(folder / f"{cid}_seg.nii.gz", label_map([0, 1, 2, 4], n))
+    val = root / "BraTS2021_99999"
+    for mod in ["t1", "t1ce", "t2", "flair"]:
+        save_nii(val / f"BraTS2021_99999_{mod}.nii.gz", channel(1))
+    return root
+
+
+def test_brats_modalities_label_remap_and_regions(tmp_path):
+    info = load_dataset(make_brats(tmp_path / "brats"))
+    assert info.layout == "brats"
+    assert [c.case_id for c in info.cases] == ["BraTS2021_00002", "BraTS2021_00010"]
+    assert [c.case_id for c in info.test_cases] == ["BraTS2021_99999"]
+    assert info.modalities == ["t1", "t1ce", "t2", "flair"]
+    assert info.regions == {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}
+    image, label = load_case(info.cases[1], info)  # 00010, n=0
+    assert [float(image.array[m].max()) for m in range(4)] == [0.0, 10.0, 20.0, 30.0]
+    raw = nib.load(str(info.cases[1].label_path)).get_fdata()
+    assert set(np.unique(label.array)) == {0, 1, 2, 3}
+    assert (label.array[0][raw == 4] == 3).all() and (label.array[0][raw == 2] == 2).all()
+
+
+def test_brats_missing_modality_names_case(tmp_path):
+    root = make_brats(tmp_path / "brats")
+    (root / "HGG" / "BraTS2021_00002" / "BraTS2021_00002_t1ce.nii.gz").unlink()
+    with pytest.raises(DataError, match="BraTS2021_00002.*t1ce"):
+        load_dataset(root)
+
+
+# --------------------------------------------------------------------------------------------- iseg
+
+
+def test_iseg_analyze_files_and_label_mapping(tmp_path):
+    root = tmp_path / "iSeg-2017-Training"
+    for s in (1, 10, 2):
+        save_analyze(root / f"subject-{s}-T1.hdr", channel(s))
+        save_analyze(root / f"subject-{s}-T2.hdr", channel(100 + s))
+        save_analyze(root / f"subject-{s}-label.hdr", label_map([0, 10, 150, 250], s))
+    save_analyze(root / "subject-11-T1.hdr", channel(1))
+    save_analyze(root / "subject-11-T2.hdr", channel(1))
+    info = load_dataset(root)
+    assert info.layout == "iseg"
+    assert [c.case_id for c in info.cases] == ["subject-1", "subject-2", "subject-10"]
+    assert [c.case_id for c in info.test_cases] == ["subject-11"]
+    assert info.labels == {0: "background", 1: "csf", 2: "gray_matter", 3: "white_matter"}
+    image, label = load_case(info.cases[2], info)
+    assert image.array[0].max() == 10 and image.array[1].max() == 110
+    raw = np.asarray(nib.load(str(info.cases[2].label_path)).dataobj)
+    for value, cls in {0: 0, 10: 1, 150: 2, 250: 3}.items():
+        assert (label.array[0][raw == value] == cls).all() and (raw == value).any()
+
+
+# ----------------------------------------------------------------------------------------- mrbrains
+
+
+def make_mrbrains(root: Path) -> Path:
+    for n, sid in enumerate(["148", "1", "070"]):
+        for m, rel in enumerate(["pre/reg_T1.nii.gz", "pre/reg_IR.nii.gz", "pre/FLAIR.nii.gz"]):
+            save_nii(root / sid / rel, channel(10.0 * m + n))
+        save_nii(root / sid / "segm.nii.gz", label_map(list(range(11)), n))
+    return root
+
+
+@pytest.mark.parametrize("classes", [9, 4, 11])
+def test_mrbrains_label_groupings(tmp_path, classes):
+    info = load_dataset(make_mrbrains(tmp_path / "mrbrains"), classes=classes)
+    assert info.layout == "mrbrains"
+    assert [c.case_id for c in info.cases] == ["1", "070", "148"]
+    assert info.modalities == ["T1", "IR", "FLAIR"] and info.num_classes == classes
+    image, label = load_case(info.cases[0], info)
+    assert [float(image.array[m].max()) for m in range(3)] == [1.0, 11.0, 21.0]
+    raw = np.asarray(nib.load(str(info.cases[0].label_path)).dataobj)
+    lab = label.array[0]
+    if classes == 4:
+        expected = {0: 0, 1: 1, 2: 1, 3: 2, 4: 2, 5: 3, 6: 3, 7: 0, 8: 0, 9: 0, 10: 0}
+        assert info.labels == {0: "background", 1: "gray_matter", 2: "white_matter", 3: "csf"}
+    elif classes == 9:
+        expected = {**{v: v for v in range(9)}, 9: 0, 10: 0}
+    else:
+        expected = {v: v for v in range(11)}
+    for value, cls in expected.items():  # every raw value present is mapped as documented
+        assert (raw == value).any() and (lab[raw == value] == cls).all()
+
+
+# ------------------------------------------------------------------------------------ folder and csv
+
+
+def test_folder_layout_patterns(tmp_path):
+    root = tmp_path / "custom"
+    for n, cid in enumerate(["p3", "p1", "p20"]):
+        save_nii(root / cid / "t1.nii.gz", channel(n))
+        save_nii(root / cid / "t2.nii.gz", channel(50 + n))
+        save_nii(root / "labels" / f"{cid}_mask.nii.gz", label_map([0, 3, 7], n))
+    save_nii(root / "p99" / "t1.nii.gz", channel(1))
+    save_nii(root / "p99" / "t2.nii.gz", channel(1))
+    info = load_dataset(root, images={"T2": "{case}/t2.nii.gz", "T1": "{case}/t1.nii.gz"},
+                        label="labels/{case}_mask.nii.gz")
+    assert info.layout == "folder"
+    assert [c.case_id for c in info.cases] == ["p1", "p3", "p20"]
+    assert [c.case_id for c in info.test_cases] == ["p99"]
+    assert info.modalities == ["T2", "T1"]
+    assert info.label_mapping == {0: 0, 3: 1, 7: 2}  # read from the label files
+    image, label = load_case(info.cases[1], info)  # p3, n=0
+    assert image.array[0].max() == 50 and image.array[1].max() == 0
+    assert set(np.unique(label.array)) == {0, 1, 2}
+    save_nii(root / "p5" / "t1.nii.gz", channel(1))
+    with pytest.raises(DataError, match="p5.*T2"):
+        load_dataset(root, images={"T2": "{case}/t2.nii.gz", "T1": "{case}/t1.nii.gz"}, layout="folder")
+
+
+def test_csv_layout_relative_paths(tmp_path):
+    root = tmp_path / "csvdata"
+    rows = ["case_id,flair,t1,label"]
+    for n, cid in enumerate(["b", "a"]):
+        save_nii(root / "img" / f"{cid}_flair.nii.gz", channel(n))
+        save_nii(root / "img" / f"{cid}_t1.nii.gz", channel(10 + n))
+        save_nii(root / "seg" / f"{cid}.nii.gz", label_map([0, 1], n))
+        rows.append(f"{cid},img/{cid}_flair.nii.gz,img/{cid}_t1.nii.gz,seg/{cid}.nii.gz")
+    (root / "cases.csv").write_text("\n".join(rows) + "\n")
+    info = load_dataset(root / "cases.csv", labels={0: "background", 1: "lesion"})
+    assert info.layout == "csv" and info.modalities == ["flair", "t1"]
+    assert [c.case_id for c in info.cases] == ["a", "b"]
+    image, label = load_case(info.cases[1], info)  # b, n=0
+    assert image.array[0].max() == 0 and image.array[1].max() == 10
+    assert info.labels == {0: "background", 1: "lesion"}
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def _bad_case_info(tmp_path):
+    root = make_msd(tmp_path / "bad", ids=("c1",))
+    return root, load_dataset(root)
+
+
+def test_bad_inputs_raise_data_error_naming_case(tmp_path):
+    root, info = _bad_case_info(tmp_path)
+    case = info.cases[0]
+    lab_path = case.label_path
+    good = np.asarray(nib.load(str(lab_path)).dataobj)
+    # shape mismatch
+    save_nii(lab_path, np.zeros((6, 7, 4), np.uint8))
+    with pytest.raises(DataError, match="case c1: label shape"):
+        load_case(case, info)
+    # affine mismatch
+    shifted = oblique_affine()
+    shifted[0, 3] += 2.0
+    save_nii(lab_path, good, shifted)
+    with pytest.raises(DataError, match="case c1: label affine"):
+        load_case(case, info)
+    # undeclared label value
+    bad = good.copy()
+    bad[0, 0, 0] = 5
+    save_nii(lab_path, bad)
+    with pytest.raises(DataError, match=r"case c1: label values \[5\]"):
+        load_case(case, info)
+    # empty label map
+    save_nii(lab_path, np.zeros(SHAPE, np.float32))
+    with pytest.raises(DataError, match="case c1: label map is empty"):
+        load_case(case, info)
+    # NaN voxels in the image
+    save_nii(lab_path, good)
+    img = np.stack([channel(1), channel(2)], -1)
+    img[1, 1, 1, 0] = np.nan
+    save_nii(case.image_paths[0], img)
+    with pytest.raises(DataError, match="case c1.*(NaN|nan)"):
+        load_case(case, info)
+    # missing modality file
+    case.image_paths[0].unlink()
+    with pytest.raises(DataError, match="case c1: the image .* does not exist"):
+        load_case(case, info)
+
+
+def test_modalities_on_different_grids(tmp_path):
+    root = make_nnunet(tmp_path / "Dataset002_Y")
+    save_nii(root / "imagesTr" / "BRATS_1_0001.nii.gz", np.zeros((6, 7, 6), np.float32))
+    info = load_dataset(root)
+    with pytest.raises(DataError, match="case BRATS_1: modality BRATS_1_0001"):
+        load_case(info.cases[0], info)

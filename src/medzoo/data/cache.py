@@ -269,5 +269,46 @@ def load_cache(cache_dir: str | Path) -> list[CachedCase]:
     from medzoo.data.layouts import natural_key
 
     cache_dir = Path(cache_dir)
-    ids = sorted((p.stem for p in cache_dir.glob("*.json") if p.name != "settings.json"), key=natural_key)
+    ids = sorted((p.stem for p in cache_dir.glob("*.json") if p.name not in ("settings.json", "plan.json")), key=natural_key)
     return [open_cached_case(cache_dir, i) for i in ids]
+
+
+def preprocess_dataset(
+    root: str | Path,
+    cache_dir: str | Path,
+    plan: Plan | str | Path | None = None,
+    *,
+    layout: str | None = None,
+    skip_bad_cases: bool = False,
+    progress: bool = True,
+) -> tuple[Plan, list[CachedCase]]:
+    """``medzoo preprocess``: load a dataset, plan it if no plan is given, and fill the cache.
+
+    Args:
+        root: dataset folder.
+        cache_dir: cache folder; ``plan.json`` is written there too.
+        plan: a Plan, a ``plan.json`` path, or None to run the planner (with a fingerprint when a
+            channel needs dataset statistics, e.g. CT).
+        layout: dataset layout name (None: auto-detect).
+        skip_bad_cases: log and skip bad cases.
+        progress: tqdm progress bar.
+
+    Returns:
+        ``(plan, cached cases)``.
+    """
+    from medzoo.data.layouts import load_dataset
+
+    info = load_dataset(root, layout)
+    if plan is None:
+        from medzoo.planning.planner import make_plan
+
+        plan = make_plan(info)
+        if "ct" in plan.normalization and not plan.norm_stats:
+            from medzoo.planning.fingerprint import compute_fingerprint
+
+            plan = make_plan(info, compute_fingerprint(info, skip_bad_cases=skip_bad_cases))
+    elif not isinstance(plan, Plan):
+        plan = Plan.load(plan)
+    cached = build_cache(info, plan, cache_dir, skip_bad_cases=skip_bad_cases, progress=progress)
+    plan.save(Path(cache_dir) / "plan.json")
+    return plan, cached
