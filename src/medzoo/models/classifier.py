@@ -31,7 +31,7 @@ class Simple3DCNN(nn.Module):
     """Small volume classifier.
 
     Default widths: 16, 32, 64, 128 (one block per width, each block two 3x3x3 conv-norm-act layers, the
-    first three blocks followed by 2x max pooling), dropout 0.3, about 1.2M parameters.
+    first three blocks followed by 2x max pooling), dropout 0.3, about 0.9M parameters.
 
     Args:
         in_channels: input modalities (>= 1).

@@ -33,7 +33,7 @@ SKIPDENSENET_CARD = ModelCard(
     size_divisor=16,
     min_size=16,
     typical_patch=(64, 64, 64),
-    tiny_kwargs={"growth_rate": 4, "block_config": (1, 1, 1, 1), "init_features": 8, "bn_size": 2},
+    tiny_kwargs={"growth_rate": 2, "block_config": (1, 1, 1, 1), "init_features": 4, "bn_size": 1},
     export_note="conv / grouped transposed conv graph; exports to ONNX (opset 17)",
 )
 

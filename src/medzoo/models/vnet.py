@@ -35,7 +35,7 @@ VNET_CARD = ModelCard(
     size_divisor=16,
     min_size=16,
     typical_patch=(64, 64, 64),
-    tiny_kwargs={"base_channels": 4},
+    tiny_kwargs={"base_channels": 2, "kernel_size": 3},
     export_note=_EXPORT_NOTE,
 )
 VNET_LIGHT_CARD = ModelCard(
@@ -45,7 +45,7 @@ VNET_LIGHT_CARD = ModelCard(
     size_divisor=16,
     min_size=16,
     typical_patch=(64, 64, 64),
-    tiny_kwargs={"base_channels": 4},
+    tiny_kwargs={"base_channels": 2, "kernel_size": 3},
     export_note=_EXPORT_NOTE,
 )
 
