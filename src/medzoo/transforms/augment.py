@@ -452,11 +452,15 @@ class Augmentation:
 
     spatial: SpatialAugment | None
     transforms: Compose
+    patch_size: tuple[int, ...] | None = None
 
     def __call__(self, image: torch.Tensor, label: torch.Tensor | None, generator: torch.Generator) -> Pair:
         """Batched use (e.g. on GPU): warp the centre of ``image (B, C, *R)`` to the patch, then transforms."""
         if self.spatial is not None:
             image, label = self.spatial(image, label, generator)
+        elif self.patch_size is not None:
+            image = centre_crop(image, self.patch_size)
+            label = None if label is None else centre_crop(label, self.patch_size)
         return self.transforms(image, label, generator)
 
 
@@ -474,11 +478,12 @@ def build_augmentation(name: str | Augmentation | None, patch_size: tuple[int, .
     nd = len(patch_size)
     axes = tuple(range(nd))
     if name in (None, "none"):
-        return Augmentation(None, Compose([]))
+        return Augmentation(None, Compose([]), tuple(patch_size))
     if name == "standard":
         return Augmentation(
             SpatialAugment(patch_size, p_rotation=0.2, p_scale=0.2),
             Compose([RandomFlip(axes), RandomGamma(p=0.3), RandomNoise(p=0.1)]),
+            tuple(patch_size),
         )
     if name in ("default", "strong"):
         strong = name == "strong"
@@ -489,5 +494,5 @@ def build_augmentation(name: str | Augmentation | None, patch_size: tuple[int, .
             ts.insert(0, RandomBiasField(p=0.1))
             ts.append(RandomRot90(p=0.3, axes=axes))
         ts.append(RandomFlip(axes))
-        return Augmentation(spatial, Compose(ts))
+        return Augmentation(spatial, Compose(ts), tuple(patch_size))
     raise ConfigError(f"unknown augmentation '{name}' (known: default, standard, strong, none)")
