@@ -88,8 +88,8 @@ class ResNet3dVAE(nn.Module):
 
     Default widths: ``init_filters=16`` (the paper uses 32; pass ``init_filters=32`` for the paper's
     network) giving 16, 32, 64, 128 channels; blocks per level 1, 2, 2, 4 (paper); VAE with 16 maps at
-    1/16 resolution and a latent grid of 16 channels (about 5.1M parameters for 1 channel, 3 classes, half of them in the
-    training-only VAE decoder).
+    1/16 resolution and a latent grid of 16 channels (about 5.1M parameters for 1 channel, 3 classes, of which 0.36M in
+    the training-only VAE branch).
 
     Args:
         in_channels: input modalities (>= 1); the VAE reconstructs all of them.
