@@ -64,11 +64,12 @@ def test_evaluate_matches_case_metrics_and_writes_json_csv(tmp_path):
                 assert res.cases[name][lab][m] == pytest.approx(expected[lab][m], abs=1e-5)
     data = json.loads(out.read_text())
     dice1 = [res.cases[c][1]["dice"] for c in arrays]
-    assert data["summary"]["1"]["dice"]["mean"] == pytest.approx(np.mean(dice1))
-    assert data["summary"]["1"]["dice"]["std"] == pytest.approx(np.std(dice1))
-    assert data["summary"]["1"]["dice"]["median"] == pytest.approx(np.median(dice1))
+    assert data["summary"]["per_class"]["label_1"]["dice"]["mean"] == pytest.approx(np.mean(dice1))
+    assert data["summary"]["per_class"]["label_1"]["dice"]["std"] == pytest.approx(np.std(dice1))
+    assert data["summary"]["per_class"]["label_1"]["dice"]["median"] == pytest.approx(np.median(dice1))
+    assert data["mean_foreground"]["dice"] == data["summary"]["mean_foreground"]["dice"]
     assert data["mean_foreground"]["dice"] == pytest.approx(
-        (data["summary"]["1"]["dice"]["mean"] + data["summary"]["2"]["dice"]["mean"]) / 2
+        (data["summary"]["per_class"]["label_1"]["dice"]["mean"] + data["summary"]["per_class"]["label_2"]["dice"]["mean"]) / 2
     )
     assert data["worst_cases"][0] == res.worst_cases[0]
     # worst first by mean foreground Dice
@@ -123,7 +124,7 @@ def test_labels_dataset_json_and_empty_classes(tmp_path):
     assert math.isinf(res.cases[name][3]["hd95"]) and res.cases[name][3]["dice"] == 0.0
     data = json.loads((tmp_path / "e2.json").read_text())
     assert data["cases"][name]["3"]["hd95"] is None
-    assert data["summary"]["3"]["hd95"]["n_infinite"] == 1 and data["summary"]["3"]["hd95"]["n"] == 1
+    assert data["summary"]["per_class"]["c"]["hd95"]["n_infinite"] == 1 and data["summary"]["per_class"]["c"]["hd95"]["n"] == 1
 
 
 def test_cli_evaluate_and_errors(tmp_path, capsys):

@@ -8,8 +8,9 @@ with the empty-mask rule documented in :mod:`medzoo.metrics`.
 Outputs (all written atomically):
 
 - JSON (``out_json``): ``labels`` {value: name}, ``metrics``, ``tolerance_mm``, ``cases`` {file: {label:
-  {metric: value}}}, ``summary`` {label: {metric: {mean, std, median, n, n_infinite}}}, ``mean_foreground``
-  {metric: mean over classes of the class means}, ``worst_cases`` (file names, worst first). Infinite
+  {metric: value}}}, ``summary`` {"per_class": {class name: {metric: {mean, std, median, n, n_infinite}}},
+  "mean_foreground": {metric: mean over classes of the class means}}, ``mean_foreground`` (the same),
+  ``worst_cases`` (file names, worst first). Infinite
   distances (a class present in only one of the two maps) are written as ``null`` and counted in
   ``n_infinite``; mean/std/median are over the finite values.
 - CSV beside it (same stem): one row per case and class.
@@ -51,7 +52,8 @@ class EvaluationResult:
         cases: {file name: {label: {metric: value}}} (infinite distances kept as ``inf``).
         labels: {label value: name} of the scored classes (background excluded).
         metrics: metric names in column order.
-        summary: {label: {metric: {"mean", "std", "median", "n", "n_infinite"}}}.
+        summary: ``{"per_class": {class name: {metric: {"mean", "std", "median", "n", "n_infinite"}}},
+            "mean_foreground": {metric: value}}`` (class names are unique; see ``labels`` for their values).
         mean_foreground: {metric: mean over classes of the class means}.
         worst_cases: file names ordered worst first (by mean foreground Dice, or the first metric).
         json_path, csv_path, report_path: written files (None when not asked for).
@@ -60,7 +62,7 @@ class EvaluationResult:
     cases: dict[str, dict[int, dict[str, float]]]
     labels: dict[int, str]
     metrics: list[str]
-    summary: dict[int, dict[str, dict[str, float]]]
+    summary: dict[str, dict]
     mean_foreground: dict[str, float]
     worst_cases: list[str]
     tolerance_mm: float = 1.0
@@ -83,7 +85,7 @@ class EvaluationResult:
         for lab, name in self.labels.items():
             cells = [f"{lab} {name}"]
             for m in self.metrics:
-                s = self.summary[lab][m]
+                s = self.summary["per_class"][name][m]
                 cell = "n/a" if s["n"] == 0 else f"{s['mean']:.4f} ± {s['std']:.4f}"
                 if s["n_infinite"]:
                     cell += f" ({s['n_infinite']} inf)"
@@ -106,8 +108,11 @@ class EvaluationResult:
                 for name, per in self.cases.items()
             },
             "summary": {
-                str(lab): {m: {k: _json_num(v) for k, v in s.items()} for m, s in per.items()}
-                for lab, per in self.summary.items()
+                "per_class": {
+                    name: {m: {k: _json_num(v) for k, v in s.items()} for m, s in per.items()}
+                    for name, per in self.summary["per_class"].items()
+                },
+                "mean_foreground": {m: _json_num(v) for m, v in self.mean_foreground.items()},
             },
             "mean_foreground": {m: _json_num(v) for m, v in self.mean_foreground.items()},
             "worst_cases": list(self.worst_cases),
@@ -350,19 +355,23 @@ def evaluate(
         for per in per_case.values():
             for lab in label_list:
                 per.setdefault(lab, dict(empty[lab]))
-    names = {lab: given_names.get(lab) or names_from_json.get(lab) or f"label_{lab}" for lab in label_list}
+    names: dict[int, str] = {}
+    for lab in label_list:
+        name = given_names.get(lab) or names_from_json.get(lab) or f"label_{lab}"
+        names[lab] = name if name not in names.values() else f"{name}_{lab}"  # keep names unique
     for per in per_case.values():  # stable class order
         ordered = {lab: per[lab] for lab in label_list}
         per.clear()
         per.update(ordered)
 
-    summary = {
-        lab: {m: _summary([per_case[c][lab][m] for c in per_case]) for m in metrics} for lab in label_list
+    per_class = {
+        names[lab]: {m: _summary([per_case[c][lab][m] for c in per_case]) for m in metrics} for lab in label_list
     }
     mean_fg = {}
     for m in metrics:
-        means = [summary[lab][m]["mean"] for lab in label_list if summary[lab][m]["n"] > 0]
+        means = [stats[m]["mean"] for stats in per_class.values() if stats[m]["n"] > 0]
         mean_fg[m] = float(np.mean(means)) if means else math.nan
+    summary = {"per_class": per_class, "mean_foreground": mean_fg}
     result = EvaluationResult(
         cases=per_case, labels=names, metrics=metrics, summary=summary, mean_foreground=mean_fg,
         worst_cases=[], tolerance_mm=float(tolerance_mm), spacings=spacings,

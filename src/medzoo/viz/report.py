@@ -178,7 +178,7 @@ def write_report(
     for lab, name in result.labels.items():
         parts.append(f"<tr><td class='name'>{lab} {esc(name)}</td>")
         for m in result.metrics:
-            s = result.summary[lab][m]
+            s = result.summary["per_class"][name][m]
             text = "n/a" if s["n"] == 0 else f"{_fmt(s['mean'])} &plusmn; {_fmt(s['std'])}<br>{_fmt(s['median'])}"
             if s["n_infinite"]:
                 text += f"<br>({s['n_infinite']} inf)"
