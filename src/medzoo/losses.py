@@ -124,17 +124,6 @@ def _sum_dims(x: torch.Tensor, batch: bool) -> tuple[int, ...]:
     return (0, *spatial) if batch else spatial
 
 
-def _class_stats(
-    probs: torch.Tensor, onehot: torch.Tensor, batch: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Soft TP, FP, FN per (sample,) class: shapes (B, K) or (K,) with ``batch``."""
-    dims = _sum_dims(probs, batch)
-    tp = (probs * onehot).sum(dims)
-    fp = probs.sum(dims) - tp
-    fn = onehot.sum(dims) - tp
-    return tp, fp, fn
-
-
 class _RegionBase(nn.Module):
     """Shared options of the Dice family (activation, background, batch statistics, smoothing)."""
 
@@ -151,14 +140,38 @@ class _RegionBase(nn.Module):
         self.smooth = float(smooth)
         self.activation = activation
 
-    def _probs_and_target(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _stats(
+        self, logits: torch.Tensor, target: torch.Tensor, probs: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Soft TP, sum of probabilities and sum of targets per (sample,) class, background dropped if asked.
+
+        Shapes (B, K') or (K',) with ``batch_dice``. For softmax with an integer label map no one-hot tensor is
+        built: TP_k = sum of p_k over voxels labelled k (``gather`` + ``scatter_add``), target counts likewise.
+
+        Args:
+            probs: already activated probabilities (to share a softmax with another loss term).
+        """
         logits = logits.float()
-        probs = _activate(logits, self.activation)
-        onehot = _dense_target(target, logits)
+        probs = _activate(logits, self.activation) if probs is None else probs
+        k = logits.shape[1]
+        dense = target.shape == logits.shape and (target.is_floating_point() or k > 1)
+        if self.activation == "softmax" and k > 1 and not dense:
+            labels = _label_map(target, logits).reshape(logits.shape[0], -1)  # (B, N)
+            p_true = probs.reshape(probs.shape[0], k, -1).gather(1, labels.unsqueeze(1)).squeeze(1)  # (B, N)
+            tp = probs.new_zeros((probs.shape[0], k)).scatter_add_(1, labels, p_true)
+            gsum = probs.new_zeros((probs.shape[0], k)).scatter_add_(1, labels, torch.ones_like(p_true))
+            psum = probs.sum(tuple(range(2, probs.ndim)))
+            if self.batch_dice:
+                tp, gsum, psum = tp.sum(0), gsum.sum(0), psum.sum(0)
+        else:
+            onehot = _dense_target(target, logits)
+            dims = _sum_dims(probs, self.batch_dice)
+            tp = (probs * onehot).sum(dims)
+            psum, gsum = probs.sum(dims), onehot.sum(dims)
         # Background (channel 0) is dropped only for softmax over >1 classes; sigmoid channels are all foreground.
-        if not self.include_background and self.activation == "softmax" and logits.shape[1] > 1:
-            probs, onehot = probs[:, 1:], onehot[:, 1:]
-        return probs, onehot
+        if not self.include_background and self.activation == "softmax" and k > 1:
+            tp, psum, gsum = tp[..., 1:], psum[..., 1:], gsum[..., 1:]
+        return tp, psum, gsum
 
 
 # ----------------------------------------------------------------------------------------------- Dice family
@@ -175,10 +188,11 @@ class DiceLoss(_RegionBase):
     Shapes: logits (B, K, *S); target (B, *S) integer, or (B, K, *S) float one-hot / regions.
     """
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        probs, onehot = self._probs_and_target(logits, target)
-        tp, fp, fn = _class_stats(probs, onehot, self.batch_dice)
-        dice = (2 * tp + self.smooth) / (2 * tp + fp + fn + self.smooth)
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, probs: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        tp, psum, gsum = self._stats(logits, target, probs)
+        dice = (2 * tp + self.smooth) / (psum + gsum + self.smooth)
         return 1.0 - dice.mean()
 
 
@@ -191,11 +205,8 @@ class GeneralizedDiceLoss(_RegionBase):
     """
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        probs, onehot = self._probs_and_target(logits, target)
-        dims = _sum_dims(probs, self.batch_dice)
-        tp = (probs * onehot).sum(dims)
-        ground = onehot.sum(dims)
-        denom = probs.sum(dims) + ground
+        tp, psum, ground = self._stats(logits, target)
+        denom = psum + ground
         w = 1.0 / ground.square()
         finite = torch.isfinite(w)
         w_fin = torch.where(finite, w, torch.zeros_like(w))
@@ -217,8 +228,8 @@ class TverskyLoss(_RegionBase):
         self.alpha, self.beta = float(alpha), float(beta)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        probs, onehot = self._probs_and_target(logits, target)
-        tp, fp, fn = _class_stats(probs, onehot, self.batch_dice)
+        tp, psum, gsum = self._stats(logits, target)
+        fp, fn = psum - tp, gsum - tp
         ti = (tp + self.smooth) / (tp + self.alpha * fp + self.beta * fn + self.smooth)
         return 1.0 - ti.mean()
 
@@ -318,7 +329,9 @@ class DiceCELoss(nn.Module):
         self.weight_dice, self.weight_ce = float(weight_dice), float(weight_ce)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.weight_dice * self.dice(logits, target) + self.weight_ce * self.ce(logits, target)
+        logp = torch.log_softmax(logits.float(), dim=1)  # one softmax shared by both terms
+        ce = F.nll_loss(logp, _label_map(target, logits), weight=self.ce.weight)
+        return self.weight_dice * self.dice(logits, target, probs=logp.exp()) + self.weight_ce * ce
 
 
 class DiceFocalLoss(nn.Module):
