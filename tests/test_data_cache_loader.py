@@ -129,9 +129,53 @@ def test_loader_2d_with_context_matches_slices(cached):
     assert x.shape == (2, 6, 16, 14) and y.shape == (2, 16, 14)
     # each sample equals some slice of some case, built the way the predictor builds it
     stacks = [slices_with_context(np.asarray(c.image), 2, 1) for c in cached]
-    labels = [torch.from_numpy(np.asarray(c.label)).long().movedim(2, 0) for c in cached]
+    labels = [torch.from_numpy(np.array(c.label)).long().movedim(2, 0) for c in cached]
     for i in range(2):
         hits = [(s, k) for s in range(3) for k in range(stacks[s].shape[0]) if torch.equal(stacks[s][k], x[i])]
         assert hits
         s, k = hits[0]
         assert torch.equal(labels[s][k], y[i])
+
+
+def test_samplers_class_balanced_and_threshold(cached):
+    from medzoo.data.sampling import ThresholdSampler, crop_with_padding, get_sampler
+
+    rng = np.random.default_rng(0)
+    case = cached[0]
+    balanced = get_sampler("class_balanced")
+    hits = {0: 0, 1: 0, 2: 0}
+    for _ in range(60):
+        centre = balanced(case, (1, 1, 1), rng)
+        hits[int(case.label[tuple(centre)])] += 1
+    assert all(n > 8 for n in hits.values())  # each of the 3 classes about a third of the time
+    sampler = ThresholdSampler(threshold=0.2, max_tries=50)
+    for _ in range(5):
+        centre = sampler(case, (6, 6, 4), rng)
+        assert np.count_nonzero(crop_with_padding(case.label, centre, (6, 6, 4))) / 144 > 0.2
+    with pytest.raises(Exception, match="unknown sampler"):
+        get_sampler("nope")
+
+
+def test_crop_with_padding_outside_and_into_flipped_view():
+    from medzoo.data.sampling import crop_with_padding
+
+    a = np.arange(2 * 5 * 4 * 3, dtype=np.float32).reshape(2, 5, 4, 3)
+    block = crop_with_padding(a, (0, 0, 1), (4, 2, 3))  # starts at (-2, -1, 0)
+    assert block.shape == (2, 4, 2, 3)
+    np.testing.assert_array_equal(block[:, 2:, 1:], a[:, :2, :1])
+    assert (block[:, :2] == 0).all() and (block[:, :, :1] == 0).all()
+    out = np.empty((2, 4, 2, 3), np.float32)
+    crop_with_padding(a, (3, 2, 1), (4, 2, 3), out=out[:, ::-1])
+    np.testing.assert_array_equal(out, a[:, 1:5, 1:3][:, ::-1])
+
+
+def test_loader_process_workers_same_stream(cached):
+    a = PatchLoader(cached, (8, 8, 6), 2, seed=1, num_workers=0, augment="default")
+    b = PatchLoader(cached, (8, 8, 6), 2, seed=1, num_workers=1, worker_mode="process", augment="default")
+    try:
+        for _ in range(2):
+            (xa, ya), (xb, yb) = next(a), next(b)
+            torch.testing.assert_close(xa, xb)
+            assert torch.equal(ya, yb)
+    finally:
+        b.close()

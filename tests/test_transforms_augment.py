@@ -110,7 +110,7 @@ def test_intensity_transforms_reproducible_and_label_untouched(t):
     c, _ = t(img, lab, gen(8))
     assert a.shape == img.shape and torch.isfinite(a).all()
     torch.testing.assert_close(a, b)
-    assert torch.equal(la, lab) and la is lab
+    assert torch.equal(la, lab)
     assert not torch.allclose(a, img) and not torch.allclose(a, c)
 
 
@@ -145,3 +145,17 @@ def test_augmentation_same_on_gpu_and_cpu():
     gpu, gl = aug(img.cuda(), lab.cuda(), gen(3))
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-3, rtol=1e-3)
     assert (gl.cpu() == cl).float().mean() > 0.999
+
+
+def test_flips_folded_into_warp_equal_flipping_after():
+    x = torch.randn(1, 2, 9, 8, 7, generator=gen(0))
+    lab = (x[:, 0] > 0).long()
+    aug = A.SpatialAugment((9, 8, 7), image_mode="nearest")
+    m = torch.diag(torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64))
+    plain, plain_lab = aug.warp(x, lab, [A.SpatialParams(m, None, (9, 8, 7))])
+    flipped, flipped_lab = aug.warp(x, lab, [A.SpatialParams(m, None, (9, 8, 7), flips=(0, 2))])
+    torch.testing.assert_close(flipped, torch.flip(plain, [2, 4]))
+    assert torch.equal(flipped_lab, torch.flip(plain_lab, [1, 3]))
+    # without a warp the flip is applied to the crop
+    only, _ = aug.warp(x, lab, [A.SpatialParams(None, None, (9, 8, 7), flips=(1,))])
+    torch.testing.assert_close(only, torch.flip(x, [3]))

@@ -169,12 +169,18 @@ class PatchLoader:
         p.insert(self.slice_axis, 1)
         return tuple(p)
 
-    def _crop(self, case, centre: np.ndarray, region: tuple[int, ...]):
-        """Image (C', *R) and label (*R) regions around ``centre``."""
+    def _crop(self, case, centre: np.ndarray, region: tuple[int, ...], out_image=None, out_label=None):
+        """Image (C', *R) and label (*R) regions around ``centre`` (written into ``out_*`` when given)."""
         if not self._slicing:
-            image = crop_with_padding(case.image, centre, region)
-            label = None if case.label is None else crop_with_padding(case.label, centre, region)
+            image = crop_with_padding(case.image, centre, region, out=out_image)
+            label = None if case.label is None else crop_with_padding(case.label, centre, region, out=out_label)
             return image, label
+        if out_image is not None:
+            image, label = self._crop(case, centre, region)
+            out_image[...] = image
+            if label is not None:
+                out_label[...] = label
+            return out_image, out_label
         depth = 2 * self.context_slices + 1
         size = list(region)
         size.insert(self.slice_axis, depth)
@@ -193,24 +199,34 @@ class PatchLoader:
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         spatial = self.augmentation.spatial
         n_forced = int(round(self.batch_size * self.oversample_foreground))
-        images, labels = [], []
+        channels = self.cases[0].image.shape[0] * (2 * self.context_slices + 1)
+        # the batch is assembled in place: each patch is copied once from the memmap (or the warp output)
+        images = np.empty((self.batch_size, channels) + self.patch_size, dtype=np.float32)
+        labels = np.zeros((self.batch_size,) + self.patch_size, dtype=np.uint8)
         for b in range(self.batch_size):
             case = self.cases[int(rng.integers(len(self.cases)))]
             force = b >= self.batch_size - n_forced
             centre = self.sampler(case, self._sampler_patch(), rng, force)
             params = spatial.sample(generator) if spatial is not None else None
-            region = self.patch_size if params is None else params.region
-            image, label = self._crop(case, centre, region)
+            if params is None or params.is_identity:
+                flip = tuple(
+                    slice(None, None, -1) if params is not None and a in params.flips else slice(None)
+                    for a in range(self.spatial_dims)
+                )
+                self._crop(case, centre, self.patch_size, images[b][(slice(None),) + flip], labels[b][flip])
+                continue
+            image, label = self._crop(case, centre, params.region)
             img_t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
-            lab_t = None if label is None else torch.from_numpy(np.ascontiguousarray(label).astype(np.int64))[None]
-            if params is not None and not params.is_identity:
-                img_t, lab_t = spatial.warp(img_t, lab_t, [params])
-            images.append(img_t)
-            labels.append(lab_t if lab_t is not None else torch.zeros((1,) + self.patch_size, dtype=torch.int64))
-        image = torch.cat(images)
-        label = torch.cat(labels)
-        image, label = self.augmentation.transforms(image, label, generator)
-        return image.contiguous(), label.long().contiguous()
+            lab_t = None if label is None else torch.from_numpy(np.ascontiguousarray(label))[None]
+            img_t, lab_t = spatial.warp(img_t, lab_t, [params])
+            images[b] = img_t[0].numpy()
+            if lab_t is not None:
+                labels[b] = lab_t[0].numpy()
+        image_t = torch.from_numpy(images)
+        label_t = torch.from_numpy(labels).long()
+        transforms = self.augmentation.transforms
+        image_t, label_t = transforms.apply_(image_t, label_t, generator)  # we own the batch: in place
+        return image_t, label_t
 
     # ----------------------------------------------------------------------------------- iteration
 

@@ -120,11 +120,17 @@ def get_sampler(name: str | Callable, **options) -> Callable:
     return table[name]
 
 
-def crop_with_padding(array: np.ndarray, centre, size) -> np.ndarray:
+def crop_with_padding(array: np.ndarray, centre, size, out: np.ndarray | None = None) -> np.ndarray:
     """The block of ``size`` centred at ``centre`` (start ``centre - size // 2``) over the LAST axes of ``array``.
 
     Leading axes (channels) are kept whole; voxels outside ``array`` are 0. Reads only the needed part,
     so ``array`` may be a memmap.
+
+    Args:
+        array: (..., *S) source.
+        centre: block centre, one entry per axis of ``size``.
+        size: block size.
+        out: optional destination (..., *size) (any strides, e.g. a flipped view) written in place.
     """
     nd = len(size)
     lead = array.shape[: array.ndim - nd]
@@ -133,10 +139,14 @@ def crop_with_padding(array: np.ndarray, centre, size) -> np.ndarray:
     stop = start + np.asarray(size)
     src_lo = np.maximum(start, 0)
     src_hi = np.minimum(stop, spatial)
-    if np.all(src_lo == start) and np.all(src_hi == stop):
-        sl = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
-        return np.array(array[(Ellipsis,) + sl], copy=True)
-    out = np.zeros(lead + tuple(int(s) for s in size), dtype=array.dtype)
+    inside = np.all(src_lo == start) and np.all(src_hi == stop)
+    if out is None:
+        if inside:
+            sl = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
+            return np.array(array[(Ellipsis,) + sl], copy=True)
+        out = np.zeros(lead + tuple(int(s) for s in size), dtype=array.dtype)
+    elif not inside:
+        out[...] = 0
     if np.any(src_hi <= src_lo):
         return out
     src = tuple(slice(int(a), int(b)) for a, b in zip(src_lo, src_hi))

@@ -64,11 +64,13 @@ class SpatialParams:
         matrix: (nd, nd) float64: output voxel offset (from the patch centre) -> input voxel offset.
         displacement: (nd, *P) elastic displacement in input voxels, or None.
         region: the size of the input region (centred on the patch centre) the warp reads.
+        flips: spatial axes flipped (folded into the warp, or applied to the crop when there is no warp).
     """
 
     matrix: torch.Tensor | None
     displacement: torch.Tensor | None
     region: tuple[int, ...]
+    flips: tuple[int, ...] = ()
 
     @property
     def is_identity(self) -> bool:
@@ -88,6 +90,9 @@ class SpatialAugment:
         elastic_magnitude: range of the displacement standard deviation (voxels).
         elastic_grid: control-point spacing of the smooth displacement field (voxels).
         image_mode: ``bilinear`` (trilinear in 3D) or ``nearest`` for images; labels always ``nearest``.
+        p_flip: probability of flipping each axis in ``flip_axes`` (flips are folded into the same warp, or
+            done on the crop when there is no warp, so they cost nothing extra).
+        flip_axes: axes that may be flipped (default: all).
     """
 
     def __init__(
@@ -102,6 +107,8 @@ class SpatialAugment:
         elastic_magnitude: tuple[float, float] = (0.0, 3.0),
         elastic_grid: int = 12,
         image_mode: str = "bilinear",
+        p_flip: float = 0.0,
+        flip_axes: tuple[int, ...] | None = None,
     ) -> None:
         self.patch_size = tuple(int(p) for p in patch_size)
         self.nd = len(self.patch_size)
@@ -111,6 +118,8 @@ class SpatialAugment:
         self.p_scale, self.scale = p_scale, scale
         self.p_elastic, self.elastic_magnitude, self.elastic_grid = p_elastic, elastic_magnitude, elastic_grid
         self.image_mode = image_mode
+        self.p_flip = p_flip
+        self.flip_axes = tuple(range(self.nd)) if flip_axes is None else tuple(flip_axes)
 
     def sample(self, generator: torch.Generator) -> SpatialParams:
         """Draw one sample's parameters and the input region size they need."""
@@ -120,6 +129,8 @@ class SpatialAugment:
         zoom = float(_uniform(generator, 1, *self.scale))
         mag = float(_uniform(generator, 1, *self.elastic_magnitude))
         noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        flip_draw = (torch.rand(len(self.flip_axes), generator=generator) < self.p_flip).tolist()
+        flips = tuple(a for a, f in zip(self.flip_axes, flip_draw) if f)
         matrix = None
         if u[0] < self.p_rotation:
             matrix = rotation_matrix(angles)
@@ -133,7 +144,7 @@ class SpatialAugment:
             field = torch.randn((1, self.nd, *coarse), generator=g) * mag
             mode = "bicubic" if self.nd == 2 else "trilinear"
             displacement = F.interpolate(field, size=self.patch_size, mode=mode, align_corners=True)[0]
-        return SpatialParams(matrix, displacement, self.region_for(matrix, displacement))
+        return SpatialParams(matrix, displacement, self.region_for(matrix, displacement), flips)
 
     def region_for(self, matrix: torch.Tensor | None, displacement: torch.Tensor | None) -> tuple[int, ...]:
         """Input region size covering the warped patch (plus the largest elastic displacement)."""
@@ -156,6 +167,10 @@ class SpatialAugment:
         thetas = []
         for prm in params:
             m = torch.eye(nd, dtype=torch.float64) if prm.matrix is None else prm.matrix
+            if prm.flips:  # flipping output axis a: offset v_a -> -v_a before the warp
+                sign = torch.ones(nd, dtype=torch.float64)
+                sign[list(prm.flips)] = -1
+                m = m @ torch.diag(sign)
             theta = torch.diag(2.0 / R) @ m @ torch.diag(Pt / 2.0)
             theta = theta.flip(0).flip(1)  # (I, J, K) order -> torch's (x=K, y=J, z=I)
             thetas.append(torch.cat([theta, torch.zeros(nd, 1, dtype=torch.float64)], dim=1))
@@ -164,6 +179,8 @@ class SpatialAugment:
         for b, prm in enumerate(params):
             if prm.displacement is not None:
                 d = prm.displacement.to(device=device, dtype=torch.float32)  # (nd, *P) in input voxels
+                if prm.flips:
+                    d = torch.flip(d, [a + 1 for a in prm.flips])
                 d = d * (2.0 / R.to(device=device, dtype=torch.float32)).reshape((nd,) + (1,) * nd)
                 grid[b] += torch.movedim(d.flip(0), 0, -1)
         return grid
@@ -172,7 +189,16 @@ class SpatialAugment:
         """Warp regions ``image (B, C, *R)``, ``label (B, *R)`` (patch centre = region centre) to (B, C, *P)."""
         region = tuple(image.shape[2:])
         if all(p.is_identity for p in params):
-            return centre_crop(image, self.patch_size), None if label is None else centre_crop(label, self.patch_size)
+            out = centre_crop(image, self.patch_size)
+            lab = None if label is None else centre_crop(label, self.patch_size)
+            if any(p.flips for p in params):
+                out, lab = out.clone(), None if lab is None else lab.clone()
+                for b, p in enumerate(params):
+                    if p.flips:
+                        out[b] = torch.flip(out[b], [a + 1 for a in p.flips])
+                        if lab is not None:
+                            lab[b] = torch.flip(lab[b], list(p.flips))
+            return out, lab
         grid = self.grid(params, region, image.device)
         mode = self.image_mode
         out = F.grid_sample(image.float(), grid, mode=mode, padding_mode="zeros", align_corners=False)
@@ -213,20 +239,31 @@ def centre_crop(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
 # ------------------------------------------------------------------------------ simple spatial ones
 
 
-class RandomFlip:
+class Transform:
+    """Base of the patch-level transforms: ``__call__`` returns new tensors, ``apply_`` works in place.
+
+    Subclasses implement ``apply_(image, label, generator)``, which may modify ``image`` / ``label`` in
+    place and returns the pair. :class:`Compose` copies the inputs once and chains ``apply_``.
+    """
+
+    def apply_(self, image: torch.Tensor, label: torch.Tensor | None, generator: torch.Generator) -> Pair:
+        raise NotImplementedError
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor | None, generator: torch.Generator) -> Pair:
+        return self.apply_(image.clone(), None if label is None else label.clone(), generator)
+
+
+class RandomFlip(Transform):
     """Flip each spatial axis in ``axes`` with probability ``p``, per sample."""
 
     def __init__(self, axes: tuple[int, ...] = (0, 1, 2), p: float = 0.5) -> None:
         self.axes, self.p = tuple(axes), p
 
-    def __call__(self, image: torch.Tensor, label: torch.Tensor | None, generator: torch.Generator) -> Pair:
+    def apply_(self, image, label, generator):
         B = image.shape[0]
         nd = image.ndim - 2
         axes = [a for a in self.axes if a < nd]
         draws = torch.rand(B, len(axes), generator=generator) < self.p
-        if not draws.any():
-            return image, label
-        image, label = image.clone(), None if label is None else label.clone()
         for b in range(B):
             dims = [a for a, d in zip(axes, draws[b].tolist()) if d]
             if dims:
@@ -236,35 +273,37 @@ class RandomFlip:
         return image, label
 
 
-class RandomRot90:
+class RandomRot90(Transform):
     """Rotate by k x 90 degrees in a random plane of two equally sized axes, with probability ``p``."""
 
     def __init__(self, p: float = 0.5, axes: tuple[int, ...] = (0, 1, 2)) -> None:
         self.p, self.axes = p, tuple(axes)
 
-    def __call__(self, image: torch.Tensor, label: torch.Tensor | None, generator: torch.Generator) -> Pair:
+    def apply_(self, image, label, generator):
         B, S = image.shape[0], image.shape[2:]
         axes = [a for a in self.axes if a < len(S)]
         planes = [(a, b) for i, a in enumerate(axes) for b in axes[i + 1 :] if S[a] == S[b]]
         apply = torch.rand(B, generator=generator) < self.p
         ks = torch.randint(1, 4, (B,), generator=generator)
         which = torch.randint(0, max(1, len(planes)), (B,), generator=generator)
-        if not planes or not apply.any():
+        if not planes:
             return image, label
-        image, label = image.clone(), None if label is None else label.clone()
-        for b in range(B):
-            if apply[b]:
-                a0, a1 = planes[int(which[b])]
-                image[b] = torch.rot90(image[b], int(ks[b]), [a0 + 1, a1 + 1])
-                if label is not None:
-                    label[b] = torch.rot90(label[b], int(ks[b]), [a0, a1])
+        for b in apply.nonzero()[:, 0].tolist():
+            a0, a1 = planes[int(which[b])]
+            image[b] = torch.rot90(image[b], int(ks[b]), [a0 + 1, a1 + 1])
+            if label is not None:
+                label[b] = torch.rot90(label[b], int(ks[b]), [a0, a1])
         return image, label
 
 
 # -------------------------------------------------------------------------------------- intensity
 
 
-class RandomGamma:
+def _dims(x: torch.Tensor) -> tuple[int, ...]:
+    return tuple(range(1, x.ndim))
+
+
+class RandomGamma(Transform):
     """``x -> ((x - min) / range) ** gamma * range + min`` per sample and channel, optionally on the inverted
     image, keeping mean and std (nnU-Net's gamma)."""
 
@@ -272,7 +311,7 @@ class RandomGamma:
                  retain_stats: bool = True) -> None:
         self.p, self.gamma, self.p_invert, self.retain_stats = p, gamma, p_invert, retain_stats
 
-    def __call__(self, image, label, generator):
+    def apply_(self, image, label, generator):
         B = image.shape[0]
         apply = _coin(generator, B, self.p)
         # half the draws below 1, half above, as nnU-Net
@@ -280,69 +319,67 @@ class RandomGamma:
         g = torch.where(low & (self.gamma[0] < 1), _uniform(generator, B, self.gamma[0], 1.0),
                         _uniform(generator, B, max(self.gamma[0], 1.0), self.gamma[1]))
         invert = _coin(generator, B, self.p_invert)
-        if not apply.any():
-            return image, label
-        dims = tuple(range(2, image.ndim))
-        x = torch.where(_per_sample(invert, image).bool(), -image, image)
-        mean, std = x.mean(dims, keepdim=True), x.std(dims, keepdim=True)
-        mn, mx = x.amin(dims, keepdim=True), x.amax(dims, keepdim=True)
-        rng = (mx - mn).clamp_min(1e-7)
-        y = ((x - mn) / rng).clamp_min(0) ** _per_sample(g, image) * rng + mn
-        if self.retain_stats:
-            y = (y - y.mean(dims, keepdim=True)) / y.std(dims, keepdim=True).clamp_min(1e-7) * std + mean
-        y = torch.where(_per_sample(invert, image).bool(), -y, y)
-        return torch.where(_per_sample(apply, image).bool(), y, image), label
+        for b in apply.nonzero()[:, 0].tolist():
+            x = -image[b] if invert[b] else image[b]  # (C, *S)
+            d = _dims(x)
+            mean, std = x.mean(d, keepdim=True), x.std(d, keepdim=True)
+            mn, mx = x.amin(d, keepdim=True), x.amax(d, keepdim=True)
+            rng = (mx - mn).clamp_min(1e-7)
+            y = ((x - mn) / rng).clamp_min_(0).pow_(float(g[b])).mul_(rng).add_(mn)
+            if self.retain_stats:
+                y = (y - y.mean(d, keepdim=True)) / y.std(d, keepdim=True).clamp_min(1e-7) * std + mean
+            image[b] = -y if invert[b] else y
+        return image, label
 
 
-class RandomBrightness:
+class RandomBrightness(Transform):
     """Multiply intensities by a factor in ``factor`` (per sample and channel)."""
 
     def __init__(self, p: float = 0.15, factor: tuple[float, float] = (0.75, 1.25)) -> None:
         self.p, self.factor = p, factor
 
-    def __call__(self, image, label, generator):
+    def apply_(self, image, label, generator):
         B, C = image.shape[:2]
         apply = _coin(generator, B, self.p)
         f = self.factor[0] + (self.factor[1] - self.factor[0]) * torch.rand(B, C, generator=generator)
-        f = torch.where(apply[:, None], f, torch.ones_like(f))
-        if not apply.any():
-            return image, label
-        return image * _per_sample(f, image), label
+        for b in apply.nonzero()[:, 0].tolist():
+            image[b] *= f[b].to(image.device, image.dtype).reshape((C,) + (1,) * (image.ndim - 2))
+        return image, label
 
 
-class RandomContrast:
+class RandomContrast(Transform):
     """``(x - mean) * f + mean``, clipped to the sample's original range (per sample and channel)."""
 
     def __init__(self, p: float = 0.15, factor: tuple[float, float] = (0.75, 1.25)) -> None:
         self.p, self.factor = p, factor
 
-    def __call__(self, image, label, generator):
+    def apply_(self, image, label, generator):
         B, C = image.shape[:2]
         apply = _coin(generator, B, self.p)
         f = self.factor[0] + (self.factor[1] - self.factor[0]) * torch.rand(B, C, generator=generator)
-        if not apply.any():
-            return image, label
-        dims = tuple(range(2, image.ndim))
-        mean = image.mean(dims, keepdim=True)
-        mn, mx = image.amin(dims, keepdim=True), image.amax(dims, keepdim=True)
-        y = torch.minimum(torch.maximum((image - mean) * _per_sample(f, image) + mean, mn), mx)
-        return torch.where(_per_sample(apply, image).bool(), y, image), label
+        for b in apply.nonzero()[:, 0].tolist():
+            x = image[b]
+            d = _dims(x)
+            mean, mn, mx = x.mean(d, keepdim=True), x.amin(d, keepdim=True), x.amax(d, keepdim=True)
+            fb = f[b].to(x.device, x.dtype).reshape((C,) + (1,) * (x.ndim - 1))
+            image[b] = torch.minimum(torch.maximum((x - mean) * fb + mean, mn), mx)
+        return image, label
 
 
-class RandomNoise:
+class RandomNoise(Transform):
     """Add Gaussian noise with a standard deviation drawn in ``std`` (per sample)."""
 
     def __init__(self, p: float = 0.1, std: tuple[float, float] = (0.0, 0.3)) -> None:
         self.p, self.std = p, std
 
-    def __call__(self, image, label, generator):
+    def apply_(self, image, label, generator):
         B = image.shape[0]
         apply = _coin(generator, B, self.p)
-        s = _uniform(generator, B, *self.std) * apply
-        if not apply.any():
-            return image, label
-        noise = torch.randn(image.shape, generator=generator).to(image.device, image.dtype)
-        return image + noise * _per_sample(s, image), label
+        s = _uniform(generator, B, *self.std)
+        for b in apply.nonzero()[:, 0].tolist():
+            noise = torch.randn(image.shape[1:], generator=generator).to(image.device, image.dtype)
+            image[b] += noise * float(s[b])
+        return image, label
 
 
 def _gaussian_kernels(sigmas: torch.Tensor, radius: int) -> torch.Tensor:
@@ -370,75 +407,76 @@ def gaussian_blur(image: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     return x.reshape(image.shape)
 
 
-class RandomBlur:
+class RandomBlur(Transform):
     """Gaussian blur with sigma (voxels) drawn in ``sigma`` (per sample)."""
 
     def __init__(self, p: float = 0.2, sigma: tuple[float, float] = (0.5, 1.0)) -> None:
         self.p, self.sigma = p, sigma
 
-    def __call__(self, image, label, generator):
+    def apply_(self, image, label, generator):
         B = image.shape[0]
         apply = _coin(generator, B, self.p)
         s = _uniform(generator, B, *self.sigma)
-        if not apply.any():
-            return image, label
-        idx = apply.nonzero()[:, 0].to(image.device)
-        out = image.clone()
-        out[idx] = gaussian_blur(image[idx], s[apply])
-        return out, label
+        if apply.any():
+            idx = apply.nonzero()[:, 0].to(image.device)
+            image[idx] = gaussian_blur(image[idx], s[apply])
+        return image, label
 
 
-class RandomBiasField:
+class RandomBiasField(Transform):
     """Multiply by a smooth field ``exp(c * f)``, f a low-resolution random field upsampled (per sample)."""
 
     def __init__(self, p: float = 0.1, strength: tuple[float, float] = (0.0, 0.4), grid: int = 4) -> None:
         self.p, self.strength, self.grid = p, strength, grid
 
-    def __call__(self, image, label, generator):
+    def apply_(self, image, label, generator):
         B = image.shape[0]
         nd = image.ndim - 2
         apply = _coin(generator, B, self.p)
-        c = _uniform(generator, B, *self.strength) * apply
+        c = _uniform(generator, B, *self.strength)
         coarse = torch.randn((B, 1) + (self.grid,) * nd, generator=generator)
-        if not apply.any():
-            return image, label
         mode = "bilinear" if nd == 2 else "trilinear"
-        field = F.interpolate(coarse.to(image.device), size=image.shape[2:], mode=mode, align_corners=True)
-        return image * torch.exp(field * _per_sample(c, field)), label
+        for b in apply.nonzero()[:, 0].tolist():
+            field = F.interpolate(coarse[b : b + 1].to(image.device), size=image.shape[2:], mode=mode,
+                                  align_corners=True)[0]
+            image[b] *= torch.exp(field * float(c[b])).to(image.dtype)
+        return image, label
 
 
-class RandomLowRes:
+class RandomLowRes(Transform):
     """Simulate low resolution: downsample by a zoom in ``zoom`` (nearest), upsample back (linear)."""
 
     def __init__(self, p: float = 0.25, zoom: tuple[float, float] = (0.5, 1.0)) -> None:
         self.p, self.zoom = p, zoom
 
-    def __call__(self, image, label, generator):
+    def apply_(self, image, label, generator):
         B = image.shape[0]
         size = image.shape[2:]
         apply = _coin(generator, B, self.p)
         z = _uniform(generator, B, *self.zoom)
-        if not apply.any():
-            return image, label
         mode = "bilinear" if len(size) == 2 else "trilinear"
-        out = image.clone()
         for b in apply.nonzero()[:, 0].tolist():
             small = [max(1, int(round(s * float(z[b])))) for s in size]
             low = F.interpolate(image[b : b + 1], size=small, mode="nearest")
-            out[b] = F.interpolate(low, size=size, mode=mode, align_corners=False)[0]
-        return out, label
+            image[b] = F.interpolate(low, size=size, mode=mode, align_corners=False)[0]
+        return image, label
 
 
-class Compose:
-    """Apply transforms in order with one generator."""
+class Compose(Transform):
+    """Apply transforms in order with one generator (inputs copied once, then modified in place)."""
 
     def __init__(self, transforms: list) -> None:
         self.transforms = list(transforms)
 
-    def __call__(self, image: torch.Tensor, label: torch.Tensor | None, generator: torch.Generator) -> Pair:
+    def apply_(self, image, label, generator):
         for t in self.transforms:
-            image, label = t(image, label, generator)
+            image, label = t.apply_(image, label, generator) if isinstance(t, Transform) else t(image, label, generator)
         return image, label
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor | None, generator: torch.Generator) -> Pair:
+        if not self.transforms:
+            return image, label
+        return super().__call__(image, label, generator)
 
 
 @dataclass
@@ -467,8 +505,8 @@ class Augmentation:
 def build_augmentation(name: str | Augmentation | None, patch_size: tuple[int, ...]) -> Augmentation:
     """A named augmentation pipeline for ``patch_size`` (2 or 3 entries).
 
-    - ``default``: nnU-Net-like — rotation (p 0.2, +-30 deg) + scaling (p 0.2, 0.7-1.4), Gaussian noise,
-      blur, brightness, contrast, low resolution, gamma, flips on every axis.
+    - ``default``: nnU-Net-like — rotation (p 0.2, +-30 deg) + scaling (p 0.2, 0.7-1.4) and flips on every
+      axis (p 0.5, folded into the warp), Gaussian noise, blur, brightness, contrast, low resolution, gamma.
     - ``standard``: flips, rotation + scaling, gamma, noise (the benchmark pipeline).
     - ``strong``: ``default`` plus elastic deformation, bias field and rot90 in equal-sized planes.
     - ``none`` (or None): no augmentation.
@@ -481,18 +519,18 @@ def build_augmentation(name: str | Augmentation | None, patch_size: tuple[int, .
         return Augmentation(None, Compose([]), tuple(patch_size))
     if name == "standard":
         return Augmentation(
-            SpatialAugment(patch_size, p_rotation=0.2, p_scale=0.2),
-            Compose([RandomFlip(axes), RandomGamma(p=0.3), RandomNoise(p=0.1)]),
+            SpatialAugment(patch_size, p_rotation=0.2, p_scale=0.2, p_flip=0.5),
+            Compose([RandomGamma(p=0.3), RandomNoise(p=0.1)]),
             tuple(patch_size),
         )
     if name in ("default", "strong"):
         strong = name == "strong"
-        spatial = SpatialAugment(patch_size, p_rotation=0.2, p_scale=0.2, p_elastic=0.2 if strong else 0.0)
+        spatial = SpatialAugment(patch_size, p_rotation=0.2, p_scale=0.2, p_elastic=0.2 if strong else 0.0,
+                                 p_flip=0.5)
         ts = [RandomNoise(p=0.1), RandomBlur(p=0.2), RandomBrightness(p=0.15), RandomContrast(p=0.15),
               RandomLowRes(p=0.25), RandomGamma(p=0.1, p_invert=1.0), RandomGamma(p=0.3)]
         if strong:
             ts.insert(0, RandomBiasField(p=0.1))
             ts.append(RandomRot90(p=0.3, axes=axes))
-        ts.append(RandomFlip(axes))
         return Augmentation(spatial, Compose(ts), tuple(patch_size))
     raise ConfigError(f"unknown augmentation '{name}' (known: default, standard, strong, none)")

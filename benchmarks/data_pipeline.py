@@ -1,0 +1,271 @@
+"""Data pipeline throughput: patch sampling + a standard augmentation, medzoo vs TorchIO vs MONAI.
+
+Workload (the same for all three): draw training patches with foreground oversampling (1/3 of patches
+centred on foreground) and apply the "standard" augmentation — random flips on every axis (p 0.5 each),
+rotation (+-30 deg, p 0.2) + scaling (0.7-1.4, p 0.2), gamma (p 0.3), Gaussian noise (p 0.1).
+
+- medzoo: :class:`~medzoo.data.loader.PatchLoader` over the preprocessed cache (memory-mapped .npy),
+  ``augment="standard"``; spatial augmentation on a slightly larger crop around the patch (one
+  grid_sample), intensity transforms on the small patch. Measured with ``num_workers=0`` (same thread,
+  like the peers below) and with one background thread / process (how the trainer runs it).
+- TorchIO: ``tio.Queue`` with ``LabelSampler`` (foreground probability 1/3) and the matching transforms
+  (RandomFlip, RandomAffine p 0.2, RandomGamma p 0.3, RandomNoise p 0.1) applied per subject (its design),
+  ``samples_per_volume=8``, ``num_workers=0``, subjects held in memory (no file I/O).
+- MONAI: ``RandCropByPosNegLabeld`` (pos 1 : neg 2) of a 1.4x larger region, ``RandAffined`` to the patch
+  size, ``RandFlipd`` x3, ``RandAdjustContrastd`` (gamma), ``RandGaussianNoised``, on in-memory arrays.
+
+Datasets: MSD Task04 Hippocampus (``../shared/data/Task04_Hippocampus`` or ``$MEDZOO_HIPPOCAMPUS_DIR``;
+skipped with a message when absent; MSD data licence CC-BY-SA 4.0) and 160x192x160 two-channel phantoms.
+
+Also measured: one "epoch" reading every hippocampus case (image + label, full arrays) from the NIfTI files
+(medzoo.data.loading.load_case) versus from the cache (memory-mapped .npy, copied into memory).
+
+Run: ``python -m benchmarks.data_pipeline [--quick]``; writes ``benchmarks/results/data_pipeline.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.common import (
+    apply_threads,
+    environment,
+    format_table,
+    interleaved,
+    make_parser,
+    ratio,
+    reps_for,
+    summarize,
+    write_results,
+)
+
+NAME = "data_pipeline"
+
+
+def hippocampus_dir() -> Path:
+    env = os.environ.get("MEDZOO_HIPPOCAMPUS_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "shared" / "data" / "Task04_Hippocampus"
+
+
+# --------------------------------------------------------------------------------------------- peers
+
+
+def torchio_stream(cases, patch_size, batch_size, seed=0):
+    """A function producing one batch from a TorchIO Queue over in-memory subjects (or None)."""
+    try:
+        import torchio as tio
+    except ImportError:
+        return None
+    torch.manual_seed(seed)
+    subjects = [
+        tio.Subject(
+            image=tio.ScalarImage(tensor=torch.from_numpy(np.array(c.image))),
+            label=tio.LabelMap(tensor=torch.from_numpy(np.array(c.label)[None].astype(np.int64))),
+        )
+        for c in cases
+    ]
+    transform = tio.Compose([
+        tio.RandomFlip(axes=(0, 1, 2), flip_probability=0.5),
+        tio.RandomAffine(scales=(0.7, 1.4), degrees=30, p=0.2, default_pad_value=0),
+        tio.RandomGamma(log_gamma=(-0.35, 0.4), p=0.3),
+        tio.RandomNoise(std=(0, 0.3), p=0.1),
+    ])
+    dataset = tio.SubjectsDataset(subjects, transform=transform)
+    n_classes = int(max(int(np.max(c.label)) for c in cases)) + 1
+    probs = {0: 2 / 3}
+    probs.update({k: (1 / 3) / (n_classes - 1) for k in range(1, n_classes)})
+    sampler = tio.LabelSampler(patch_size, label_name="label", label_probabilities=probs)
+    queue = tio.Queue(dataset, max_length=16, samples_per_volume=8, sampler=sampler, num_workers=0)
+    loader = torch.utils.data.DataLoader(queue, batch_size=batch_size, num_workers=0)
+    state = {"it": iter(loader)}
+
+    def next_batch():
+        try:
+            b = next(state["it"])
+        except StopIteration:
+            state["it"] = iter(loader)
+            b = next(state["it"])
+        return b["image"][tio.DATA], b["label"][tio.DATA]
+
+    return next_batch
+
+
+def monai_stream(cases, patch_size, batch_size, seed=0):
+    """A function producing one batch with MONAI dictionary transforms on in-memory arrays (or None)."""
+    try:
+        from monai import transforms as mt
+    except ImportError:
+        return None
+    big = [int(round(p * 1.4)) for p in patch_size]
+    keys = ["image", "label"]
+    pipeline = mt.Compose([
+        mt.RandCropByPosNegLabeld(keys, label_key="label", spatial_size=big, pos=1, neg=2, num_samples=1,
+                                  allow_smaller=True),
+        mt.RandAffined(keys, spatial_size=patch_size, prob=0.2, rotate_range=[np.pi / 6] * 3,
+                       scale_range=[0.35] * 3, mode=("bilinear", "nearest"), padding_mode="zeros"),
+        mt.RandFlipd(keys, prob=0.5, spatial_axis=0),
+        mt.RandFlipd(keys, prob=0.5, spatial_axis=1),
+        mt.RandFlipd(keys, prob=0.5, spatial_axis=2),
+        mt.RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5)),
+        mt.RandGaussianNoised("image", prob=0.1, std=0.3),
+    ])
+    pipeline.set_random_state(seed)
+    data = [{"image": np.array(c.image), "label": np.array(c.label)[None]} for c in cases]
+    rng = np.random.default_rng(seed)
+
+    def next_batch():
+        imgs, labs = [], []
+        for _ in range(batch_size):
+            out = pipeline(data[int(rng.integers(len(data)))])[0]
+            imgs.append(torch.as_tensor(out["image"]))
+            labs.append(torch.as_tensor(out["label"]))
+        return torch.stack(imgs), torch.stack(labs)
+
+    return next_batch
+
+
+# ------------------------------------------------------------------------------------------- medzoo
+
+
+def medzoo_stream(cases, patch_size, batch_size, num_workers=0, worker_mode="thread", seed=0):
+    from medzoo.data.loader import PatchLoader
+
+    loader = PatchLoader(cases, patch_size, batch_size, augment="standard", seed=seed,
+                         num_workers=num_workers, worker_mode=worker_mode)
+    return loader
+
+
+def throughput_rows(label, cases, patch_size, batch_size, batches, reps, warmup) -> list[dict[str, Any]]:
+    streams: dict[str, Any] = {}
+    loaders = []
+    ours0 = medzoo_stream(cases, patch_size, batch_size, 0)
+    ours1 = medzoo_stream(cases, patch_size, batch_size, 1, "thread")
+    ours_p = medzoo_stream(cases, patch_size, batch_size, 1, "process")
+    loaders += [ours0, ours1, ours_p]
+    streams["medzoo"] = lambda: next(ours0)
+    streams["medzoo_thread1"] = lambda: next(ours1)
+    streams["medzoo_process1"] = lambda: next(ours_p)
+    tio_next = torchio_stream(cases, patch_size, batch_size)
+    if tio_next is not None:
+        streams["torchio"] = tio_next
+    monai_next = monai_stream(cases, patch_size, batch_size)
+    if monai_next is not None:
+        streams["monai"] = monai_next
+
+    def run_n(fn):
+        return lambda: [fn() for _ in range(batches)]
+
+    times = interleaved({k: run_n(v) for k, v in streams.items()}, reps=reps, warmup=warmup)
+    for loader in loaders:
+        loader.close()
+    per = {k: summarize(v)["median"] for k, v in times.items()}
+    patches = batches * batch_size
+    row: dict[str, Any] = {"workload": label, "patch": "x".join(map(str, patch_size)), "batch": batch_size}
+    for k, sec in per.items():
+        row[f"{k}_patches_s"] = patches / sec
+    if "torchio" in per:
+        row["x_torchio"] = ratio(per["torchio"], per["medzoo"])
+        row["x_torchio_thread1"] = ratio(per["torchio"], per["medzoo_thread1"])
+    if "monai" in per:
+        row["x_monai"] = ratio(per["monai"], per["medzoo"])
+    row["seconds"] = {k: summarize(v) for k, v in times.items()}
+    return [row]
+
+
+def epoch_rows(info, cached, reps) -> list[dict[str, Any]]:
+    """Read every case fully: from NIfTI (load_case, + z-score) vs from the cache (memmaps -> memory)."""
+    from medzoo.data.loading import load_case
+    from medzoo.planning.plan import Plan
+    from medzoo.transforms.preprocess import Preprocessor
+
+    pre = Preprocessor(Plan(model="unet3d", in_channels=1, num_classes=3, normalization=["zscore"]))
+
+    def nifti_epoch():
+        for case in info.cases[: len(cached)]:
+            image, label = load_case(case, info)
+            float(image.array.sum())  # touch
+
+    def nifti_pre_epoch():
+        for case in info.cases[: len(cached)]:
+            out = pre.apply(*load_case(case, info))
+            float(out.image.sum())
+
+    def cache_epoch():  # the loader keeps the cases memory-mapped: an epoch reads the arrays
+        for c in cached:
+            img, lab = np.array(c.image), np.array(c.label)
+            float(img.sum())  # touch
+            del lab
+
+    times = interleaved({"nifti": nifti_epoch, "nifti_pre": nifti_pre_epoch, "cache": cache_epoch},
+                        reps=reps, warmup=1)
+    per = {k: summarize(v)["median"] for k, v in times.items()}
+    return [{
+        "workload": f"epoch read ({len(cached)} hippocampus cases)",
+        "nifti_s": per["nifti"], "nifti_preprocess_s": per["nifti_pre"], "cache_s": per["cache"],
+        "x_cache_vs_nifti": ratio(per["nifti"], per["cache"]),
+        "x_cache_vs_nifti_preprocess": ratio(per["nifti_pre"], per["cache"]),
+    }]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = make_parser(NAME, __doc__.splitlines()[0])
+    parser.add_argument("--hippo-cases", type=int, default=40, help="hippocampus cases used (default 40)")
+    args = parser.parse_args(argv)
+    threads = apply_threads(args.threads)
+    reps = reps_for(args, default=5, quick=2)
+    from medzoo.data.cache import build_cache
+    from medzoo.data.layouts import load_dataset
+    from medzoo.data.phantom import make_phantom_dataset
+    from medzoo.planning.plan import Plan
+
+    results: dict[str, Any] = {"benchmark": NAME, "environment": environment(), "threads": threads, "rows": []}
+    rows = results["rows"]
+    with tempfile.TemporaryDirectory(prefix="medzoo_bench_") as tmp:
+        tmp = Path(tmp)
+        root = hippocampus_dir()
+        if (root / "dataset.json").is_file():
+            info = load_dataset(root)
+            n = 6 if args.quick else args.hippo_cases
+            info.cases = info.cases[:n]
+            plan = Plan(model="unet3d", in_channels=1, num_classes=3, normalization=["zscore"])
+            t0 = time.perf_counter()
+            cached = build_cache(info, plan, tmp / "hippo_cache", progress=False)
+            rows.append({"workload": f"build cache ({n} hippocampus cases)", "seconds": time.perf_counter() - t0})
+            rows += epoch_rows(info, cached, reps)
+            patch = (24, 32, 24) if args.quick else (40, 56, 40)
+            rows += throughput_rows("hippocampus", cached, patch, 4 if args.quick else 8,
+                                    batches=2 if args.quick else 5, reps=reps, warmup=args.warmup)
+        else:
+            msg = f"hippocampus data not found at {root} (set MEDZOO_HIPPOCAMPUS_DIR)"
+            print(f"skipping hippocampus: {msg}")
+            rows.append({"workload": "hippocampus", "skipped": msg})
+        shape = (48, 56, 48) if args.quick else (160, 192, 160)
+        ph = make_phantom_dataset(tmp / "phantom", cases=2, seed=0, shape=shape)
+        pinfo = load_dataset(ph)
+        plan = Plan(model="unet3d", in_channels=2, num_classes=4, normalization=["zscore", "zscore"])
+        pcached = build_cache(pinfo, plan, tmp / "phantom_cache", progress=False)
+        patch = (32, 32, 32) if args.quick else (96, 96, 96)
+        rows += throughput_rows(f"phantom {'x'.join(map(str, shape))}", pcached, patch, 2,
+                                batches=2 if args.quick else 4, reps=reps, warmup=args.warmup)
+    cols = ["workload", "patch", "batch", "medzoo_patches_s", "medzoo_thread1_patches_s",
+            "medzoo_process1_patches_s", "torchio_patches_s", "monai_patches_s", "x_torchio", "x_torchio_thread1",
+            "x_monai", "nifti_s", "nifti_preprocess_s", "cache_s", "x_cache_vs_nifti", "x_cache_vs_nifti_preprocess",
+            "skipped"]
+    print(format_table([{k: v for k, v in r.items() if k != "seconds" or not isinstance(v, dict)} for r in rows],
+                       cols))
+    path = write_results(NAME, results, args.out)
+    print(f"wrote {path}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
