@@ -159,3 +159,16 @@ def test_report_written_with_images(tmp_path):
         assert f"img/{png}" in page
     # worst case is listed before the best in the table
     assert page.index(res.worst_cases[0]) < page.index(res.worst_cases[-1])
+
+
+def test_evaluate_2d_files(tmp_path):
+    affine = _oblique_affine((0.6, 1.4, 1.0))
+    rng = np.random.default_rng(0)
+    ref = (ndimage.gaussian_filter(rng.standard_normal((30, 26)), 2) > 0.1).astype(np.uint8)
+    pred = ndimage.binary_dilation(ref).astype(np.uint8)
+    write_volume(Volume(ref[None], affine), tmp_path / "r" / "slice.nii.gz")
+    write_volume(Volume(pred[None], affine), tmp_path / "p" / "slice.nii.gz")
+    res = evaluate(tmp_path / "p", tmp_path / "r", metrics=["dice", "hd95"])
+    expected = compute_case_metrics(pred, ref, [1], (0.6, 1.4), metrics=("dice", "hd95"))
+    assert res.cases["slice.nii.gz"][1] == pytest.approx(expected[1])
+    assert res.spacings["slice.nii.gz"] == pytest.approx((0.6, 1.4))

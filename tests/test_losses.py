@@ -196,6 +196,24 @@ def test_one_hot_and_float_onehot_target_equivalent():
     assert loss(logits, oh).item() == pytest.approx(loss(logits, target).item(), abs=1e-7)
 
 
+@pytest.mark.parametrize("name", ["dice", "generalized_dice", "tversky"])
+@pytest.mark.parametrize("batch_dice", [False, True])
+@pytest.mark.parametrize("include_background", [False, True])
+def test_label_map_fast_path_equals_one_hot_path(name, batch_dice, include_background):
+    # integer targets use gather/scatter_add statistics; float one-hot targets the dense product: same values
+    gen = torch.Generator().manual_seed(4)
+    target = torch.randint(0, 3, (2, 5, 4, 6), generator=gen)
+    target[1][target[1] == 2] = 0  # a class absent from one sample
+    logits = torch.randn(2, 3, 5, 4, 6, generator=gen, requires_grad=True)
+    loss = create_loss(name, batch_dice=batch_dice, include_background=include_background)
+    fast = loss(logits, target)
+    (g_fast,) = torch.autograd.grad(fast, logits)
+    dense = loss(logits, one_hot(target, 3))
+    (g_dense,) = torch.autograd.grad(dense, logits)
+    assert fast.item() == pytest.approx(dense.item(), abs=1e-6)
+    assert torch.allclose(g_fast, g_dense, atol=1e-6)
+
+
 def test_deep_supervision_weights_and_downsampling():
     assert deep_supervision_weights(3) == pytest.approx([4 / 7, 2 / 7, 1 / 7])
     assert deep_supervision_weights(3, drop_lowest=True) == pytest.approx([2 / 3, 1 / 3, 0.0])
