@@ -20,12 +20,15 @@ from medzoo.models.registry import (
 # One module per family. Add yours here (alphabetical); every listed module must import cleanly.
 _FAMILIES = [
     "classifier",
+    "deeplab",
     "densenet3d",
     "densevoxelnet",
     "dynunet",
     "highresnet",
     "hyperdensenet",
+    "resnet_seg",
     "resnet_vae",
+    "segresnet",
     "skipdensenet",
     "unet",
     "vnet",
