@@ -26,7 +26,7 @@ class DemoResult:
     """What the demo produced.
 
     Attributes:
-        out_dir: the demo folder (data/, run/, predictions/, evaluation.json, overlay.png).
+        out_dir: the demo folder (data/, run/, predictions/, evaluation.json, report/, overlay.png).
         mean_dice: mean foreground Dice over the held-out cases.
         per_class_dice: class name -> mean Dice over the held-out cases.
         train_seconds: wall-clock time of training (including its final validation).
@@ -92,7 +92,10 @@ def run_demo(
     predict(run_dir, data_dir / "imagesTs", pred_dir)
 
     log.info("[4/5] evaluating against the held-out labels")
-    evaluation = evaluate(pred_dir, data_dir / "labelsTs", out_json=out / "evaluation.json")
+    evaluation = evaluate(
+        pred_dir, data_dir / "labelsTs", out_json=out / "evaluation.json", report_dir=out / "report",
+        images_dir=data_dir / "imagesTs", dataset_json=data_dir / "dataset.json",
+    )
     per_class, mean_dice = _per_class_means(evaluation)
 
     log.info("[5/5] drawing an overlay of the first held-out case")
@@ -106,7 +109,7 @@ def run_demo(
 
     table = _table(per_class, mean_dice, train_seconds)
     files = {"overlay": Path(overlay), "evaluation": out / "evaluation.json", "run": run_dir,
-             "predictions": pred_dir}
+             "predictions": pred_dir, "report": Path(evaluation.report_path)}
     return DemoResult(out, mean_dice, per_class, train_seconds, table, files)
 
 

@@ -23,4 +23,5 @@ def run(ns: argparse.Namespace) -> int:
                       seed=ns.seed, model=ns.model)
     print(result.table)
     print(f"\noverlay: {result.files['overlay']}\nmetrics: {result.files['evaluation']}")
+    print(f"report:  {result.files['report']}")
     return 0
