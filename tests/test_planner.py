@@ -86,3 +86,10 @@ def test_plan_from_files_without_fingerprint(tmp_path):
     assert plan.in_channels == 2 and plan.num_classes == 4
     assert plan.patch_size == (24, 32, 24)
     assert plan.modalities == ["T1", "T2"]
+
+
+def test_crop_to_nonzero_when_it_shrinks_cases():
+    fp = {**HIPPO, "shapes_after_crop": [(20, 30, 20)] * 4}
+    plan = make_plan(_info(), fp)
+    assert plan.crop_to_nonzero and plan.patch_size == (24, 32, 24)
+    assert not make_plan(_info(), {**HIPPO, "shapes_after_crop": HIPPO["shapes"]}).crop_to_nonzero

@@ -201,10 +201,12 @@ class Budget:
         return min(self.elapsed() / usable, 1.0)
 
     def reserve(self) -> float:
-        """Time kept for the final validation (measured, or estimated from the step time)."""
-        return 1.2 * (self.val_time if self.val_time is not None else self.val_estimate) + 0.5
+        """Time kept for the final validation and the wrap-up (checkpoint, curves), with a margin."""
+        val = self.val_time if self.val_time is not None else self.val_estimate
+        return 1.25 * val + self.finish_seconds + 0.05 * (self.seconds or 0.0)
 
-    val_estimate = 2.0
+    val_estimate = 2.0  # replaced by an estimate from the step time, then by the measured validation
+    finish_seconds = 1.5
 
     def record_step(self, seconds: float) -> None:
         self.step_time = seconds if self.step_time == 0 else 0.8 * self.step_time + 0.2 * seconds
@@ -311,9 +313,11 @@ def prepare_run_dir(config: TrainConfig, resume: bool, is_main: bool) -> Path:
         raise ConfigError(f"{run_dir}: a run already exists there; use --resume {run_dir} or another --out")
     if config.data is None:
         raise ConfigError("no dataset given (--data)")
+    distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / "config.json")
+    distributed.barrier()
     return run_dir
 
 

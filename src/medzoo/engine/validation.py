@@ -31,41 +31,29 @@ class ValidationResult:
     example: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
 
-def stack_context(volume: torch.Tensor, slice_axis: int, context: int) -> torch.Tensor:
-    """Cut a (C, I, J, K) volume into 2D slices along ``slice_axis``, with neighbours as channels.
-
-    Channels of slice ``s`` are ordered by offset, then modality: ``[vol[:, s-c], ..., vol[:, s+c]]``
-    (slices beyond the edge repeat the edge slice), the order :class:`medzoo.data.loader.PatchLoader` uses.
-
-    Returns:
-        (N, C * (2 * context + 1), *S2) with N the number of slices.
-    """
-    slices = volume.movedim(slice_axis + 1, 0)  # (N, C, a, b)
-    if context == 0:
-        return slices
-    n = slices.shape[0]
-    idx = torch.arange(n)
-    parts = [slices[(idx + off).clamp(0, n - 1)] for off in range(-context, context + 1)]
-    return torch.cat(parts, dim=1)
-
-
 @torch.no_grad()
 def predict_case(
     model: nn.Module, image: np.ndarray, plan: Plan, device: torch.device, overlap: float = 0.5,
-    batch_size: int = 4,
+    batch_size: int | None = None,
 ) -> np.ndarray:
-    """Label map (*S) of one preprocessed case image (C, *S) by sliding window (2D: slice by slice)."""
+    """Label map (*S) of one preprocessed case image (C, *S) by sliding window (2D: slice by slice).
+
+    ``batch_size`` windows per forward pass (default: twice the training batch in 3D, 8x in 2D).
+    """
+    from medzoo.data.loader import slices_with_context
     from medzoo.inference.sliding_window import sliding_window_argmax
 
     x = torch.from_numpy(np.array(image, dtype=np.float32))  # a writable copy of the memmap
+    if batch_size is None:
+        batch_size = plan.batch_size * (2 if plan.spatial_dims == 3 else 8)
     if plan.spatial_dims == 3:
         labels, _ = sliding_window_argmax(
             x[None], model, plan.patch_size, overlap=overlap, batch_size=batch_size, device=device
         )
         return labels[0].numpy()
-    slices = stack_context(x, plan.slice_axis, plan.context_slices)  # (N, C', a, b)
+    slices = slices_with_context(x, plan.slice_axis, plan.context_slices)  # (N, C', a, b), loader's order
     out = []
-    chunk = max(1, batch_size * 4)
+    chunk = max(1, batch_size)
     for start in range(0, slices.shape[0], chunk):
         labels, _ = sliding_window_argmax(
             slices[start : start + chunk], model, plan.patch_size, overlap=overlap, batch_size=batch_size,

@@ -149,6 +149,13 @@ def make_plan(info: DatasetInfo, fingerprint: dict[str, Any] | None = None, **ov
         shapes, spacings = _read_geometry(info)
     else:
         shapes, spacings = _fingerprint_geometry(fingerprint)
+    crop = overrides.pop("crop_to_nonzero", None)
+    cropped = (fingerprint or {}).get("shapes_after_crop")
+    if crop is None:  # nnU-Net's rule: crop when it shrinks the median case by at least a quarter
+        crop = bool(cropped) and np.prod(np.median(np.asarray(cropped, float), axis=0)) < 0.75 * np.prod(
+            np.median(shapes, axis=0))
+    if crop and cropped:
+        shapes = np.asarray([s[-3:] for s in cropped], float)
     target = overrides.pop("target_spacing", _target_spacing(spacings))
     if target is not None:
         resampled = shapes * spacings / np.asarray(target, float)
@@ -195,7 +202,7 @@ def make_plan(info: DatasetInfo, fingerprint: dict[str, Any] | None = None, **ov
         patch_size=patch_size,
         batch_size=int(overrides.pop("batch_size", default_batch)),
         target_spacing=target,
-        crop_to_nonzero=bool(overrides.pop("crop_to_nonzero", False)),
+        crop_to_nonzero=bool(crop),
         normalization=list(overrides.pop("normalization", _normalization(info.modalities))),
         norm_stats=norm_stats,
         labels=dict(overrides.pop("labels", info.labels)),
