@@ -235,6 +235,11 @@ class TverskyLoss(_RegionBase):
 
 
 # ----------------------------------------------------------------------------------------------- voxel-wise
+def _on(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    """``t`` on ``like``'s device (loss modules are often left on the CPU while the logits are on a GPU)."""
+    return None if t is None else t.to(like.device)
+
+
 def _class_weight(weight: Sequence[float] | torch.Tensor | None) -> torch.Tensor | None:
     return None if weight is None else torch.as_tensor(weight, dtype=torch.float32)
 
@@ -259,7 +264,7 @@ class CrossEntropyLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(
-            logits.float(), _label_map(target, logits), weight=self.weight, ignore_index=self.ignore_index,
+            logits.float(), _label_map(target, logits), weight=_on(self.weight, logits), ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing,
         )
 
@@ -330,7 +335,7 @@ class DiceCELoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logp = torch.log_softmax(logits.float(), dim=1)  # one softmax shared by both terms
-        ce = F.nll_loss(logp, _label_map(target, logits), weight=self.ce.weight)
+        ce = F.nll_loss(logp, _label_map(target, logits), weight=_on(self.ce.weight, logits))
         return self.weight_dice * self.dice(logits, target, probs=logp.exp()) + self.weight_ce * ce
 
 
