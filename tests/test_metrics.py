@@ -197,3 +197,25 @@ def test_dice_per_class_matches_definition_numpy_and_torch():
     case = compute_case_metrics(pred[0], ref[0], [1, 2], SPACING_3D, metrics=("dice",))
     fast = dice_per_class(pred[0], ref[0], 4)
     assert fast[1] == pytest.approx(case[1]["dice"]) and fast[2] == pytest.approx(case[2]["dice"])
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_hippocampus_labels_match_monai():
+    """Real label maps (Task04_Hippocampus, anisotropic file spacing) vs a shifted/eroded 'prediction'."""
+    import os
+    from pathlib import Path
+
+    root = Path(os.environ.get("MEDZOO_HIPPOCAMPUS_DIR",
+                               Path(__file__).resolve().parents[1] / "../shared/data/Task04_Hippocampus"))
+    files = sorted((root / "labelsTr").glob("hippocampus_*.nii.gz"))[:3] if root.is_dir() else []
+    if not files:
+        pytest.skip(f"no Hippocampus labels under {root}")
+    from medzoo.io.readers import read_volume
+
+    for path in files:
+        vol = read_volume(path)
+        ref = np.asarray(vol.array[0]).astype(np.uint8)
+        pred = np.roll(ref, 1, axis=0)
+        pred[ndimage.binary_erosion(ref == 2)] = 1
+        _compare(pred, ref, [1, 2], vol.spacing, tol=1.0)
