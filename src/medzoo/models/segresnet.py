@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from medzoo.errors import ModelError
 from medzoo.models.layers.blocks import PreActBlock, UpsampleConv, check_input_size
 from medzoo.models.layers.factories import make_act, make_conv, make_dropout, make_norm
 from medzoo.models.registry import ModelCard, register_model
@@ -110,7 +111,7 @@ class SegResNet(nn.Module):
         self.encoder = SegResNetEncoder(spatial_dims, in_channels, init_filters, blocks_down, norm, dropout)
         chans = self.encoder.out_channels
         if len(blocks_up) != len(chans) - 1:
-            raise ValueError(f"blocks_up needs {len(chans) - 1} entries, got {tuple(blocks_up)}")
+            raise ModelError(f"{name}: blocks_up needs {len(chans) - 1} entries, got {tuple(blocks_up)}")
         self.up_samples = nn.ModuleList(
             UpsampleConv(spatial_dims, chans[-1 - i], chans[-2 - i]) for i in range(len(blocks_up))
         )
