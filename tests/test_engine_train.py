@@ -73,6 +73,13 @@ def test_cli_train_writes_a_complete_run_folder(phantom, tmp_path, capsys):
     assert plan.patch_size == (16, 16, 16) and plan.num_classes == 4
     with torch.no_grad():
         assert model(torch.zeros(1, 2, 16, 16, 16)).shape == (1, 4, 16, 16, 16)
+    # the inference engineer's predictor takes the run folder as it is
+    from medzoo.inference.predictor import Predictor
+    from medzoo.io.readers import read_volume
+
+    scan = read_volume(sorted((phantom / "imagesTr").iterdir())[0])
+    pred = Predictor.from_run(run, device="cpu").predict_volume(scan)
+    assert pred.array.shape == (1, *SHAPE) and np.array_equal(pred.affine, scan.affine)
     # an existing run is never overwritten
     assert main(["train", "--data", str(phantom), "--out", str(run), "--epochs", "1"]) == 1
 

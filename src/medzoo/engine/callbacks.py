@@ -78,13 +78,15 @@ class CallbackList(Callback):
 class CSVLogger(Callback):
     """``metrics.csv``: one row per epoch with fixed columns (empty cells on epochs without validation).
 
+    Columns: ``epoch, train_loss, lr, <metric_columns...>, seconds`` (segmentation: ``val_dice_mean`` and
+    ``val_dice_<class name>``; classification: ``val_accuracy``, ``val_auc``).
+
     On resume, rows of epochs after the resumed checkpoint are dropped (they belong to the lost run).
     """
 
-    def __init__(self, path: Path, class_names: list[str]) -> None:
+    def __init__(self, path: Path, metric_columns: list[str]) -> None:
         self.path = Path(path)
-        self.columns = ["epoch", "train_loss", "lr", "val_dice_mean"]
-        self.columns += [f"val_dice_{n}" for n in class_names] + ["seconds"]
+        self.columns = ["epoch", "train_loss", "lr", *metric_columns, "seconds"]
 
     def on_train_start(self, run_dir: Path, start_epoch: int) -> None:
         rows = []
@@ -164,8 +166,9 @@ class ProgressBar(Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         self.close()
         parts = [f"epoch {epoch}", f"loss {logs.get('train_loss', float('nan')):.4f}", f"lr {logs['lr']:.2e}"]
-        if logs.get("val_dice_mean") is not None:
-            parts.append(f"val dice {logs['val_dice_mean']:.4f}")
+        for key, label in (("val_dice_mean", "val dice"), ("val_accuracy", "val acc"), ("val_auc", "val auc")):
+            if logs.get(key) is not None:
+                parts.append(f"{label} {logs[key]:.4f}")
         parts.append(f"{logs['seconds']:.0f}s")
         log.info(" | ".join(parts))
 

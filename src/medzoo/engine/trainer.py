@@ -375,8 +375,8 @@ def _train_segmentation(
 
     callbacks = CallbackList([])
     if dist_info.is_main:
-        class_names = list(plan.foreground_labels.values())
-        callbacks = CallbackList([CSVLogger(run_dir / "metrics.csv", class_names),
+        columns = ["val_dice_mean"] + [f"val_dice_{n}" for n in plan.foreground_labels.values()]
+        callbacks = CallbackList([CSVLogger(run_dir / "metrics.csv", columns),
                                   TensorBoardLogger(run_dir / "tensorboard")])
         if config.progress:
             callbacks.callbacks.append(ProgressBar(config.max_epochs, config.budget_seconds))
