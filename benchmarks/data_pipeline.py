@@ -66,10 +66,14 @@ def torchio_stream(cases, patch_size, batch_size, seed=0):
     except ImportError:
         return None
     torch.manual_seed(seed)
+    def padded(a: np.ndarray) -> torch.Tensor:  # TorchIO's samplers need volumes >= the patch (not timed)
+        pad = [(0, 0)] + [(0, max(0, p - s)) for p, s in zip(patch_size, a.shape[1:])]
+        return torch.from_numpy(np.pad(a, pad))
+
     subjects = [
         tio.Subject(
-            image=tio.ScalarImage(tensor=torch.from_numpy(np.array(c.image))),
-            label=tio.LabelMap(tensor=torch.from_numpy(np.array(c.label)[None].astype(np.int64))),
+            image=tio.ScalarImage(tensor=padded(np.array(c.image))),
+            label=tio.LabelMap(tensor=padded(np.array(c.label)[None].astype(np.int64))),
         )
         for c in cases
     ]
