@@ -1,0 +1,171 @@
+"""Training step of nnU-Net's network: medzoo ``dynunet`` vs dynamic-network-architectures ``PlainConvUNet``.
+
+Both networks get the same configuration (nnU-Net's defaults: 2 convs per stage, instance norm with affine,
+leaky ReLU 0.01, conv bias, transposed-conv upsampling) and the same weights (copied one to one), so any
+difference in time is implementation. One step = forward + cross-entropy + backward + SGD (nesterov, momentum
+0.99, as nnU-Net). A 32->32 3x3x3 convolution on 64^3 is timed in the same interleaved rounds as the
+reference "peak"; achieved GFLOP/s (FlopCounterMode, forward + backward) are reported as % of it.
+
+Workloads:
+    ``64^3``: 1x1x64^3, 5 stages 32-64-128-256-320 (nnU-Net's 3D default shape of network).
+    ``hippocampus``: 2x1x40x56x40, the network nnU-Net plans for Task04_Hippocampus (4 stages 32..256,
+    from :func:`medzoo.models.dynunet.dynunet_config_for`); 40 is not a multiple of 16, so 5 stages cannot take it.
+
+Run: ``python -m benchmarks.training_step [--quick] [--reps N] [--threads N] [--compile]``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmarks.common import (
+    apply_threads,
+    count_flops,
+    environment,
+    format_table,
+    interleaved,
+    make_parser,
+    markdown_table,
+    median,
+    ratio,
+    reps_for,
+    write_results,
+)
+
+NAME = "training_step"
+
+
+def workloads(quick: bool) -> list[dict[str, Any]]:
+    """The configurations to time: name, input shape, features, kernels, strides."""
+    from medzoo.models.dynunet import dynunet_config_for
+
+    if quick:
+        return [{"name": "tiny 16^3", "shape": (1, 1, 16, 16, 16), "features": (4, 8, 16),
+                 "kernel_sizes": [[3, 3, 3]] * 3, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]]}]
+    hippo = dynunet_config_for((40, 56, 40), (1.0, 1.0, 1.0))
+    return [
+        {"name": "64^3 b1 (5 stages, 32-320)", "shape": (1, 1, 64, 64, 64), "features": (32, 64, 128, 256, 320),
+         "kernel_sizes": [[3, 3, 3]] * 5, "strides": [[1, 1, 1]] + [[2, 2, 2]] * 4},
+        {"name": "hippocampus 2x40x56x40 (4 stages, 32-256)", "shape": (2, 1, 40, 56, 40),
+         "features": hippo.features, "kernel_sizes": [list(k) for k in hippo.kernel_sizes],
+         "strides": [list(s) for s in hippo.strides]},
+    ]
+
+
+def build_pair(cfg: dict[str, Any], in_channels: int = 1, num_classes: int = 3) -> tuple[nn.Module, nn.Module | None]:
+    """(medzoo dynunet, PlainConvUNet or None if not installed) with identical configuration and weights."""
+    from medzoo.models.dynunet import DynUNet
+
+    ours = DynUNet(in_channels, num_classes, len(cfg["shape"]) - 2, features=cfg["features"],
+                   kernel_sizes=cfg["kernel_sizes"], strides=cfg["strides"], conv_bias=True)
+    try:
+        from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    except ImportError:
+        return ours, None
+    conv = {2: nn.Conv2d, 3: nn.Conv3d}[len(cfg["shape"]) - 2]
+    norm = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}[len(cfg["shape"]) - 2]
+    n = len(cfg["features"])
+    peer = PlainConvUNet(
+        in_channels, n, list(cfg["features"]), conv, cfg["kernel_sizes"], cfg["strides"], 2, num_classes, 2,
+        conv_bias=True, norm_op=norm, norm_op_kwargs={"eps": 1e-5, "affine": True},
+        nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True},
+    )
+    with torch.no_grad():
+        for a, b in zip(peer.parameters(), ours.parameters(), strict=True):
+            b.copy_(a)
+    return ours, peer
+
+
+def make_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """One training step (forward, cross-entropy, backward, SGD nesterov 0.99) as a zero-argument callable."""
+    net.train()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
+
+    def step() -> None:
+        out = net(x)
+        loss = nn.functional.cross_entropy(out, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def conv_peak_workload(quick: bool) -> tuple[Callable[[], Any], float]:
+    """The reference conv (32->32, 3x3x3 on 64^3; 8 channels on 16^3 with --quick) and its FLOPs."""
+    ch, size = (8, 16) if quick else (32, 64)
+    conv = nn.Conv3d(ch, ch, 3, padding=1, bias=False)
+    x = torch.randn(1, ch, size, size, size)
+
+    def run() -> None:
+        with torch.no_grad():
+            conv(x)
+
+    return run, 2.0 * ch * ch * 27 * size**3
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = make_parser(NAME, __doc__.splitlines()[0])
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile(dynunet)")
+    args = parser.parse_args(argv)
+    threads = apply_threads(args.threads)
+    reps = reps_for(args, default=5, quick=2)
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for cfg in workloads(args.quick):
+        torch.manual_seed(0)
+        x = torch.randn(*cfg["shape"], generator=gen)
+        y = torch.randint(0, 3, (cfg["shape"][0], *cfg["shape"][2:]), generator=gen)
+        ours, peer = build_pair(cfg)
+        flops = count_flops(make_step(ours, x, y))
+        peak_fn, peak_flops = conv_peak_workload(args.quick)
+        work = {"medzoo": make_step(ours, x, y), "conv_peak": peak_fn}
+        if peer is not None:
+            work["dna"] = make_step(peer, x, y)
+        compile_s = float("nan")
+        if args.compile:
+            compiled = torch.compile(ours, dynamic=False)
+            step_c = make_step(compiled, x, y)
+            start = time.perf_counter()
+            step_c()
+            compile_s = time.perf_counter() - start
+            work["medzoo_compiled"] = step_c
+        times = interleaved(work, reps=reps, warmup=args.warmup)
+        med = {k: median(v) for k, v in times.items()}
+        peak = peak_flops / med["conv_peak"] / 1e9
+        row: dict[str, Any] = {
+            "workload": cfg["name"],
+            "medzoo_s": med["medzoo"],
+            "dna_s": med.get("dna", float("nan")),
+            "speedup_vs_dna": ratio(med.get("dna", float("nan")), med["medzoo"]),
+            "gflop_per_step": flops / 1e9,
+            "medzoo_gflops": flops / med["medzoo"] / 1e9,
+            "dna_gflops": flops / med["dna"] / 1e9 if "dna" in med else float("nan"),
+            "conv_peak_gflops": peak,
+            "medzoo_pct_peak": 100.0 * flops / med["medzoo"] / 1e9 / peak,
+        }
+        if args.compile:
+            row["compiled_s"] = med["medzoo_compiled"]
+            row["compile_time_s"] = compile_s
+            row["compiled_speedup_vs_eager"] = ratio(med["medzoo"], med["medzoo_compiled"])
+        row["times"] = {k: v for k, v in times.items()}
+        rows.append(row)
+    results = {"benchmark": NAME, "environment": environment(), "threads": threads, "reps": reps, "rows": rows,
+               "note": "ratios are peer/medzoo (>1: medzoo faster); peers timed interleaved in the same process"}
+    cols = ["workload", "medzoo_s", "dna_s", "speedup_vs_dna", "medzoo_gflops", "dna_gflops", "conv_peak_gflops",
+            "medzoo_pct_peak"] + (["compiled_s", "compile_time_s", "compiled_speedup_vs_eager"] if args.compile else [])
+    print(f"== {NAME}: one training step (fwd + bwd + SGD), medians of {reps}, {threads} threads")
+    print(format_table(rows, cols))
+    results["markdown"] = markdown_table(rows, cols)
+    path = write_results(NAME, results, args.out)
+    print(f"wrote {path}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
