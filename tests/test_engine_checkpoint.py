@@ -27,8 +27,13 @@ class _TinyConv(nn.Module):
         return self.head(torch.relu(self.body(x)))
 
 
-if _TINY not in _REGISTRY:
-    register_model(ModelCard(name=_TINY, spatial_dims=(2, 3)))(_TinyConv)
+@pytest.fixture(autouse=True)
+def _tiny_model_registered():
+    """Register the tiny test model for this module only, so the zoo-wide tests never see it."""
+    if _TINY not in _REGISTRY:
+        register_model(ModelCard(name=_TINY, spatial_dims=(2, 3), paper="test model"))(_TinyConv)
+    yield
+    _REGISTRY.pop(_TINY, None)
 
 
 class _Evil:

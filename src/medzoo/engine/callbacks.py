@@ -145,15 +145,22 @@ class TensorBoardLogger(Callback):
 
 
 class ProgressBar(Callback):
-    """A tqdm bar per epoch showing the loss, with the ETA of the epoch and of the run."""
+    """A tqdm bar per epoch showing the loss and the epoch's ETA, and one log line per finished epoch.
 
-    def __init__(self, max_epochs: int, budget_seconds: float | None = None) -> None:
+    With ``show_bar=False`` only the log lines are written.
+    """
+
+    def __init__(self, max_epochs: int, budget_seconds: float | None = None, show_bar: bool = True) -> None:
         self.max_epochs = max_epochs
         self.budget_seconds = budget_seconds
+        self.show_bar = show_bar
         self.bar = None
 
     def on_epoch_start(self, epoch: int, total_steps: int) -> None:
         from tqdm.auto import tqdm
+
+        if not self.show_bar:
+            return
 
         total = "?" if self.max_epochs >= 1_000_000 else self.max_epochs
         self.bar = tqdm(total=total_steps, desc=f"epoch {epoch + 1}/{total}", leave=False, dynamic_ncols=True)

@@ -224,8 +224,7 @@ def train_classifier(config: TrainConfig, *, resume: bool, device: torch.device,
     if dist_info.is_main:
         callbacks = CallbackList([CSVLogger(run_dir / "metrics.csv", ["val_accuracy", "val_auc"]),
                                   TensorBoardLogger(run_dir / "tensorboard")])
-        if config.progress:
-            callbacks.callbacks.append(ProgressBar(config.max_epochs, config.budget_seconds))
+        callbacks.callbacks.append(ProgressBar(config.max_epochs, config.budget_seconds, config.progress))
     callbacks.on_train_start(run_dir, epoch0)
     loss_fn = nn.CrossEntropyLoss()
     budget = Budget(config.budget_seconds, start)

@@ -378,8 +378,7 @@ def _train_segmentation(
         columns = ["val_dice_mean"] + [f"val_dice_{n}" for n in plan.foreground_labels.values()]
         callbacks = CallbackList([CSVLogger(run_dir / "metrics.csv", columns),
                                   TensorBoardLogger(run_dir / "tensorboard")])
-        if config.progress:
-            callbacks.callbacks.append(ProgressBar(config.max_epochs, config.budget_seconds))
+        callbacks.callbacks.append(ProgressBar(config.max_epochs, config.budget_seconds, config.progress))
     callbacks.on_train_start(run_dir, state.epoch)
 
     budget = Budget(config.budget_seconds, start - state.elapsed)
