@@ -1,0 +1,168 @@
+"""Forward and training step of the zoo's main models: seconds, achieved GFLOP/s and % of the conv3d peak.
+
+Every registered model among :data:`MAIN_MODELS` (whatever is registered when it runs) is built with
+``in_channels=1, num_classes=3`` and timed on one patch: forward (no grad) and one training step (forward,
+cross-entropy, backward, SGD). FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``. The reference peak is
+a 32->32 3x3x3 convolution on 64^3, timed in the same interleaved rounds. With ``--memory`` each workload also
+runs in a fresh subprocess to read its peak resident memory (VmHWM).
+
+Run: ``python -m benchmarks.models [--quick] [--reps N] [--only-models unet3d,dynunet] [--memory]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmarks.common import (
+    apply_threads,
+    count_flops,
+    environment,
+    format_table,
+    interleaved,
+    make_parser,
+    markdown_table,
+    median,
+    peak_rss_mb_subprocess,
+    reps_for,
+    write_results,
+)
+
+NAME = "models"
+MAIN_MODELS = ("unet3d", "dynunet", "segresnet", "vnet", "deeplabv3plus_resnet18", "highresnet3d",
+               "resnet3d_vae", "densevoxelnet")
+logger = logging.getLogger(__name__)
+
+
+def patch_for(card: Any, quick: bool) -> tuple[int, ...]:
+    """A cubic patch the model accepts: 64^3 (16^3-ish with --quick), rounded to the card's size rule."""
+    base = 16 if quick else 64
+    return tuple(card.valid_size(base) for _ in range(3))
+
+
+def build(name: str, quick: bool) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """Model (tiny variant with ``quick``), input (1, 1, *P) and integer target (1, *P)."""
+    from medzoo.models import create_model, get_card
+
+    card = get_card(name)
+    kwargs = dict(card.tiny_kwargs) if quick else {}
+    model = create_model(name, in_channels=1, num_classes=3, spatial_dims=3, **kwargs)
+    patch = patch_for(card, quick)
+    gen = torch.Generator().manual_seed(0)
+    return model, torch.randn(1, 1, *patch, generator=gen), torch.randint(0, 3, (1, *patch), generator=gen)
+
+
+def _logits(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+
+def make_forward(model: nn.Module, x: torch.Tensor):
+    model.eval()
+
+    def fwd() -> None:
+        with torch.no_grad():
+            model(x)
+
+    return fwd
+
+
+def make_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step() -> None:
+        model.train()
+        out = _logits(model(x))
+        loss = nn.functional.cross_entropy(out, y)
+        aux = model.auxiliary_loss() if hasattr(model, "auxiliary_loss") else None
+        if aux is not None:
+            loss = loss + aux
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+_MEMORY_CODE = """
+import torch
+from benchmarks.models import build, make_forward, make_train
+torch.set_num_threads({threads})
+m, x, y = build({name!r}, {quick})
+f = make_forward(m, x) if {mode!r} == "forward" else make_train(m, x, y)
+f(); f()
+"""
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = make_parser(NAME, __doc__.splitlines()[0])
+    parser.add_argument("--only-models", default=None, help="comma-separated model names")
+    parser.add_argument("--memory", action="store_true", help="peak RSS per workload (fresh subprocess each)")
+    args = parser.parse_args(argv)
+    threads = apply_threads(args.threads)
+    reps = reps_for(args, default=3, quick=1)
+    from medzoo.models import list_models
+
+    wanted = args.only_models.split(",") if args.only_models else list(MAIN_MODELS)
+    if args.quick and not args.only_models:
+        wanted = ["unet3d", "dynunet"]
+    registered = set(list_models())
+    names = [n for n in wanted if n in registered]
+    missing = [n for n in wanted if n not in registered]
+    ch, size = (8, 16) if args.quick else (32, 64)
+    conv = nn.Conv3d(ch, ch, 3, padding=1, bias=False)
+    cx = torch.randn(1, ch, size, size, size)
+    peak_flops = 2.0 * ch * ch * 27 * size**3
+
+    def peak_fn() -> None:
+        with torch.no_grad():
+            conv(cx)
+
+    rows = []
+    for name in names:
+        try:
+            model, x, y = build(name, args.quick)
+            fwd, step = make_forward(model, x), make_train(model, x, y)
+            f_flops, t_flops = count_flops(fwd), count_flops(step)
+            times = interleaved({"forward": fwd, "train": step, "peak": peak_fn}, reps=reps, warmup=args.warmup)
+        except Exception as err:  # noqa: BLE001 - one broken model must not stop the table
+            logger.warning("model %s failed: %s", name, err)
+            rows.append({"model": name, "skipped": f"{type(err).__name__}: {err}"[:200]})
+            continue
+        med = {k: median(v) for k, v in times.items()}
+        peak = peak_flops / med["peak"] / 1e9
+        row: dict[str, Any] = {
+            "model": name,
+            "patch": "x".join(str(s) for s in x.shape[2:]),
+            "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+            "forward_s": med["forward"],
+            "train_s": med["train"],
+            "forward_gflops": f_flops / med["forward"] / 1e9,
+            "train_gflops": t_flops / med["train"] / 1e9,
+            "conv_peak_gflops": peak,
+            "train_pct_peak": 100.0 * t_flops / med["train"] / 1e9 / peak,
+        }
+        if args.memory:
+            for mode in ("forward", "train"):
+                code = _MEMORY_CODE.format(threads=threads, name=name, quick=args.quick, mode=mode)
+                row[f"{mode}_peak_rss_mb"] = peak_rss_mb_subprocess(code)
+        rows.append(row)
+    for name in missing:
+        rows.append({"model": name, "skipped": "not registered"})
+    cols = ["model", "patch", "params_M", "forward_s", "train_s", "forward_gflops", "train_gflops",
+            "conv_peak_gflops", "train_pct_peak"]
+    if args.memory:
+        cols += ["forward_peak_rss_mb", "train_peak_rss_mb"]
+    cols.append("skipped")
+    print(f"== {NAME}: forward / training step per model, medians of {reps}, {threads} threads")
+    print(format_table(rows, cols))
+    results = {"benchmark": NAME, "environment": environment(), "threads": threads, "reps": reps, "rows": rows,
+               "markdown": markdown_table(rows, cols)}
+    print(f"wrote {write_results(NAME, results, args.out)}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Benchmarks: the shared helpers, the runner, and (slow) each module's entry point with --quick."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from benchmarks import common
+
+
+def test_interleaved_and_summaries() -> None:
+    calls: list[str] = []
+    times = common.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=3, warmup=1)
+    assert set(times) == {"a", "b"} and all(len(v) == 3 for v in times.values())
+    assert calls[:2] == ["a", "b"] and calls[4:6] == ["b", "a"]  # warm-up, then rotating order
+    assert common.median([3.0, 1.0, 2.0]) == 2.0
+    assert common.ratio(2.0, 1.0) == 2.0
+    assert common.summarize([1.0, 3.0])["n"] == 2
+
+
+def test_tables_and_results(tmp_path) -> None:
+    rows = [{"name": "x", "t": 1.5}, {"name": "y", "t": float("nan"), "extra": 2}]
+    text = common.format_table(rows)
+    assert "extra" in text.splitlines()[0] and "-" in text.splitlines()[-1]
+    md = common.markdown_table(rows)
+    assert md.startswith("| name | t | extra |")
+    path = common.write_results("demo", {"rows": rows}, tmp_path)
+    assert json.loads(path.read_text())["rows"][1]["t"] is None
+
+
+def test_peak_rss_subprocess_sees_a_big_allocation() -> None:
+    small = common.peak_rss_mb_subprocess("x = 1")
+    big = common.peak_rss_mb_subprocess("x = bytearray(200 * 1024 * 1024)")
+    assert big - small > 150
+
+
+def test_runner_reports_missing_module(tmp_path) -> None:
+    from benchmarks.__main__ import main
+
+    res = main(["--only", "does_not_exist", "--out", str(tmp_path)])
+    assert "skipped" in res["does_not_exist"]
+    assert "does_not_exist" in (tmp_path / "summary.md").read_text()
+
+
+def test_profile_groups() -> None:
+    from benchmarks.profile import group_of
+
+    assert group_of("aten::mkldnn_convolution") == "convolution"
+    assert group_of("aten::native_batch_norm_backward") == "normalisation"
+    assert group_of("aten::leaky_relu_") == "activation"
+    assert group_of("aten::cat") == "copies"
+    assert group_of("aten::_foreach_add_") == "optimizer"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["training_step", "models", "profile", "time_to_dice"])
+def test_module_quick(name: str, tmp_path) -> None:
+    import importlib
+
+    module = importlib.import_module(f"benchmarks.{name}")
+    res = module.main(["--quick", "--reps", "1", "--warmup", "0", "--threads", "1", "--out", str(tmp_path)])
+    assert res["benchmark"] == name
+    assert (tmp_path / f"{name}.json").is_file()
+    if "skipped" not in res:
+        assert res["rows"] and all("skipped" not in r for r in res["rows"])
