@@ -161,11 +161,13 @@ def _iter_slabs(
     sigma_scale: float,
     progress: bool,
     device: torch.device | str | None,
+    normalize: bool = True,
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Yield ``(lo, hi, slab)``: blended outputs (B, K, hi - lo, *S[1:]) for axis-0 range [lo, hi).
 
     Must run under ``torch.inference_mode()``. ``slab`` is a view into a reused buffer: use it (copy it)
-    before asking for the next one.
+    before asking for the next one. With ``normalize=False`` the weight map is not even kept and the slab
+    holds the weighted sums (same argmax, since every voxel's classes share one positive weight).
     """
     if inputs.ndim not in (4, 5):
         raise ValueError(f"inputs must be (B, C, *S) with 2 or 3 spatial dims, got shape {tuple(inputs.shape)}")
@@ -191,7 +193,7 @@ def _iter_slabs(
     n_batches = len(rows) * -(-(batch * len(other_positions)) // batch_size)
 
     acc: torch.Tensor | None = None  # (B, K, depth, *S[1:]) allocated at the first forward (K unknown before)
-    wacc = torch.zeros((depth, *spatial[1:]), dtype=torch.float32, device=out_device)
+    wacc = torch.zeros((depth, *spatial[1:]), dtype=torch.float32, device=out_device) if normalize else None
     xbuf = torch.empty((batch_size, channels, *window), dtype=inputs.dtype, device=compute_device)
     origin = max(rows[0], 0)
 
@@ -216,14 +218,18 @@ def _iter_slabs(
                 # Voxels before this row's start are final: normalise, hand out, shift the buffer.
                 n = row_start - origin
                 slab = acc[:, :, :n]
-                slab.div_(wacc[:n])
+                if wacc is not None:
+                    slab.div_(wacc[:n])
                 yield origin, row_start, slab
                 keep = depth - n
-                for i in range(keep):
-                    acc[:, :, i].copy_(acc[:, :, i + n])
-                    wacc[i].copy_(wacc[i + n])
+                for i in range(0, keep, n):  # blocks of n planes: source and destination never overlap
+                    m = min(n, keep - i)
+                    acc[:, :, i : i + m].copy_(acc[:, :, i + n : i + n + m])
+                    if wacc is not None:
+                        wacc[i : i + m].copy_(wacc[i + n : i + n + m])
                 acc[:, :, keep:].zero_()
-                wacc[keep:].zero_()
+                if wacc is not None:
+                    wacc[keep:].zero_()
                 origin = row_start
             items = [(b, (row_start, *pos)) for b in range(batch) for pos in other_positions]
             for first in range(0, len(items), batch_size):
@@ -252,13 +258,14 @@ def _iter_slabs(
                     local = (slice(vol[0].start - origin, vol[0].stop - origin), *vol[1:])
                     w = weights[win]
                     acc[(b, slice(None), *local)].addcmul_(out[(i, slice(None), *win)], w)
-                    if b == 0:
+                    if b == 0 and wacc is not None:
                         wacc[local].add_(w)
                 if bar is not None:
                     bar.update(1)
         n = spatial[0] - origin
         slab = acc[:, :, :n]
-        slab.div_(wacc[:n])
+        if wacc is not None:
+            slab.div_(wacc[:n])
         yield origin, spatial[0], slab
     finally:
         if bar is not None:
@@ -318,6 +325,23 @@ def sliding_window(
     return out
 
 
+def _argmax_into(out: torch.Tensor, scores: torch.Tensor) -> None:
+    """``out[...] = scores.argmax(1)`` (first maximum wins) by K element-wise passes.
+
+    ``Tensor.argmax`` over a non-innermost dim is slow on CPU; K compare/select passes are several times
+    faster and need only one (B, *S) float temporary.
+    """
+    if scores.shape[1] > 255 or out.dtype != torch.uint8:
+        out.copy_(scores.argmax(dim=1))
+        return
+    best = scores[:, 0].clone()
+    out.zero_()
+    for k in range(1, scores.shape[1]):
+        better = scores[:, k] > best
+        out.masked_fill_(better, k)
+        torch.maximum(best, scores[:, k], out=best)
+
+
 def sliding_window_argmax(
     inputs: torch.Tensor,
     model: Model,
@@ -336,7 +360,9 @@ def sliding_window_argmax(
     """Sliding-window label map without ever holding the full (B, K, *S) float32 output.
 
     Same arguments as :func:`sliding_window`. Each finished slab of blended outputs is turned into labels
-    (argmax over K) at once; only one patch-thick accumulator exists at any time.
+    (argmax over K) at once; only one patch-thick accumulator exists at any time, and without
+    ``return_probabilities`` not even the weight map is kept (the argmax of the weighted sums is the
+    argmax of the blended outputs).
 
     Returns:
         ``(labels, probabilities)``: labels uint8 (B, *S) (int64 if K > 256) on ``inputs.device``;
@@ -349,7 +375,7 @@ def sliding_window_argmax(
     with torch.inference_mode():
         for lo, hi, slab in _iter_slabs(
             inputs, model, patch_size, overlap, blend, batch_size, mirror_axes,
-            apply_softmax, sigma_scale, progress, device,
+            apply_softmax, sigma_scale, progress, device, normalize=return_probabilities,
         ):  # fmt: skip
             k = slab.shape[1]
             if labels is None:
@@ -358,10 +384,10 @@ def sliding_window_argmax(
                     labels = torch.empty((batch, *spatial), dtype=dtype, device=inputs.device)
                     if return_probabilities:
                         probs = torch.empty((batch, k, *spatial), dtype=torch.float16, device=inputs.device)
-            # argmax a few planes at a time to keep the int64 temporary small
-            for s in range(0, hi - lo, 8):
-                e = min(s + 8, hi - lo)
-                labels[:, lo + s : lo + e].copy_(slab[:, :, s:e].argmax(dim=1))
+            # a few planes at a time to keep the temporaries small
+            for s in range(0, hi - lo, 16):
+                e = min(s + 16, hi - lo)
+                _argmax_into(labels[:, lo + s : lo + e], slab[:, :, s:e])
                 if probs is not None:
                     part = slab[:, :, s:e]
                     if not apply_softmax:
