@@ -202,7 +202,8 @@ class PatchLoader:
         channels = self.cases[0].image.shape[0] * (2 * self.context_slices + 1)
         # the batch is assembled in place: each patch is copied once from the memmap (or the warp output)
         images = np.empty((self.batch_size, channels) + self.patch_size, dtype=np.float32)
-        labels = np.zeros((self.batch_size,) + self.patch_size, dtype=np.uint8)
+        # labels are written as int64 straight away (the cast rides on the copy: no separate .long() pass)
+        labels = np.zeros((self.batch_size,) + self.patch_size, dtype=np.int64)
         for b in range(self.batch_size):
             case = self.cases[int(rng.integers(len(self.cases)))]
             force = b >= self.batch_size - n_forced
@@ -223,7 +224,7 @@ class PatchLoader:
             if lab_t is not None:
                 labels[b] = lab_t[0].numpy()
         image_t = torch.from_numpy(images)
-        label_t = torch.from_numpy(labels).long()
+        label_t = torch.from_numpy(labels)
         transforms = self.augmentation.transforms
         image_t, label_t = transforms.apply_(image_t, label_t, generator)  # we own the batch: in place
         return image_t, label_t

@@ -123,14 +123,17 @@ class SpatialAugment:
 
     def sample(self, generator: torch.Generator) -> SpatialParams:
         """Draw one sample's parameters and the input region size they need."""
-        u = torch.rand(3, generator=generator).tolist()
         n_angles = 1 if self.nd == 2 else 3
-        angles = ((torch.rand(n_angles, generator=generator) * 2 - 1) * self.rotation).tolist()
-        zoom = float(_uniform(generator, 1, *self.scale))
-        mag = float(_uniform(generator, 1, *self.elastic_magnitude))
-        noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        flip_draw = (torch.rand(len(self.flip_axes), generator=generator) < self.p_flip).tolist()
-        flips = tuple(a for a, f in zip(self.flip_axes, flip_draw) if f)
+        n_flips = len(self.flip_axes)
+        # one generator call per sample (the Python overhead of many small draws dominates small patches)
+        r = torch.rand(5 + n_angles + n_flips, dtype=torch.float64, generator=generator).tolist()
+        u = r[:3]
+        angles = [(2 * a - 1) * self.rotation for a in r[3 : 3 + n_angles]]
+        zoom = self.scale[0] + (self.scale[1] - self.scale[0]) * r[3 + n_angles]
+        lo, hi = self.elastic_magnitude
+        mag = lo + (hi - lo) * r[4 + n_angles]
+        flip_draw = r[5 + n_angles :]
+        flips = tuple(a for a, f in zip(self.flip_axes, flip_draw) if f < self.p_flip)
         matrix = None
         if u[0] < self.p_rotation:
             matrix = rotation_matrix(angles)
@@ -139,6 +142,7 @@ class SpatialAugment:
             matrix = s if matrix is None else matrix @ s
         displacement = None
         if u[2] < self.p_elastic and mag > 0:
+            noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
             g = torch.Generator().manual_seed(noise_seed)
             coarse = [max(2, math.ceil(p / self.elastic_grid) + 1) for p in self.patch_size]
             field = torch.randn((1, self.nd, *coarse), generator=g) * mag
@@ -174,8 +178,8 @@ class SpatialAugment:
             theta = torch.diag(2.0 / R) @ m @ torch.diag(Pt / 2.0)
             theta = theta.flip(0).flip(1)  # (I, J, K) order -> torch's (x=K, y=J, z=I)
             thetas.append(torch.cat([theta, torch.zeros(nd, 1, dtype=torch.float64)], dim=1))
-        theta = torch.stack(thetas).to(device=device, dtype=torch.float32)
-        grid = F.affine_grid(theta, [len(params), 1, *P], align_corners=False)
+        theta = torch.stack(thetas).to(dtype=torch.float32)
+        grid = affine_grid(theta, P, device=device)
         for b, prm in enumerate(params):
             if prm.displacement is not None:
                 d = prm.displacement.to(device=device, dtype=torch.float32)  # (nd, *P) in input voxels
@@ -205,13 +209,51 @@ class SpatialAugment:
         lab = None
         if label is not None:
             lab = F.grid_sample(label[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-            lab = lab[:, 0].round().to(label.dtype)
+            lab = lab[:, 0].to(label.dtype)  # nearest: exact integer values, no rounding pass needed
         return out, lab
 
     def __call__(self, image: torch.Tensor, label: torch.Tensor | None, generator: torch.Generator) -> Pair:
         """Batched: draw per-sample parameters and warp the centre of ``image (B, C, *S)`` to the patch size."""
         params = [self.sample(generator) for _ in range(image.shape[0])]
         return self.warp(image, label, params)
+
+
+def affine_grid(theta: torch.Tensor, size: tuple[int, ...], device=None) -> torch.Tensor:
+    """``F.affine_grid(theta, [B, 1, *size], align_corners=False)`` computed separably (much faster on CPU).
+
+    An affine map of a regular grid is a sum of one term per axis, so each output coordinate is built from
+    1D ramps by broadcasting: one pass over the grid per coordinate instead of a (N, nd+1) x (nd+1, nd)
+    product per point.
+
+    Args:
+        theta: (B, nd, nd + 1) in torch's normalised (x = last axis) order.
+        size: spatial output size (nd entries, array order).
+
+    Returns:
+        (B, *size, nd) float32 sampling grid.
+    """
+    nd = len(size)
+    B = theta.shape[0]
+    theta = theta.to(dtype=torch.float32)
+    # normalised centres of the output voxels along each array axis (align_corners=False)
+    ramps = [(torch.arange(p, dtype=torch.float32, device=device) * 2 + 1) / p - 1 for p in size]
+    # coordinate-major storage: each coordinate is written as one contiguous block (vectorised broadcast
+    # adds); the (B, *size, nd) view handed out is strided, which grid_sample reads as fast
+    grid = torch.empty((B, nd, *size), dtype=torch.float32, device=device)
+    th = theta.to(device=device)
+    for b in range(B):
+        for c in range(nd):
+            terms = []
+            for axis in range(nd):  # column nd - 1 - axis of theta multiplies array axis ``axis``
+                shape = [1] * nd
+                shape[axis] = size[axis]
+                terms.append((ramps[axis] * th[b, c, nd - 1 - axis]).reshape(shape))
+            terms[-1] = terms[-1] + th[b, c, nd]
+            acc = terms[0]
+            for t in terms[1:-1]:
+                acc = acc + t  # small: (I, J, 1) at most
+            torch.add(acc, terms[-1], out=grid[b, c])
+    return torch.movedim(grid, 1, -1)
 
 
 def centre_crop(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
@@ -303,6 +345,17 @@ def _dims(x: torch.Tensor) -> tuple[int, ...]:
     return tuple(range(1, x.ndim))
 
 
+def _std_mean_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unbiased std and mean of each row of ``x (C, N)`` as (C, 1) each.
+
+    Two vectorised passes (mean, then the norm of the deviations): ~20x faster on CPU than
+    ``torch.std_mean`` over many dimensions, and as accurate (no sum-of-squares cancellation).
+    """
+    mean = x.mean(1, keepdim=True)
+    std = torch.linalg.vector_norm(x - mean, dim=1, keepdim=True) / math.sqrt(max(x.shape[1] - 1, 1))
+    return std, mean
+
+
 class RandomGamma(Transform):
     """``x -> ((x - min) / range) ** gamma * range + min`` per sample and channel, optionally on the inverted
     image, keeping mean and std (nnU-Net's gamma)."""
@@ -320,15 +373,33 @@ class RandomGamma(Transform):
                         _uniform(generator, B, max(self.gamma[0], 1.0), self.gamma[1]))
         invert = _coin(generator, B, self.p_invert)
         for b in apply.nonzero()[:, 0].tolist():
-            x = -image[b] if invert[b] else image[b]  # (C, *S)
+            x = image[b]  # (C, *S), modified in place
             d = _dims(x)
-            mean, std = x.mean(d, keepdim=True), x.std(d, keepdim=True)
-            mn, mx = x.amin(d, keepdim=True), x.amax(d, keepdim=True)
-            rng = (mx - mn).clamp_min(1e-7)
-            y = ((x - mn) / rng).clamp_min_(0).pow_(float(g[b])).mul_(rng).add_(mn)
-            if self.retain_stats:
-                y = (y - y.mean(d, keepdim=True)) / y.std(d, keepdim=True).clamp_min(1e-7) * std + mean
-            image[b] = -y if invert[b] else y
+            if not self.retain_stats:
+                x = -x if invert[b] else x
+                mn, mx = x.amin(d, keepdim=True), x.amax(d, keepdim=True)
+                rng = (mx - mn).clamp_min(1e-7)
+                y = ((x - mn) / rng).clamp_min_(0).pow_(float(g[b])).mul_(rng).add_(mn)
+                image[b] = -y if invert[b] else y
+                continue
+            # With the statistics retained every positive affine rescaling of (x - min) cancels out, so
+            # ((x - min) / range) ** g is replaced by (x - min) ** g (>= 0 exactly: x >= min), normalised
+            # afterwards: 6 passes over the sample instead of ~15. Inverted: (max - x) ** g, negated back.
+            C = x.shape[0]
+            flat = x.reshape(C, -1)  # a view of image[b] when contiguous (modified in place), else a copy
+            std, mean = _std_mean_rows(flat)
+            if invert[b]:
+                t = flat.neg_().add_(flat.amin(1, keepdim=True).neg_())  # -x - min(-x) = max(x) - x
+            else:
+                t = flat.sub_(flat.amin(1, keepdim=True))
+            t.pow_(float(g[b]))
+            t_std, t_mean = _std_mean_rows(t)
+            scale = std / t_std.clamp_min(1e-7)
+            if invert[b]:
+                scale = -scale
+            t.mul_(scale).add_(mean - t_mean * scale)
+            if t.data_ptr() != x.data_ptr():  # reshape had to copy: write back
+                image[b] = t.view_as(image[b])
         return image, label
 
 
@@ -378,7 +449,7 @@ class RandomNoise(Transform):
         s = _uniform(generator, B, *self.std)
         for b in apply.nonzero()[:, 0].tolist():
             noise = torch.randn(image.shape[1:], generator=generator).to(image.device, image.dtype)
-            image[b] += noise * float(s[b])
+            image[b].add_(noise, alpha=float(s[b]))
         return image, label
 
 
