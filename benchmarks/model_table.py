@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row = _row(name, Path(data), Path(tmp) / "runs", budget, cases)
             rows.append(row)
             print(format_table([row], COLUMNS + ["skipped"]).splitlines()[-1], flush=True)
+            # Written after every model, so a run cut short (time, memory) still leaves its numbers.
+            write_results(NAME, {"benchmark": NAME, "partial": True, "budget_seconds": budget, "rows": rows},
+                          args.out)
     for row in rows:
         if isinstance(row.get("params"), int):
             row["params"] = f"{row['params'] / 1e6:.2f}M"
