@@ -1,18 +1,26 @@
 """Data pipeline throughput: patch sampling + a standard augmentation, medzoo vs TorchIO vs MONAI.
 
-Workload (the same for all three): draw training patches with foreground oversampling (1/3 of patches
-centred on foreground) and apply the "standard" augmentation — random flips on every axis (p 0.5 each),
-rotation (+-30 deg, p 0.2) + scaling (0.7-1.4, p 0.2), gamma (p 0.3), Gaussian noise (p 0.1).
+The same work on every side (``SAME_WORK`` below, printed above the table and stored in the JSON): every
+training patch is drawn with foreground oversampling (1/3 of patches centred on foreground) and augmented
+INDEPENDENTLY with the nnU-Net-like "standard" pipeline, same transforms, same probabilities:
+random flip of each axis (p 0.5 each); a spatial warp with p 0.36 = 1 - 0.8^2 (medzoo: rotation +-30 deg
+p 0.2 and isotropic scaling 0.7-1.4 p 0.2, composed into one resampling; the peers: one random affine with
+both, p 0.36, so the same fraction of patches is resampled, once); gamma 0.7-1.5 (p 0.3); Gaussian noise
+std 0-0.3 (p 0.1). Torch runs with ONE intra-op thread (``--threads`` to change; SimpleITK, which TorchIO
+resamples with, gets the same count), as in DataLoader workers, where torch sets one thread per worker.
 
 - medzoo: :class:`~medzoo.data.loader.PatchLoader` over the preprocessed cache (memory-mapped .npy),
-  ``augment="standard"``; spatial augmentation on a slightly larger crop around the patch (one
-  grid_sample), intensity transforms on the small patch. Measured with ``num_workers=0`` (same thread,
-  like the peers below) and with one background thread / process (how the trainer runs it).
-- TorchIO: ``tio.Queue`` with ``LabelSampler`` (foreground probability 1/3) and the matching transforms
-  (RandomFlip, RandomAffine p 0.2, RandomGamma p 0.3, RandomNoise p 0.1) applied per subject (its design),
-  ``samples_per_volume=8``, ``num_workers=0``, subjects held in memory (no file I/O).
-- MONAI: ``RandCropByPosNegLabeld`` (pos 1 : neg 2) of a 1.4x larger region, ``RandAffined`` to the patch
-  size, ``RandFlipd`` x3, ``RandAdjustContrastd`` (gamma), ``RandGaussianNoised``, on in-memory arrays.
+  ``augment="standard"``: crop + flip by indexing for the ~64% of patches without a warp; one grid_sample
+  (separable affine grid) of a slightly larger crop for the others; gamma / noise on the patch. Headline:
+  ``num_workers=0`` (same thread, like the peers); also one background thread / process.
+- TorchIO: ``tio.Queue`` with ``LabelSampler`` (foreground probability 1/3), ``samples_per_volume=1``:
+  TorchIO transforms the whole subject before sampling (its design), so each independently augmented
+  patch costs one whole-volume augmentation; that is part of its time. Secondary row ``torchio_spv8``:
+  ``samples_per_volume=8`` — LESS work per patch (one augmentation shared by 8 correlated patches), shown
+  for reference only. Subjects are held in memory (no file I/O), ``num_workers=0``.
+- MONAI: ``RandCropByPosNegLabeld`` (pos 1 : neg 2) at the patch size, then ``RandAffined`` (p 0.36,
+  zero padding: rotated patches get empty corners — less work than medzoo's border-filling warp),
+  ``RandFlipd`` x3, ``RandAdjustContrastd`` (gamma), ``RandGaussianNoised``, on in-memory arrays.
 
 Datasets: MSD Task04 Hippocampus (``../shared/data/Task04_Hippocampus`` or ``$MEDZOO_HIPPOCAMPUS_DIR``;
 skipped with a message when absent; MSD data licence CC-BY-SA 4.0) and 160x192x160 two-channel phantoms.
@@ -20,7 +28,8 @@ skipped with a message when absent; MSD data licence CC-BY-SA 4.0) and 160x192x1
 Also measured: one "epoch" reading every hippocampus case (image + label, full arrays) from the NIfTI files
 (medzoo.data.loading.load_case) versus from the cache (memory-mapped .npy, copied into memory).
 
-Run: ``python -m benchmarks.data_pipeline [--quick]``; writes ``benchmarks/results/data_pipeline.json``.
+Run: ``python -m benchmarks.data_pipeline [--quick] [--reps N]``; writes ``benchmarks/results/data_pipeline.json``.
+Ratios are ``peer seconds / medzoo seconds`` for the same number of patches (> 1: medzoo faster).
 """
 
 from __future__ import annotations
@@ -48,6 +57,16 @@ from benchmarks.common import (
 
 NAME = "data_pipeline"
 
+P_FLIP, P_ROTATION, P_SCALE, P_GAMMA, P_NOISE = 0.5, 0.2, 0.2, 0.3, 0.1
+P_WARP = 1 - (1 - P_ROTATION) * (1 - P_SCALE)  # 0.36: a patch is resampled when rotated and/or scaled
+SAME_WORK = (
+    "same work per patch on every side: each patch sampled (1/3 foreground) and augmented independently — "
+    f"flip per axis p {P_FLIP}; resampling warp p {P_WARP:.2f} (rotation +-30 deg p {P_ROTATION} and/or "
+    f"isotropic scale 0.7-1.4 p {P_SCALE}, one resampling); gamma 0.7-1.5 p {P_GAMMA}; noise std 0-0.3 "
+    f"p {P_NOISE}. torchio = Queue samples_per_volume=1 (whole-volume augmentation per patch, its design); "
+    "torchio_spv8 = samples_per_volume=8: LESS work per patch (1 augmentation per 8 patches), reference only"
+)
+
 
 def hippocampus_dir() -> Path:
     env = os.environ.get("MEDZOO_HIPPOCAMPUS_DIR")
@@ -59,7 +78,7 @@ def hippocampus_dir() -> Path:
 # --------------------------------------------------------------------------------------------- peers
 
 
-def torchio_stream(cases, patch_size, batch_size, seed=0):
+def torchio_stream(cases, patch_size, batch_size, seed=0, samples_per_volume=1):
     """A function producing one batch from a TorchIO Queue over in-memory subjects (or None)."""
     try:
         import torchio as tio
@@ -78,17 +97,18 @@ def torchio_stream(cases, patch_size, batch_size, seed=0):
         for c in cases
     ]
     transform = tio.Compose([
-        tio.RandomFlip(axes=(0, 1, 2), flip_probability=0.5),
-        tio.RandomAffine(scales=(0.7, 1.4), degrees=30, p=0.2, default_pad_value=0),
-        tio.RandomGamma(log_gamma=(-0.35, 0.4), p=0.3),
-        tio.RandomNoise(std=(0, 0.3), p=0.1),
+        tio.RandomFlip(axes=(0, 1, 2), flip_probability=P_FLIP),
+        tio.RandomAffine(scales=(0.7, 1.4), degrees=30, isotropic=True, p=P_WARP, default_pad_value=0),
+        tio.RandomGamma(log_gamma=(-0.35, 0.4), p=P_GAMMA),  # gamma 0.70-1.49
+        tio.RandomNoise(std=(0, 0.3), p=P_NOISE),
     ])
     dataset = tio.SubjectsDataset(subjects, transform=transform)
     n_classes = int(max(int(np.max(c.label)) for c in cases)) + 1
     probs = {0: 2 / 3}
     probs.update({k: (1 / 3) / (n_classes - 1) for k in range(1, n_classes)})
     sampler = tio.LabelSampler(patch_size, label_name="label", label_probabilities=probs)
-    queue = tio.Queue(dataset, max_length=16, samples_per_volume=8, sampler=sampler, num_workers=0)
+    queue = tio.Queue(dataset, max_length=16, samples_per_volume=samples_per_volume, sampler=sampler,
+                      num_workers=0)
     loader = torch.utils.data.DataLoader(queue, batch_size=batch_size, num_workers=0)
     state = {"it": iter(loader)}
 
@@ -109,18 +129,17 @@ def monai_stream(cases, patch_size, batch_size, seed=0):
         from monai import transforms as mt
     except ImportError:
         return None
-    big = [int(round(p * 1.4)) for p in patch_size]
     keys = ["image", "label"]
     pipeline = mt.Compose([
-        mt.RandCropByPosNegLabeld(keys, label_key="label", spatial_size=big, pos=1, neg=2, num_samples=1,
-                                  allow_smaller=True),
-        mt.RandAffined(keys, spatial_size=patch_size, prob=0.2, rotate_range=[np.pi / 6] * 3,
+        mt.SpatialPadd(keys, spatial_size=patch_size),
+        mt.RandCropByPosNegLabeld(keys, label_key="label", spatial_size=patch_size, pos=1, neg=2, num_samples=1),
+        mt.RandAffined(keys, spatial_size=patch_size, prob=P_WARP, rotate_range=[np.pi / 6] * 3,
                        scale_range=[0.35] * 3, mode=("bilinear", "nearest"), padding_mode="zeros"),
-        mt.RandFlipd(keys, prob=0.5, spatial_axis=0),
-        mt.RandFlipd(keys, prob=0.5, spatial_axis=1),
-        mt.RandFlipd(keys, prob=0.5, spatial_axis=2),
-        mt.RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5)),
-        mt.RandGaussianNoised("image", prob=0.1, std=0.3),
+        mt.RandFlipd(keys, prob=P_FLIP, spatial_axis=0),
+        mt.RandFlipd(keys, prob=P_FLIP, spatial_axis=1),
+        mt.RandFlipd(keys, prob=P_FLIP, spatial_axis=2),
+        mt.RandAdjustContrastd("image", prob=P_GAMMA, gamma=(0.7, 1.5)),
+        mt.RandGaussianNoised("image", prob=P_NOISE, std=0.3),
     ])
     pipeline.set_random_state(seed)
     data = [{"image": np.array(c.image), "label": np.array(c.label)[None]} for c in cases]
@@ -158,9 +177,10 @@ def throughput_rows(label, cases, patch_size, batch_size, batches, reps, warmup)
     streams["medzoo"] = lambda: next(ours0)
     streams["medzoo_thread1"] = lambda: next(ours1)
     streams["medzoo_process1"] = lambda: next(ours_p)
-    tio_next = torchio_stream(cases, patch_size, batch_size)
+    tio_next = torchio_stream(cases, patch_size, batch_size, samples_per_volume=1)
     if tio_next is not None:
         streams["torchio"] = tio_next
+        streams["torchio_spv8"] = torchio_stream(cases, patch_size, batch_size, samples_per_volume=8)
     monai_next = monai_stream(cases, patch_size, batch_size)
     if monai_next is not None:
         streams["monai"] = monai_next
@@ -173,12 +193,14 @@ def throughput_rows(label, cases, patch_size, batch_size, batches, reps, warmup)
         loader.close()
     per = {k: summarize(v)["median"] for k, v in times.items()}
     patches = batches * batch_size
-    row: dict[str, Any] = {"workload": label, "patch": "x".join(map(str, patch_size)), "batch": batch_size}
+    row: dict[str, Any] = {"workload": label, "patch": "x".join(map(str, patch_size)), "batch": batch_size,
+                           "patches_timed": patches}
     for k, sec in per.items():
         row[f"{k}_patches_s"] = patches / sec
     if "torchio" in per:
         row["x_torchio"] = ratio(per["torchio"], per["medzoo"])
         row["x_torchio_thread1"] = ratio(per["torchio"], per["medzoo_thread1"])
+        row["x_torchio_spv8"] = ratio(per["torchio_spv8"], per["medzoo"])
     if "monai" in per:
         row["x_monai"] = ratio(per["monai"], per["medzoo"])
     row["seconds"] = {k: summarize(v) for k, v in times.items()}
@@ -224,14 +246,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser = make_parser(NAME, __doc__.splitlines()[0])
     parser.add_argument("--hippo-cases", type=int, default=40, help="hippocampus cases used (default 40)")
     args = parser.parse_args(argv)
-    threads = apply_threads(args.threads)
+    threads = apply_threads(args.threads if args.threads is not None else 1)
+    try:  # TorchIO resamples with SimpleITK: the same thread budget
+        import SimpleITK as sitk
+
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    except ImportError:
+        pass
     reps = reps_for(args, default=5, quick=2)
     from medzoo.data.cache import build_cache
     from medzoo.data.layouts import load_dataset
     from medzoo.data.phantom import make_phantom_dataset
     from medzoo.planning.plan import Plan
 
-    results: dict[str, Any] = {"benchmark": NAME, "environment": environment(), "threads": threads, "rows": []}
+    results: dict[str, Any] = {"benchmark": NAME, "environment": environment(), "threads": threads,
+                               "same_work": SAME_WORK, "rows": []}
     rows = results["rows"]
     with tempfile.TemporaryDirectory(prefix="medzoo_bench_") as tmp:
         tmp = Path(tmp)
@@ -247,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
             rows += epoch_rows(info, cached, reps)
             patch = (24, 32, 24) if args.quick else (40, 56, 40)
             rows += throughput_rows("hippocampus", cached, patch, 4 if args.quick else 8,
-                                    batches=2 if args.quick else 5, reps=reps, warmup=args.warmup)
+                                    batches=2 if args.quick else 6, reps=reps, warmup=args.warmup)
         else:
             msg = f"hippocampus data not found at {root} (set MEDZOO_HIPPOCAMPUS_DIR)"
             print(f"skipping hippocampus: {msg}")
@@ -259,11 +288,12 @@ def main(argv: list[str] | None = None) -> dict:
         pcached = build_cache(pinfo, plan, tmp / "phantom_cache", progress=False)
         patch = (32, 32, 32) if args.quick else (96, 96, 96)
         rows += throughput_rows(f"phantom {'x'.join(map(str, shape))}", pcached, patch, 2,
-                                batches=2 if args.quick else 4, reps=reps, warmup=args.warmup)
+                                batches=2 if args.quick else 8, reps=reps, warmup=args.warmup)
     cols = ["workload", "patch", "batch", "medzoo_patches_s", "medzoo_thread1_patches_s",
-            "medzoo_process1_patches_s", "torchio_patches_s", "monai_patches_s", "x_torchio", "x_torchio_thread1",
-            "x_monai", "nifti_s", "nifti_preprocess_s", "cache_s", "x_cache_vs_nifti", "x_cache_vs_nifti_preprocess",
+            "medzoo_process1_patches_s", "torchio_patches_s", "torchio_spv8_patches_s", "monai_patches_s",
+            "x_torchio", "x_torchio_thread1", "x_torchio_spv8", "x_monai", "nifti_s", "nifti_preprocess_s", "cache_s", "x_cache_vs_nifti", "x_cache_vs_nifti_preprocess",
             "skipped"]
+    print(f"threads: {threads}; {SAME_WORK}")
     print(format_table([{k: v for k, v in r.items() if k != "seconds" or not isinstance(v, dict)} for r in rows],
                        cols))
     path = write_results(NAME, results, args.out)
