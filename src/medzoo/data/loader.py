@@ -140,6 +140,7 @@ class PatchLoader:
         if worker_mode not in ("thread", "process"):
             raise ConfigError(f"worker_mode must be 'thread' or 'process', got {worker_mode!r}")
         self.cases = list(cases)
+        self._all_labelled = all(getattr(c, "label", None) is not None for c in self.cases)
         self.batch_size = int(batch_size)
         self.spatial_dims = spatial_dims
         self.sampler = get_sampler(sampler, **(sampler_options or {}))
@@ -203,7 +204,11 @@ class PatchLoader:
         # the batch is assembled in place: each patch is copied once from the memmap (or the warp output)
         images = np.empty((self.batch_size, channels) + self.patch_size, dtype=np.float32)
         # labels are written as int64 straight away (the cast rides on the copy: no separate .long() pass)
-        labels = np.zeros((self.batch_size,) + self.patch_size, dtype=np.int64)
+        # (np.empty, not np.zeros: calloc hands out fresh zero pages for large blocks, and faulting them in
+        # cost more than the copy itself; every label patch is written below, or zeroed when there is none)
+        labels = np.empty((self.batch_size,) + self.patch_size, dtype=np.int64)
+        if not self._all_labelled:
+            labels.fill(0)
         for b in range(self.batch_size):
             case = self.cases[int(rng.integers(len(self.cases)))]
             force = b >= self.batch_size - n_forced
