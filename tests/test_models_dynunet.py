@@ -14,8 +14,18 @@ TINY = (4, 8, 16)
 
 
 def _copy_by_order(src: nn.Module, dst: nn.Module) -> None:
-    """Copy parameters one to one in registration order (the shapes must match pairwise)."""
-    src_params, dst_params = list(src.parameters()), list(dst.parameters())
+    """Copy parameters one to one in registration order (the shapes must match pairwise).
+
+    Without deep supervision medzoo builds only the full-resolution head, while the peer always builds one per
+    decoder stage: the peer's unused lower heads are left out of the pairing.
+    """
+    named = list(src.named_parameters())
+    dst_params = list(dst.parameters())
+    if len(named) != len(dst_params):
+        heads = sorted({n.split(".")[2] for n, _ in named if n.startswith("decoder.seg_layers.")}, key=int)
+        named = [(n, p) for n, p in named
+                 if not (n.startswith("decoder.seg_layers.") and n.split(".")[2] != heads[-1])]
+    src_params = [p for _, p in named]
     assert len(src_params) == len(dst_params)
     with torch.no_grad():
         for i, (s, d) in enumerate(zip(src_params, dst_params)):

@@ -240,8 +240,10 @@ class DynUNet(nn.Module):
                 ConvNormAct(spatial_dims, skip, skip, self.kernel_sizes[s - 1], ones, conv_bias,
                             negative_slope=negative_slope),
             ))
-            # Every decoder stage owns a head (as nnU-Net), so weights load with or without deep supervision.
-            heads.append(Conv[spatial_dims](skip, num_classes, 1))
+            # Lower-resolution heads exist only with deep supervision, so every parameter is trained; nnU-Net
+            # weights without deep supervision load through medzoo.models.transfer.load_matching_weights.
+            if deep_supervision or s == 1:
+                heads.append(Conv[spatial_dims](skip, num_classes, 1))
         self.decoder = nn.ModuleList(decoder)
         self.upsamples = nn.ModuleList(upsamples)
         self.heads = nn.ModuleList(heads)
@@ -274,7 +276,7 @@ class DynUNet(nn.Module):
         for i, (up, block) in enumerate(zip(self.upsamples, self.decoder)):
             x = block(torch.cat((up(x), skips[-(i + 2)]), dim=1))
             if want_all or i == last:
-                outputs.append(self.heads[i](x))
+                outputs.append(self.heads[i if self.deep_supervision else 0](x))
         if want_all:
             return outputs[::-1]
         return outputs[-1]
