@@ -75,8 +75,13 @@ def build_pair(cfg: dict[str, Any], in_channels: int = 1, num_classes: int = 3) 
         conv_bias=True, norm_op=norm, norm_op_kwargs={"eps": 1e-5, "affine": True},
         nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True},
     )
+    # The peer builds a head per decoder stage even without deep supervision; medzoo only the one it uses
+    # (the last). Leave the peer's unused heads out of the one-to-one copy.
+    last_head = f"decoder.seg_layers.{n - 2}."
+    used = [p for name, p in peer.named_parameters()
+            if not name.startswith("decoder.seg_layers.") or name.startswith(last_head)]
     with torch.no_grad():
-        for a, b in zip(peer.parameters(), ours.parameters(), strict=True):
+        for a, b in zip(used, ours.parameters(), strict=True):
             b.copy_(a)
     return ours, peer
 
