@@ -14,7 +14,8 @@ Built-in layouts:
 - ``iseg``: iSeg 2017/2019 (``subject-N-T1.hdr``, ``subject-N-T2.hdr``, ``subject-N-label.hdr``, Analyze).
 - ``mrbrains``: MRBrainS 2018 (a folder per subject with ``pre/reg_T1.nii.gz``, ``pre/reg_IR.nii.gz``,
   ``pre/FLAIR.nii.gz`` and ``segm.nii.gz``).
-- ``folder``: glob patterns per modality and for the label (options, never auto-detected).
+- ``folder``: glob patterns per modality and for the label (options, or a ``medzoo_layout.json`` file at the
+  root; never auto-detected from file names).
 - ``csv``: a CSV file with a column per modality plus ``label`` (paths relative to the CSV).
 
 Case ids are sorted in natural order (``case_2`` before ``case_10``), so the order never depends on the
@@ -114,7 +115,8 @@ def load_dataset(root: str | Path, layout: str | None = None, **options: Any) ->
         root: dataset folder (or, for the ``csv`` layout, the CSV file).
         layout: layout name (see :func:`list_layouts`); None auto-detects it.
         **options: layout-specific options (e.g. ``classes=4`` for ``mrbrains``, glob patterns for
-            ``folder``).
+            ``folder``). A ``medzoo_layout.json`` file at the root may hold ``"layout"`` and default options
+            (used when ``layout`` is None or names the same layout; explicit options win).
 
     Returns:
         The :class:`DatasetInfo` with cases sorted by id.
@@ -123,6 +125,12 @@ def load_dataset(root: str | Path, layout: str | None = None, **options: Any) ->
         DataError: unknown or ambiguous layout, missing files, malformed dataset.json.
     """
     root = Path(root).expanduser()
+    saved = _options_file(root)
+    if saved:
+        saved_layout = saved.pop("layout", None)
+        if layout is None or layout == saved_layout:
+            layout = saved_layout
+            options = {**saved, **options}  # explicit options win over the file's
     if layout is None:
         layout = "folder" if "images" in options else detect_layout(root)
     if layout not in _LAYOUTS:
@@ -138,6 +146,24 @@ def load_dataset(root: str | Path, layout: str | None = None, **options: Any) ->
         raise DataError(f"{root}: duplicate case ids {dupes[:5]}")
     log.info("%s: %d training and %d test cases (%s layout)", root, len(info.cases), len(info.test_cases), layout)
     return info
+
+
+#: Optional file at a dataset root giving its layout and layout options, e.g. for the ``folder`` layout
+#: ``{"layout": "folder", "images": {"t1": "{case}/t1.nii.gz"}, "label": "{case}/seg.nii.gz"}``, so
+#: ``--layout NAME`` (or auto-detection) works from the command line without passing the patterns.
+OPTIONS_FILE = "medzoo_layout.json"
+
+
+def _options_file(root: Path) -> dict:
+    """The layout options saved in ``root/medzoo_layout.json`` (empty when there is none)."""
+    path = root / OPTIONS_FILE
+    if not root.is_dir() or not path.is_file():
+        return {}
+    d = _read_json(path)
+    if not isinstance(d, dict):
+        raise DataError(f"{path}: must hold a JSON object (layout name and options)")
+    log.info("%s: layout options from %s", root, path.name)
+    return d
 
 
 def _read_json(path: Path) -> dict:
