@@ -333,7 +333,10 @@ def _load_brats(root: Path) -> DatasetInfo:
     Folders without a ``*_seg`` file (validation data) become test cases. The WT/TC/ET region view over
     the contiguous classes is in ``DatasetInfo.regions``.
     """
-    folders = sorted({p.parent for p in root.glob("**/*_flair.nii*")}, key=lambda p: natural_key(p.name))
+    # a case folder is any folder holding one of the five files, so a missing modality is an error, not a
+    # silently dropped case
+    hits = [p for kind in (*BRATS_MODALITIES, "seg") for p in root.glob(f"**/*_{kind}.nii*")]
+    folders = sorted({p.parent for p in hits}, key=lambda p: natural_key(p.name))
     cases, tests = [], []
     for folder in folders:
         paths = []
@@ -589,7 +592,8 @@ def _load_csv(
         paths = []
         for mod in modalities:
             if not row.get(mod):
-                raise DataError(f"{root}: line {n} has no '{mod}' path")
+                which = f" (case {row[id_column]})" if row.get(id_column) else ""
+                raise DataError(f"{root}: line {n}{which} has no '{mod}' path (missing modality)")
             paths.append((base / row[mod]).resolve())
         cid = row.get(id_column) or _strip_suffix(paths[0].name)
         lab = row.get(label_column)

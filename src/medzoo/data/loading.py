@@ -61,8 +61,15 @@ def load_image(case: Case, modalities: list[str] | None = None) -> Volume:
             f"case {case.case_id}: image has {array.shape[0]} channels but the dataset declares "
             f"{len(modalities)} modalities {modalities}"
         )
-    if not np.isfinite(array).all():
-        raise DataError(f"case {case.case_id}: image has NaN or infinite voxels")
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = np.flatnonzero(~finite.reshape(array.shape[0], -1).all(axis=1))
+        names = [modalities[int(c)] if modalities and len(modalities) == array.shape[0] else f"channel {int(c)}"
+                 for c in bad]
+        raise DataError(
+            f"case {case.case_id}: image has {int((~finite).sum())} NaN or infinite voxel(s) in {', '.join(names)}; "
+            "fix or exclude the case (or skip bad cases)"
+        )
     return Volume(array, first.affine, {"case_id": case.case_id, "path": str(case.image_paths[0])})
 
 
