@@ -135,21 +135,19 @@ def crop_with_padding(array: np.ndarray, centre, size, out: np.ndarray | None = 
     nd = len(size)
     lead = array.shape[: array.ndim - nd]
     spatial = array.shape[array.ndim - nd :]
-    start = np.asarray(centre, dtype=np.int64) - np.asarray(size) // 2
-    stop = start + np.asarray(size)
-    src_lo = np.maximum(start, 0)
-    src_hi = np.minimum(stop, spatial)
-    inside = np.all(src_lo == start) and np.all(src_hi == stop)
+    # plain Python ints: this runs twice per patch, and small-array numpy calls cost more than the copy
+    size = [int(p) for p in size]
+    start = [int(c) - p // 2 for c, p in zip(centre, size)]
+    src = [slice(max(a, 0), min(a + p, n)) for a, p, n in zip(start, size, spatial)]
+    inside = all(sl.start == a and sl.stop == a + p for sl, a, p in zip(src, start, size))
     if out is None:
         if inside:
-            sl = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
-            return np.array(array[(Ellipsis,) + sl], copy=True)
-        out = np.zeros(lead + tuple(int(s) for s in size), dtype=array.dtype)
+            return np.array(array[(Ellipsis,) + tuple(src)], copy=True)
+        out = np.zeros(lead + tuple(size), dtype=array.dtype)
     elif not inside:
-        out[...] = 0
-    if np.any(src_hi <= src_lo):
+        out[...] = 0  # one contiguous fill (faster than zeroing the margins slab by slab)
+    if any(sl.stop <= sl.start for sl in src):
         return out
-    src = tuple(slice(int(a), int(b)) for a, b in zip(src_lo, src_hi))
-    dst = tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(src_lo, src_hi, start))
-    out[(Ellipsis,) + dst] = array[(Ellipsis,) + src]
+    dst = [slice(sl.start - a, sl.stop - a) for sl, a in zip(src, start)]
+    out[(Ellipsis,) + tuple(dst)] = array[(Ellipsis,) + tuple(src)]
     return out
