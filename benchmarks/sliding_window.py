@@ -1,21 +1,38 @@
 """Sliding-window inference: medzoo vs MONAI, core and end to end.
 
-1. Core: the same unet3d (random init, seed 0) and the same input through
-   ``medzoo.inference.sliding_window`` and ``monai.inferers.sliding_window_inference`` with identical window
-   settings (patch, overlap 0.5, Gaussian sigma 0.125, batch). Checks the blended outputs agree within 1e-4
-   and the label maps are identical; reports the time ratio.
-2. End to end: a brain-like phantom (``medzoo.data.phantom``, empty background) written as NIfTI;
-   ``medzoo.inference.predict`` with its defaults (the plan crops to the non-zero region, z-scores
-   non-zero voxels) vs MONAI's LoadImage + NormalizeIntensity(nonzero, channel-wise) +
-   sliding_window_inference + argmax + SaveImage. Reports the time ratio and the voxel agreement of the two
-   label maps (windows differ once medzoo crops, so a random network's labels agree only approximately).
+The network: ``unet3d`` (features 8,16,32,64, one input channel, 4 classes) trained for a few seconds on
+patches of a brain-like head phantom (different seed from the one predicted), so its labels mean something
+(air -> background) and "equal labels" is a real check. Weights are cached in
+``benchmarks/results/sliding_window_net_*.pt`` (a stale or missing cache is simply retrained).
 
-Run: ``python -m benchmarks.sliding_window [--quick] [--reps N] [--threads N] [--features 8,16,32,64]``.
+The phantom (:func:`head_phantom`): 160x192x160 on an oblique, anisotropic grid; a head ellipsoid (scalp,
+skull, CSF, wavy brain) with air exactly 0 outside it, about 45 % of the voxels non-zero, like a real head
+MRI in that field of view. Labels: 0 air/background, 1 scalp+skull, 2 CSF, 3 brain.
+
+1. Core: the same network and input through ``medzoo.inference.sliding_window`` and
+   ``monai.inferers.sliding_window_inference`` with identical window settings (patch 96, overlap 0.5,
+   Gaussian sigma 0.125, batch 4). Checks blended outputs within 1e-4 and identical labels; time ratio.
+2. End to end, each run in a fresh process (so peak RSS is its own), interleaved: ``medzoo.inference.predict``
+   with its defaults (the plan crops to the non-zero region and z-scores non-zero voxels; windows whose
+   input is all air are skipped) vs MONAI's LoadImage + NormalizeIntensity(nonzero, channel-wise) +
+   sliding_window_inference (same window settings) + argmax + SaveImage. Reports the time ratio (read to
+   written file, imports excluded), peak RSS, and the agreement of the two label maps: fraction of equal
+   voxels (all / non-zero input) and per-class Dice between them. The windows sit at different places once
+   medzoo crops (and instance norm sees other window contents), so agreement is near 1, not exactly 1; the
+   exactness of the skip itself (labels identical wherever the input is non-zero) is checked in the tests.
+
+Run: ``python -m benchmarks.sliding_window [--quick] [--reps N] [--threads N] [--skip-core]``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +40,13 @@ import numpy as np
 import torch
 
 from benchmarks.common import (
+    RESULTS_DIR,
     apply_threads,
     environment,
     format_table,
     interleaved,
     make_parser,
+    median,
     ratio,
     reps_for,
     summarize,
@@ -35,25 +54,120 @@ from benchmarks.common import (
 )
 
 NAME = "sliding_window"
+NUM_CLASSES = 4
+CLASS_NAMES = {0: "background", 1: "skull", 2: "csf", 3: "brain"}
 
 
-def _net(in_channels: int, num_classes: int, features: tuple[int, ...]) -> torch.nn.Module:
+# ----------------------------------------------------------------------------------------------- phantom
+def head_phantom(seed: int, shape: tuple[int, int, int], spacing=(1.0, 1.0, 1.2)):
+    """A head MRI phantom with an empty (exactly zero) air background.
+
+    Args:
+        seed: everything random comes from ``numpy.random.default_rng(seed)``.
+        shape: (I, J, K).
+        spacing: voxel size in mm (the affine is also rotated, i.e. oblique).
+
+    Returns:
+        ``(image, label)`` Volumes: image (1, I, J, K) float32, > 0 inside the head and exactly 0 outside;
+        label (1, I, J, K) uint8 (0 background, 1 scalp+skull, 2 CSF, 3 brain).
+    """
+    from medzoo.io.volume import Volume, make_affine
+
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape], indexing="ij")
+    centre = rng.uniform(-0.03, 0.03, size=3)
+    radii = np.array([0.94, 0.96, 0.94]) * rng.uniform(0.98, 1.02, size=3)
+    q = [(g - np.float32(c)) / np.float32(r) for g, c, r in zip(grids, centre, radii)]
+    r = np.sqrt(q[0] ** 2 + q[1] ** 2 + q[2] ** 2)
+    waves = sum(np.sin(np.float32(f) * qk / np.maximum(r, 1e-3) + np.float32(ph))
+                for qk, f, ph in zip(q, rng.uniform(4, 7, 3), rng.uniform(0, 6.3, 3))) / 3.0  # fmt: skip
+    tissue = np.zeros(shape, dtype=np.uint8)  # 0 air, 1 scalp, 2 skull, 3 csf, 4 brain
+    tissue[r < 1.0] = 1
+    tissue[r < 0.92] = 2
+    tissue[r < 0.85] = 3
+    tissue[r < 0.78 + 0.04 * waves] = 4
+    label = np.array([0, 1, 1, 2, 3], dtype=np.uint8)[tissue]
+    means = np.array([0.0, 700.0, 120.0, 250.0, 600.0], dtype=np.float32) * rng.uniform(0.95, 1.05, 5)
+    image = means[tissue].astype(np.float32)
+    image *= np.exp(0.1 * grids[0] - 0.08 * grids[2]).astype(np.float32)  # smooth bias field
+    image += rng.standard_normal(shape, dtype=np.float32) * np.float32(20.0)
+    head = tissue > 0
+    np.clip(image, 1.0, None, out=image)
+    image[~head] = 0.0  # air: exactly zero
+    angle = np.deg2rad(10.0)
+    rot = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+    affine = make_affine(tuple(spacing), (-80.0, -100.0, -90.0), rot)
+    return Volume(image[None], affine, {}), Volume(label[None], affine.copy(), {})
+
+
+# ----------------------------------------------------------------------------------------------- network
+def _untrained(features: tuple[int, ...]) -> torch.nn.Module:
     import medzoo
 
     torch.manual_seed(0)
-    return medzoo.create_model(
-        "unet3d", in_channels=in_channels, num_classes=num_classes, features=features
-    ).eval()
+    return medzoo.create_model("unet3d", in_channels=1, num_classes=NUM_CLASSES, features=features)
 
 
-def core(shape, patch, batch, features, reps, warmup) -> dict[str, Any]:
+def trained_net(shape, features, steps: int, patch: int, cache_dir: Path | None) -> tuple[torch.nn.Module, dict]:
+    """The benchmark network, trained on phantom seed 1 patches (cached by settings)."""
+    key = hashlib.sha1(json.dumps([list(shape), list(features), steps, patch, 2]).encode()).hexdigest()[:10]
+    cache = None if cache_dir is None else Path(cache_dir) / f"{NAME}_net_{key}.pt"
+    net = _untrained(features)
+    info: dict[str, Any] = {"train_steps": steps, "train_patch": patch}
+    if cache is not None and cache.exists():
+        net.load_state_dict(torch.load(cache, weights_only=True))
+        info["cached"] = True
+        return net.eval(), info
+    image, label = head_phantom(1, shape)
+    x = image.array[0]
+    mask = x != 0
+    x = np.where(mask, (x - x[mask].mean()) / x[mask].std(), 0).astype(np.float32)
+    y = label.array[0].astype(np.int64)
+    rng = np.random.default_rng(0)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    net.train()
+    started = time.perf_counter()
+    for _ in range(steps):
+        xs, ys = [], []
+        for _ in range(2):
+            lo = [int(rng.integers(0, n - patch + 1)) for n in shape]
+            sl = tuple(slice(a, a + patch) for a in lo)
+            xs.append(x[sl])
+            ys.append(y[sl])
+        xb = torch.from_numpy(np.stack(xs))[:, None]
+        yb = torch.from_numpy(np.stack(ys))
+        loss = torch.nn.functional.cross_entropy(net(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    info.update(cached=False, train_seconds=time.perf_counter() - started, final_loss=float(loss))
+    net.eval()
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), cache)
+    return net, info
+
+
+def dice_between(a: np.ndarray, b: np.ndarray, classes: int) -> dict[str, float]:
+    """Per-class Dice of two label maps (1.0 when a class is absent from both)."""
+    out = {}
+    for k in range(classes):
+        pa, pb = a == k, b == k
+        denom = int(pa.sum()) + int(pb.sum())
+        out[CLASS_NAMES.get(k, str(k))] = 1.0 if denom == 0 else 2.0 * int((pa & pb).sum()) / denom
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- core
+def core(net, shape, patch, batch, reps, warmup) -> dict[str, Any]:
     from monai.inferers import sliding_window_inference
 
     from medzoo.inference import sliding_window
 
-    net = _net(1, 4, features)
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn((1, 1, *shape), generator=g)
+    image, _ = head_phantom(0, shape)
+    raw = torch.from_numpy(image.array)[None]
+    nz = raw != 0
+    x = torch.where(nz, (raw - raw[nz].mean()) / raw[nz].std(), torch.zeros(()))
     kw = {"overlap": 0.5}
     with torch.inference_mode():
         ref = sliding_window_inference(x, patch, batch, net, mode="gaussian", sigma_scale=0.125, **kw)
@@ -80,57 +194,106 @@ def core(shape, patch, batch, features, reps, warmup) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def end_to_end(shape, patch, batch, features, reps, warmup) -> dict[str, Any]:
-    from monai.inferers import sliding_window_inference
-    from monai.transforms import LoadImage, NormalizeIntensity, SaveImage
+# ------------------------------------------------------------------------------------------- end to end
+def _child(side: str, folder: Path, patch: tuple[int, ...], batch: int) -> dict[str, Any]:
+    """One end-to-end prediction in this (fresh) process; returns seconds and peak RSS."""
+    import re
 
-    from medzoo.data.phantom import make_phantom_case
+    if side == "medzoo":
+        from medzoo.inference.predictor import predict
+
+        def run():
+            report = predict(folder / "run", folder / "in" / "case.nii.gz", folder / "medzoo", progress=False,
+                             device="cpu")  # fmt: skip
+            assert report.ok, report.failed
+    else:
+        from monai.inferers import sliding_window_inference
+        from monai.transforms import LoadImage, NormalizeIntensity, SaveImage
+
+        from medzoo.models import create_model  # the same network class, loaded from the same weights
+
+        net = create_model("unet3d", **json.loads((folder / "net.json").read_text()))
+        net.load_state_dict(torch.load(folder / "net.pt", weights_only=True))
+        net.eval()
+
+        def run():
+            loader = LoadImage(image_only=True, ensure_channel_first=True)
+            norm = NormalizeIntensity(nonzero=True, channel_wise=True)
+            saver = SaveImage(output_dir=str(folder / "monai"), output_postfix="", separate_folder=False,
+                              output_dtype=np.uint8, resample=False, print_log=False)  # fmt: skip
+            img = norm(loader(str(folder / "in" / "case.nii.gz")))
+            with torch.inference_mode():
+                logits = sliding_window_inference(img[None], patch, batch, net, overlap=0.5, mode="gaussian",
+                                                  sigma_scale=0.125)  # fmt: skip
+            saver(logits[0].argmax(0, keepdim=True).to(torch.uint8))
+
+    started = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - started
+    status = Path("/proc/self/status").read_text()
+    rss = int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024.0
+    return {"seconds": seconds, "peak_rss_mb": rss}
+
+
+def _spawn(side: str, folder: Path, patch, batch, threads: int) -> dict[str, Any]:
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "benchmarks.sliding_window", "--child", side, "--child-dir", str(folder),
+           "--child-patch", ",".join(map(str, patch)), "--batch", str(batch), "--threads", str(threads)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, env=env, timeout=1800)
+    for line in proc.stdout.splitlines():
+        if line.startswith("CHILD "):
+            return json.loads(line[6:])
+    raise RuntimeError(f"{side} end-to-end run failed (rc={proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def end_to_end(net, features, shape, patch, batch, reps, threads) -> dict[str, Any]:
     from medzoo.engine.checkpoint import save_checkpoint
-    from medzoo.inference.predictor import predict
     from medzoo.io.readers import read_volume, write_volume
     from medzoo.planning.plan import Plan
 
     tmp = Path(tempfile.mkdtemp(prefix="medzoo_bench_sw_"))
-    image, _ = make_phantom_case(0, shape=shape)
+    image, truth = head_phantom(0, shape)
     write_volume(image, tmp / "in" / "case.nii.gz")
-    net = _net(2, 4, features)
+    net_kwargs = {"in_channels": 1, "num_classes": NUM_CLASSES, "features": list(features)}
     plan = Plan(
-        model="unet3d", in_channels=2, num_classes=4, model_kwargs={"features": list(features)},
-        patch_size=patch, crop_to_nonzero=True, normalization=["zscore_nonzero"] * 2,
-        modalities=["t1", "t2"], labels={0: "background", 1: "csf", 2: "gray_matter", 3: "white_matter"},
+        model="unet3d", in_channels=1, num_classes=NUM_CLASSES, model_kwargs={"features": net_kwargs["features"]},
+        patch_size=patch, crop_to_nonzero=True, normalization=["zscore_nonzero"], modalities=["t1"],
+        labels=dict(CLASS_NAMES),
     )  # fmt: skip
     run = tmp / "run"
     run.mkdir()
     plan.save(run / "plan.json")
     save_checkpoint(run / "checkpoint_best.pt", {"model": net.state_dict(), "plan": plan.to_dict()})
+    torch.save(net.state_dict(), tmp / "net.pt")
+    (tmp / "net.json").write_text(json.dumps(net_kwargs))
 
-    loader = LoadImage(image_only=True, ensure_channel_first=True)
-    norm = NormalizeIntensity(nonzero=True, channel_wise=True)
-    saver = SaveImage(output_dir=str(tmp / "monai"), output_postfix="", separate_folder=False,
-                      output_dtype=np.uint8, resample=False, print_log=False)  # fmt: skip
-
-    def run_monai():
-        img = norm(loader(str(tmp / "in" / "case.nii.gz")))
-        with torch.inference_mode():
-            logits = sliding_window_inference(img[None], patch, batch, net, overlap=0.5, mode="gaussian")
-        saver(logits[0].argmax(0, keepdim=True).to(torch.uint8))
-
-    def run_medzoo():
-        report = predict(run, tmp / "in" / "case.nii.gz", tmp / "medzoo", batch_size=batch, progress=False,
-                         device="cpu")  # fmt: skip
-        assert report.ok, report.failed
-
-    times = interleaved({"medzoo": run_medzoo, "monai": run_monai}, reps=reps, warmup=warmup)
-    ours = read_volume(tmp / "medzoo" / "case.nii.gz").array[0]
-    theirs_path = next((tmp / "monai").glob("*.nii.gz"))
-    theirs = np.asarray(read_volume(theirs_path).array[0])
-    inside = image.array.any(axis=0)
-    m, p = summarize(times["medzoo"]), summarize(times["monai"])
+    results: dict[str, list[dict]] = {"medzoo": [], "monai": []}
+    for r in range(reps):  # interleaved, alternating who goes first
+        order = ["medzoo", "monai"] if r % 2 == 0 else ["monai", "medzoo"]
+        for side in order:
+            results[side].append(_spawn(side, tmp, patch, batch, threads))
+    ours = np.asarray(read_volume(tmp / "medzoo" / "case.nii.gz").array[0])
+    theirs_vol = read_volume(next((tmp / "monai").glob("*.nii.gz")))
+    theirs = np.asarray(theirs_vol.array[0])
+    written = read_volume(tmp / "medzoo" / "case.nii.gz")
+    inside = image.array[0] != 0
+    m = median([x["seconds"] for x in results["medzoo"]])
+    p = median([x["seconds"] for x in results["monai"]])
     return {
-        "workload": f"end to end phantom {'x'.join(map(str, shape))} patch {patch[0]}",
-        "medzoo_s": m["median"], "monai_s": p["median"], "ratio_monai_over_medzoo": ratio(p["median"], m["median"]),
+        "workload": f"end to end head phantom {'x'.join(map(str, shape))} patch {patch[0]} batch {batch}",
+        "medzoo_s": m, "monai_s": p, "ratio_monai_over_medzoo": ratio(p, m),
+        "medzoo_runs_s": [round(x["seconds"], 2) for x in results["medzoo"]],
+        "monai_runs_s": [round(x["seconds"], 2) for x in results["monai"]],
+        "medzoo_peak_rss_mb": max(x["peak_rss_mb"] for x in results["medzoo"]),
+        "monai_peak_rss_mb": max(x["peak_rss_mb"] for x in results["monai"]),
         "label_agreement": float((ours == theirs).mean()),
         "label_agreement_nonzero": float((ours == theirs)[inside].mean()),
+        "dice_medzoo_vs_monai": dice_between(ours, theirs, NUM_CLASSES),
+        "dice_medzoo_vs_truth": dice_between(ours, truth.array[0], NUM_CLASSES),
+        "dice_monai_vs_truth": dice_between(theirs, truth.array[0], NUM_CLASSES),
+        "geometry_exact": bool(written.spatial_shape == image.spatial_shape
+                               and np.allclose(written.affine, image.affine, atol=1e-5)),  # fmt: skip
         "nonzero_fraction": float(inside.mean()),
     }  # fmt: skip
 
@@ -138,29 +301,51 @@ def end_to_end(shape, patch, batch, features, reps, warmup) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict:
     parser = make_parser(NAME, __doc__.splitlines()[0])
     parser.add_argument("--features", default="8,16,32,64", help="unet3d channels per level")
-    parser.add_argument("--batch", type=int, default=2, help="windows per forward pass (both libraries)")
+    parser.add_argument("--batch", type=int, default=4, help="windows per forward pass (both libraries)")
+    parser.add_argument("--train-steps", type=int, default=60, help="training steps of the benchmark net")
+    parser.add_argument("--skip-core", action="store_true", help="only the end-to-end comparison")
+    parser.add_argument("--child", choices=["medzoo", "monai"], help=argparse_hidden())
+    parser.add_argument("--child-dir", type=Path, help=argparse_hidden())
+    parser.add_argument("--child-patch", help=argparse_hidden())
     args = parser.parse_args(argv)
     threads = apply_threads(args.threads)
+    if args.child:
+        patch = tuple(int(p) for p in args.child_patch.split(","))
+        print("CHILD " + json.dumps(_child(args.child, args.child_dir, patch, args.batch)), flush=True)
+        return {}
     reps = reps_for(args, default=3, quick=1)
     features = tuple(int(f) for f in args.features.split(","))
     if args.quick:
-        shape, patch, features = (40, 48, 40), (24, 24, 24), (4, 8)
+        shape, patch, features, steps, train_patch = (40, 48, 40), (24, 24, 24), (4, 8), 3, 16
     else:
-        shape, patch = (160, 192, 160), (96, 96, 96)
+        shape, patch, steps, train_patch = (160, 192, 160), (96, 96, 96), args.train_steps, 48
     rows = []
     try:
         import monai  # noqa: F401
     except ImportError:
         rows.append({"workload": "all", "skipped": "monai is not installed"})
+        info: dict = {}
     else:
-        rows.append(core(shape, patch, args.batch, features, reps, args.warmup))
-        rows.append(end_to_end(shape, patch, args.batch, features, reps, args.warmup))
+        net, info = trained_net(shape, features, steps, train_patch, None if args.quick else RESULTS_DIR)
+        if not args.skip_core:
+            rows.append(core(net, shape, patch, args.batch, reps, args.warmup))
+        rows.append(end_to_end(net, features, shape, patch, args.batch, reps, threads))
     results = {"benchmark": NAME, "environment": environment(), "threads": threads,
-               "features": list(features), "rows": rows}  # fmt: skip
-    print(format_table(rows))
+               "features": list(features), "network": info, "rows": rows}  # fmt: skip
+    print(format_table([{k: v for k, v in row.items() if not isinstance(v, (dict, list))} for row in rows]))
+    for row in rows:
+        for key in ("dice_medzoo_vs_monai", "dice_medzoo_vs_truth", "dice_monai_vs_truth"):
+            if key in row:
+                print(f"{key}: " + ", ".join(f"{k} {v:.5f}" for k, v in row[key].items()))
     path = write_results(NAME, results, args.out)
     print(f"results: {path}")
     return results
+
+
+def argparse_hidden() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

@@ -77,6 +77,9 @@ class Predictor:
         postprocess: a :class:`PostProcess` (or any callable on a (*S) label map) run on the final map.
         progress: show a progress bar over window batches.
         slices_per_step: 2D plans: slices predicted together in one sliding-window call.
+        skip_empty: skip windows whose preprocessed input is zero in every channel (their voxels are
+            labelled background; labels where the input is non-zero are unchanged). None (default): on
+            when the plan crops to the non-zero region (which already declares the air background).
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class Predictor:
         postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
         progress: bool = False,
         slices_per_step: int = 32,
+        skip_empty: bool | None = None,
     ) -> None:
         from medzoo.transforms.preprocess import Preprocessor
 
@@ -109,6 +113,7 @@ class Predictor:
         self.postprocess = postprocess
         self.progress = progress
         self.slices_per_step = max(1, int(slices_per_step))
+        self.skip_empty = bool(plan.crop_to_nonzero) if skip_empty is None else bool(skip_empty)
         self.preprocessor = Preprocessor(plan)
         if plan.spatial_dims not in (2, 3):
             raise ConfigError(f"plan.spatial_dims must be 2 or 3, got {plan.spatial_dims}")
@@ -213,7 +218,7 @@ class Predictor:
         labels, probs = sliding_window_argmax(
             x, self.model, self.plan.patch_size, overlap=self.overlap, blend=self.blend,
             batch_size=self.batch_size, mirror_axes=self.mirror_axes, return_probabilities=probabilities,
-            progress=self.progress, device=self.device,
+            progress=self.progress, device=self.device, skip_empty=self.skip_empty,
         )  # fmt: skip
         return labels.cpu(), None if probs is None else probs.cpu()
 

@@ -149,6 +149,54 @@ def _predict_batch(
     return total
 
 
+def _empty_windows(
+    inputs: torch.Tensor,
+    rows: list[int],
+    other_positions: list[tuple[int, ...]],
+    patch: tuple[int, ...],
+) -> set[tuple[int, tuple[int, ...]]]:
+    """``(batch item, window start)`` of every window whose input is zero in every channel.
+
+    Nothing is skipped when every window is empty (a blank scan is still run through the network), and
+    one window of the first row is always kept so the output's class count is known from the start.
+    """
+    spatial = inputs.shape[2:]
+    empty = set()
+    for b in range(inputs.shape[0]):
+        for pos in itertools.product(rows, other_positions):
+            start = (pos[0], *pos[1])
+            region = tuple(slice(max(s, 0), min(s + p, n)) for s, p, n in zip(start, patch, spatial))
+            if not bool(inputs[(b, slice(None), *region)].any()):
+                empty.add((b, start))
+    everything = inputs.shape[0] * len(rows) * len(other_positions)
+    if len(empty) == everything:
+        return set()
+    first_row = [(b, (rows[0], *pos)) for b in range(inputs.shape[0]) for pos in other_positions]
+    if all(item in empty for item in first_row):
+        empty.discard(first_row[0])
+    return empty
+
+
+def _normalise(
+    slab: torch.Tensor, wacc: torch.Tensor | None, n: int, may_be_uncovered: bool
+) -> torch.Tensor | None:
+    """Divide the weighted sums ``slab`` (B, K, n, ...) by their weights in place.
+
+    Returns the (B, n, ...) mask of voxels no window covered (their outputs stay 0), or None.
+    """
+    if wacc is None:
+        return None
+    weights = wacc[:, :, :n]
+    uncovered = None
+    if may_be_uncovered:
+        zero = weights[:, 0] == 0
+        if bool(zero.any()):
+            uncovered = zero.expand(slab.shape[0], *zero.shape[1:])
+            weights = weights.masked_fill(zero[:, None], 1.0)  # uncovered sums are 0: 0 / 1 keeps them 0
+    slab.div_(weights)
+    return uncovered
+
+
 def _iter_slabs(
     inputs: torch.Tensor,
     model: Model,
@@ -162,12 +210,17 @@ def _iter_slabs(
     progress: bool,
     device: torch.device | str | None,
     normalize: bool = True,
-) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yield ``(lo, hi, slab)``: blended outputs (B, K, hi - lo, *S[1:]) for axis-0 range [lo, hi).
+    skip_empty: bool = False,
+) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor | None]]:
+    """Yield ``(lo, hi, slab, uncovered)``: blended outputs (B, K, hi - lo, *S[1:]) for axis-0 range [lo, hi).
 
     Must run under ``torch.inference_mode()``. ``slab`` is a view into a reused buffer: use it (copy it)
     before asking for the next one. With ``normalize=False`` the weight map is not even kept and the slab
     holds the weighted sums (same argmax, since every voxel's classes share one positive weight).
+
+    With ``skip_empty`` windows whose input is zero in every channel are not run; voxels no computed
+    window covers hold 0 for every class, and (when normalising) ``uncovered`` is their (B, hi - lo,
+    *S[1:]) bool mask (None when there are none).
     """
     if inputs.ndim not in (4, 5):
         raise ValueError(f"inputs must be (B, C, *S) with 2 or 3 spatial dims, got shape {tuple(inputs.shape)}")
@@ -192,8 +245,19 @@ def _iter_slabs(
     rows = starts[0]
     n_batches = len(rows) * -(-(batch * len(other_positions)) // batch_size)
 
+    empty = _empty_windows(inputs, rows, other_positions, patch) if skip_empty else set()
+    if empty:
+        log.debug("sliding window: %d of %d window(s) have an all-zero input and are skipped",
+                  len(empty), len(rows) * len(other_positions) * batch)  # fmt: skip
+
     acc: torch.Tensor | None = None  # (B, K, depth, *S[1:]) allocated at the first forward (K unknown before)
-    wacc = torch.zeros((depth, *spatial[1:]), dtype=torch.float32, device=out_device) if normalize else None
+    # weight sums (Bw, 1, depth, *S[1:]): one map for all batch items unless skipped windows differ per item
+    per_item = bool(empty) and batch > 1
+    wacc = (
+        torch.zeros((batch if per_item else 1, 1, depth, *spatial[1:]), dtype=torch.float32, device=out_device)
+        if normalize
+        else None
+    )
     xbuf = torch.empty((batch_size, channels, *window), dtype=inputs.dtype, device=compute_device)
     origin = max(rows[0], 0)
 
@@ -218,20 +282,23 @@ def _iter_slabs(
                 # Voxels before this row's start are final: normalise, hand out, shift the buffer.
                 n = row_start - origin
                 slab = acc[:, :, :n]
-                if wacc is not None:
-                    slab.div_(wacc[:n])
-                yield origin, row_start, slab
+                yield origin, row_start, slab, _normalise(slab, wacc, n, bool(empty))
                 keep = depth - n
                 for i in range(0, keep, n):  # blocks of n planes: source and destination never overlap
                     m = min(n, keep - i)
                     acc[:, :, i : i + m].copy_(acc[:, :, i + n : i + n + m])
                     if wacc is not None:
-                        wacc[i : i + m].copy_(wacc[i + n : i + n + m])
+                        wacc[:, :, i : i + m].copy_(wacc[:, :, i + n : i + n + m])
                 acc[:, :, keep:].zero_()
                 if wacc is not None:
-                    wacc[keep:].zero_()
+                    wacc[:, :, keep:].zero_()
                 origin = row_start
-            items = [(b, (row_start, *pos)) for b in range(batch) for pos in other_positions]
+            items = [
+                (b, (row_start, *pos))
+                for b in range(batch)
+                for pos in other_positions
+                if (b, (row_start, *pos)) not in empty
+            ]
             for first in range(0, len(items), batch_size):
                 chunk = items[first : first + batch_size]
                 x = xbuf[: len(chunk)]
@@ -258,15 +325,13 @@ def _iter_slabs(
                     local = (slice(vol[0].start - origin, vol[0].stop - origin), *vol[1:])
                     w = weights[win]
                     acc[(b, slice(None), *local)].addcmul_(out[(i, slice(None), *win)], w)
-                    if b == 0 and wacc is not None:
-                        wacc[local].add_(w)
+                    if wacc is not None and (per_item or b == 0):
+                        wacc[(b if per_item else 0, 0, *local)].add_(w)
                 if bar is not None:
                     bar.update(1)
         n = spatial[0] - origin
         slab = acc[:, :, :n]
-        if wacc is not None:
-            slab.div_(wacc[:n])
-        yield origin, spatial[0], slab
+        yield origin, spatial[0], slab, _normalise(slab, wacc, n, bool(empty))
     finally:
         if bar is not None:
             bar.close()
@@ -285,6 +350,7 @@ def sliding_window(
     sigma_scale: float = 0.125,
     progress: bool = False,
     device: torch.device | str | None = None,
+    skip_empty: bool = False,
 ) -> torch.Tensor:
     """Blend a network's outputs over overlapping windows covering the whole input.
 
@@ -304,15 +370,20 @@ def sliding_window(
         progress: show a tqdm bar over window batches.
         device: device the network runs on (default: the model's parameters' device); windows are moved
             there and results come back to ``inputs.device``.
+        skip_empty: do not run windows whose input is exactly zero in every channel (air outside the
+            head, after ``zscore_nonzero``). Voxels with a non-zero input get exactly the same output as
+            without skipping (every window covering them is run); voxels only skipped windows cover get
+            0 for every class (label 0). Meant for plans that crop to the non-zero region, where the air
+            is background by definition.
 
     Returns:
         float32 tensor (B, K, *S) on ``inputs.device``: the blended outputs.
     """
     out: torch.Tensor | None = None
     with torch.inference_mode():
-        for lo, hi, slab in _iter_slabs(
+        for lo, hi, slab, _ in _iter_slabs(
             inputs, model, patch_size, overlap, blend, batch_size, mirror_axes,
-            apply_softmax, sigma_scale, progress, device,
+            apply_softmax, sigma_scale, progress, device, skip_empty=skip_empty,
         ):  # fmt: skip
             if out is None:
                 with torch.inference_mode(False):
@@ -356,6 +427,7 @@ def sliding_window_argmax(
     sigma_scale: float = 0.125,
     progress: bool = False,
     device: torch.device | str | None = None,
+    skip_empty: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Sliding-window label map without ever holding the full (B, K, *S) float32 output.
 
@@ -373,9 +445,10 @@ def sliding_window_argmax(
     probs: torch.Tensor | None = None
     batch, _, *spatial = inputs.shape
     with torch.inference_mode():
-        for lo, hi, slab in _iter_slabs(
+        for lo, hi, slab, uncovered in _iter_slabs(
             inputs, model, patch_size, overlap, blend, batch_size, mirror_axes,
             apply_softmax, sigma_scale, progress, device, normalize=return_probabilities,
+            skip_empty=skip_empty,
         ):  # fmt: skip
             k = slab.shape[1]
             if labels is None:
@@ -393,4 +466,8 @@ def sliding_window_argmax(
                     if not apply_softmax:
                         part = torch.softmax(part, dim=1)
                     probs[:, :, lo + s : lo + e].copy_(part)
+            if uncovered is not None and probs is not None:
+                block = probs[:, :, lo:hi]
+                block.masked_fill_(uncovered[:, None], 0.0)
+                block[:, 0].masked_fill_(uncovered, 1.0)
     return labels, probs
