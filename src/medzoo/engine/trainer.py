@@ -182,13 +182,20 @@ def _make_loader(plan: Plan, cases: list, config: TrainConfig, seed: int):
 
 
 class Budget:
-    """Wall-clock budget: says whether another step still leaves time for the final validation."""
+    """Wall-clock budget: says whether another step still leaves time for the final validation.
+
+    Before the first step the costs come from :func:`probe_costs` (a timed forward pass of the real network,
+    so a network whose single step or validation outlasts the budget is never started); then from the
+    measured steps, validations and checkpoint writes.
+    """
 
     def __init__(self, seconds: float | None, start: float) -> None:
         self.seconds = seconds
         self.start = start
-        self.step_time = 0.0  # running estimate of one training step
+        self.step_time = 0.0  # running estimate of one training step (measured)
+        self.step_estimate = 0.0  # used until a step is measured (from the forward probe)
         self.val_time: float | None = None  # last measured validation
+        self.save_time = 0.0  # one checkpoint write (estimated from the state size, then measured)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
@@ -200,38 +207,168 @@ class Budget:
         usable = max(self.seconds - self.reserve(), 1e-6)
         return min(self.elapsed() / usable, 1.0)
 
-    def reserve(self) -> float:
-        """Time kept for the final validation and the wrap-up (checkpoint, curves), with a margin."""
-        val = self.val_time if self.val_time is not None else self.val_estimate
-        return 1.25 * val + self.finish_seconds + 0.05 * (self.seconds or 0.0)
+    def validation_seconds(self) -> float:
+        """The measured validation time, else the estimate."""
+        return self.val_time if self.val_time is not None else self.val_estimate
 
-    val_estimate = 2.0  # replaced by an estimate from the step time, then by the measured validation
-    finish_seconds = 1.5
+    def reserve(self) -> float:
+        """Time kept for the final validation and the wrap-up (best + last checkpoint, curves), with a margin."""
+        return 1.25 * self.validation_seconds() + 2 * self.save_time + self.finish_seconds + 0.05 * (
+            self.seconds or 0.0)
+
+    val_estimate = 2.0  # replaced by the probe's estimate, then the step-based one, then the measured validation
+    finish_seconds = 2.0
 
     def record_step(self, seconds: float) -> None:
         self.step_time = seconds if self.step_time == 0 else 0.8 * self.step_time + 0.2 * seconds
 
+    def next_step(self) -> float:
+        """Expected duration of the next training step."""
+        return self.step_time if self.step_time > 0 else self.step_estimate
+
     def exhausted(self) -> bool:
         if self.seconds is None:
             return False
-        return self.elapsed() + self.step_time + self.reserve() > self.seconds
+        return self.elapsed() + self.next_step() + self.reserve() > self.seconds
+
+    def can_validate(self) -> bool:
+        """Whether a validation (and the checkpoint after it) is expected to end within the budget."""
+        if self.seconds is None:
+            return True
+        return self.elapsed() + self.validation_seconds() + self.save_time <= self.seconds
 
 
-def _estimate_val_seconds(step_time: float, plan: Plan, cases: list, overlap: float) -> float:
-    """Sliding-window cost estimate: windows x (one training step's forward share per patch)."""
-    per_window = step_time / max(plan.batch_size, 1) / 2.5
+def _count_windows(plan: Plan, cases: list, overlap: float) -> int:
+    """Sliding-window forward passes of one validation over ``cases`` (2D: per slice)."""
+    from medzoo.inference.sliding_window import window_starts
+
     total = 0
     for case in cases:
-        shape = case.image.shape[1:]
+        shape = tuple(case.image.shape[1:])
+        n_slices = 1
         if plan.spatial_dims == 2:
             n_slices = shape[plan.slice_axis]
             shape = tuple(s for a, s in enumerate(shape) if a != plan.slice_axis)
-        else:
-            n_slices = 1
-        step = [max(1, int(p * (1 - overlap))) for p in plan.patch_size]
-        windows = math.prod(max(1, math.ceil((s - p) / st) + 1) for s, p, st in zip(shape, plan.patch_size, step))
-        total += windows * n_slices
-    return total * per_window
+        total += n_slices * math.prod(len(window_starts(s, p, overlap)) for s, p in zip(shape, plan.patch_size))
+    return total
+
+
+def _estimate_val_seconds(seconds_per_voxel: float, plan: Plan, cases: list, overlap: float) -> float:
+    """Sliding-window cost estimate: windows x voxels per window x forward seconds per voxel."""
+    return _count_windows(plan, cases, overlap) * math.prod(plan.patch_size) * seconds_per_voxel
+
+
+@dataclass
+class ForwardCost:
+    """Eval-mode forward time of a network as ``overhead + per_voxel * voxels`` (voxels summed over the batch).
+
+    ``overhead`` is the fixed cost of one pass (layer launches: milliseconds on an idle CPU, but on an
+    oversubscribed one the wake-up latency of the thread pool, which comes and goes); ``per_voxel`` is the
+    compute that grows with the input, the part that makes full-resolution networks slow.
+    """
+
+    overhead: float
+    per_voxel: float
+
+    def seconds(self, voxels: int) -> float:
+        return self.overhead + self.per_voxel * voxels
+
+
+def _probe_size(model: nn.Module, plan: Plan, fraction: float) -> tuple[int, ...]:
+    """About ``fraction`` of the patch per axis, rounded up to a size the network takes (at least 4 and two
+    size-divisor steps, never above the patch)."""
+    from medzoo.models.registry import get_card
+
+    card = get_card(plan.model)
+    divisor = max(int(getattr(model, "size_divisor", card.size_divisor) or 1), card.size_divisor, 1)
+    out = []
+    for p in plan.patch_size:
+        s = max(int(p * fraction), card.min_size, 2 * divisor, 4)
+        s = int(math.ceil(s / divisor) * divisor)
+        out.append(min(s, p))
+    return tuple(out)
+
+
+def _time_forward(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
+    seconds = math.inf
+    for _ in range(repeats):
+        t0 = time.monotonic()
+        model(x)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        seconds = min(seconds, time.monotonic() - t0)
+        if seconds > 0.5:
+            break
+    return seconds
+
+
+@torch.no_grad()
+def probe_forward_cost(model: nn.Module, plan: Plan, device: torch.device) -> ForwardCost:
+    """Time eval-mode forward passes (batch 1, zeros) on growing inputs and fit :class:`ForwardCost`.
+
+    After an untimed warm-up, the network runs on its smallest probe size, then on a quarter, half and the
+    whole patch per axis (sizes that differ from the previous one), each twice when fast (the quicker counts),
+    stopping as soon as an input costs more than 0.2 s over the smallest. The line through the smallest and
+    the last timing gives overhead and per-voxel cost
+    (all of it per-voxel when the patch is the smallest size; none when the last timing is under twice the
+    smallest: then the cost is the fixed per-pass overhead). A slow network is probed on 1/64 (or 1/8) of the
+    patch only. No random number is drawn and no weight or statistic changes.
+    """
+    was_training = model.training
+    model.eval()
+    points: list[tuple[int, float]] = []
+    try:
+        smallest = torch.zeros(1, plan.in_channels, *_probe_size(model, plan, 0.0), device=device)
+        model(smallest)  # warm-up, not timed
+        points.append((smallest[0, 0].numel(), _time_forward(model, smallest, 2)))
+        for fraction in (0.25, 0.5, 1.0):
+            x = torch.zeros(1, plan.in_channels, *_probe_size(model, plan, fraction), device=device)
+            if x[0, 0].numel() <= points[-1][0]:
+                continue
+            points.append((x[0, 0].numel(), _time_forward(model, x, 2)))
+            if points[-1][1] - points[0][1] > 0.2:
+                break
+    finally:
+        model.train(was_training)
+    (v0, t0), (v1, t1) = points[0], points[-1]
+    if v1 <= v0:  # the patch is the smallest size the network takes: all of its time counts
+        return ForwardCost(0.0, t1 / v1)
+    if t1 < 2 * t0:  # overhead-dominated: the difference is timing noise, and the size barely matters
+        return ForwardCost(t1, 0.0)
+    per_voxel = (t1 - t0) / (v1 - v0)
+    return ForwardCost(max(t0 - per_voxel * v0, 0.0), per_voxel)
+
+
+def _state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Approximate checkpoint size: weights, buffers and the optimizer's per-parameter slots."""
+    slots = {"Adam": 2, "AdamW": 2, "SGD": 1, "RMSprop": 2}.get(type(optimizer).__name__, 2)
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    return params * (1 + slots) + buffers
+
+
+def calibrate_budget(budget: Budget, model: nn.Module, optimizer: torch.optim.Optimizer, plan: Plan,
+                     val_cases: list, device: torch.device, overlap: float) -> ForwardCost | None:
+    """Fill the budget's first estimates (step, validation, checkpoint write) before any step is taken.
+
+    From :func:`probe_forward_cost`'s per-voxel cost: a training step as three forward passes of its batch
+    (forward + backward), a validation as one forward pass per sliding window; a checkpoint write at 150 MB/s.
+    The fixed per-pass overhead is left out: on an idle CPU it is negligible, on a busy one it is thread
+    wake-up latency that steady training does not pay, and counting it would stop small networks from
+    starting. Returns the probed cost (None when the network could not be probed; the estimates then stay).
+    """
+    budget.save_time = max(budget.save_time, _state_bytes(model, optimizer) / 150e6)
+    try:
+        cost = probe_forward_cost(model, plan, device)
+    except Exception as err:  # noqa: BLE001 - a failed probe must not stop training; measured times follow
+        log.debug("could not probe %s's forward cost: %s", plan.model, err)
+        return None
+    budget.step_estimate = 3.0 * cost.per_voxel * plan.batch_size * math.prod(plan.patch_size)
+    budget.val_estimate = _estimate_val_seconds(cost.per_voxel, plan, val_cases, overlap)
+    log.info("time budget: one step ~%.2fs, validation ~%.1fs (%d windows), checkpoint ~%.1fs (estimates)",
+             budget.step_estimate, budget.val_estimate, _count_windows(plan, val_cases, overlap),
+             budget.save_time)
+    return cost
 
 
 # --------------------------------------------------------------------------------------------- the loop
@@ -382,6 +519,9 @@ def _train_segmentation(
     callbacks.on_train_start(run_dir, state.epoch)
 
     budget = Budget(config.budget_seconds, start - state.elapsed)
+    if budget.seconds is not None:
+        calibrate_budget(budget, model, optimizer, plan, val_cases, device, config.val_overlap)
+    probe_val_estimate = budget.val_estimate
     stop_reason = "epochs"
     last_val: dict[str, float] = {}
     steps_since_val = 0
@@ -428,8 +568,10 @@ def _train_segmentation(
                     steps_since_val += 1
                     budget.record_step(time.monotonic() - t0)
                     if budget.val_time is None and budget.seconds is not None:
-                        budget.val_estimate = _estimate_val_seconds(budget.step_time, plan, val_cases,
-                                                                    config.val_overlap)
+                        # A step is about 2.5-3 forward passes of its batch: cost a validation window from it.
+                        per_voxel = budget.step_time / 2.5 / (plan.batch_size * math.prod(plan.patch_size))
+                        budget.val_estimate = max(probe_val_estimate, _estimate_val_seconds(
+                            per_voxel, plan, val_cases, config.val_overlap))
                     callbacks.on_step_end(state.step, loss)
             finally:
                 if hasattr(loader, "close"):
@@ -439,24 +581,37 @@ def _train_segmentation(
             state.elapsed = budget.elapsed()
             logs: dict[str, Any] = {"epoch": state.epoch, "train_loss": mean_loss, "lr": lr}
             last_epoch = state.epoch == config.max_epochs or stop_reason == "time_budget"
-            if last_epoch or state.epoch % config.val_every == 0:
+            if (last_epoch or state.epoch % config.val_every == 0) and _validation_fits(budget, dist_info, device):
                 last_val = run_validation(state.epoch)
                 logs.update(last_val)
                 steps_since_val = 0
             logs["seconds"] = budget.elapsed()
             state.elapsed = budget.elapsed()
             if dist_info.is_main and (state.epoch % config.checkpoint_every == 0 or last_epoch):
+                t0 = time.monotonic()
                 save_checkpoint(run_dir / "checkpoint_last.pt",
                                 _checkpoint_state(model, optimizer, scaler, schedule, stopper, state, plan, config))
+                budget.save_time = time.monotonic() - t0
             callbacks.on_epoch_end(state.epoch, logs)
             if stopper.should_stop:
                 stop_reason = "early_stopping"
                 break
             if stop_reason == "time_budget":
                 break
+        if state.step == 0 and stop_reason == "time_budget":
+            log.warning(
+                "time budget of %.0fs left no time for one training step of %s (patch %s, batch %d): a step "
+                "takes about %.1fs, validation about %.1fs; give a longer --time-budget or a smaller --patch-size "
+                "/ --batch-size", budget.seconds, plan.model, "x".join(map(str, plan.patch_size)),
+                plan.batch_size, budget.next_step(), budget.validation_seconds())
         if steps_since_val > 0 or not last_val:  # the loop ended without validating the final weights
-            last_val = run_validation(state.epoch)
-            if dist_info.is_main:
+            validated = _validation_fits(budget, dist_info, device)
+            if validated:
+                last_val = run_validation(state.epoch)
+            else:
+                log.warning("time budget: no time left for the final validation (about %.1fs); the run has no "
+                            "validation score for its last weights", budget.validation_seconds())
+            if dist_info.is_main and (validated or not (run_dir / "checkpoint_last.pt").exists()):
                 save_checkpoint(run_dir / "checkpoint_last.pt",
                                 _checkpoint_state(model, optimizer, scaler, schedule, stopper, state, plan, config))
         final = {"epoch": state.epoch, **last_val, "seconds": budget.elapsed()}
@@ -508,6 +663,16 @@ def _stop_now(budget: Budget, dist_info: distributed.DistInfo, device: torch.dev
     if dist_info.enabled:
         distributed.all_reduce_sum(flag)
     return bool(flag.item() > 0)
+
+
+def _validation_fits(budget: Budget, dist_info: distributed.DistInfo, device: torch.device) -> bool:
+    """Whether a validation still fits in the budget, agreed across ranks (all validate or none)."""
+    if budget.seconds is None:
+        return True
+    flag = torch.tensor([0.0 if budget.can_validate() else 1.0], device=device)
+    if dist_info.enabled:
+        distributed.all_reduce_sum(flag)
+    return bool(flag.item() == 0)
 
 
 def _mean_across_ranks(values: list[float], device: torch.device) -> float:
