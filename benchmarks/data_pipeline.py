@@ -10,8 +10,10 @@ std 0-0.3 (p 0.1). Torch runs with ONE intra-op thread (``--threads`` to change;
 resamples with, gets the same count), as in DataLoader workers, where torch sets one thread per worker.
 
 - medzoo: :class:`~medzoo.data.loader.PatchLoader` over the preprocessed cache (memory-mapped .npy),
-  ``augment="standard"``: crop + flip by indexing for the ~64% of patches without a warp; one grid_sample
-  (separable affine grid) of a slightly larger crop for the others; gamma / noise on the patch. Headline:
+  ``augment="standard"``: crop + flip by indexing for the ~64% of patches without a warp; for the others a
+  slightly larger crop, written straight into a stack of its slices and resampled once (trilinear image,
+  nearest label) with PyTorch's vectorised 2D grid_sample (``SpatialAugment.warp_stacked``; equals the 3D
+  grid_sample within 1e-3); gamma / noise on the patch. Headline:
   ``num_workers=0`` (same thread, like the peers); also one background thread / process.
 - TorchIO: ``tio.Queue`` with ``LabelSampler`` (foreground probability 1/3), ``samples_per_volume=1``:
   TorchIO transforms the whole subject before sampling (its design), so each independently augmented
