@@ -225,3 +225,18 @@ def test_ddp_two_cpu_processes(phantom, tmp_path):
     assert len(rows) == 2 and 0.0 <= float(rows[-1]["val_dice_mean"]) <= 1.0
     model, _ = load_model_from_run(run)
     assert not any(k.startswith("module.") for k in model.state_dict())
+
+
+def test_validation_time_fraction_spaces_out_slow_validations():
+    from medzoo.engine.distributed import DistInfo
+    from medzoo.engine.trainer import Budget, _validation_due
+
+    cpu = torch.device("cpu")
+    single = DistInfo()
+    budget = Budget(600.0, time.monotonic() - 100.0)  # 100 s into a 10-minute run
+    budget.val_time = 8.0
+    assert _validation_due(budget, 0.1, single, cpu)  # 8 s of validation within 10 % of 100 s
+    budget.val_total = 8.0
+    assert not _validation_due(budget, 0.1, single, cpu)  # a second one would make 16 s > 10 s
+    assert _validation_due(budget, None, single, cpu)  # switched off
+    assert _validation_due(Budget(None, time.monotonic()), 0.1, single, cpu)  # no budget: always due

@@ -28,7 +28,8 @@ HIPPO = _fp([(35, 51, 35), (36, 50, 35), (37, 49, 36), (34, 52, 34)], [(1.0, 1.0
 def test_hippocampus_like_plan():
     plan = make_plan(_info(), HIPPO)
     assert plan.model == "unet3d"
-    assert plan.patch_size == (40, 56, 40)
+    assert plan.patch_size == (32, 48, 32)  # rounded down: no padding in the patches
+    assert plan.batch_size == 4
     assert plan.target_spacing is None
     assert plan.normalization == ["zscore"]
     assert plan.num_classes == 3 and plan.in_channels == 1
@@ -44,7 +45,7 @@ def test_anisotropic_spacing_gives_median_target_and_resampled_patch():
     assert plan.target_spacing == pytest.approx((0.9, 0.9, 5.0))
     # median resampled shape is about (100, 100, 20) * spacing / target -> capped by the size rule
     assert all(p % 8 == 0 for p in plan.patch_size)
-    assert plan.patch_size[2] == 24
+    assert plan.patch_size[2] == 16
 
 
 def test_large_shapes_are_capped():
@@ -63,7 +64,7 @@ def test_2d_model_and_context_slices():
     plan = make_plan(_info(), HIPPO, model="unet2d", context_slices=1)
     assert plan.spatial_dims == 2
     assert len(plan.patch_size) == 2 and all(p % 16 == 0 for p in plan.patch_size)
-    assert plan.patch_size == (48, 64)  # in-plane axes 0 and 1 of (36, 50, 35), slicing axis 2
+    assert plan.patch_size == (32, 48)  # in-plane axes 0 and 1 of (36, 50, 35) rounded down, slicing axis 2
     assert plan.in_channels == 3 and plan.context_slices == 1
 
 
@@ -84,12 +85,12 @@ def test_plan_from_files_without_fingerprint(tmp_path):
     root = make_phantom_dataset(tmp_path / "ph", cases=2, seed=1, shape=(20, 26, 18))
     plan = make_plan(load_dataset(root))
     assert plan.in_channels == 2 and plan.num_classes == 4
-    assert plan.patch_size == (24, 32, 24)
+    assert plan.patch_size == (16, 24, 16)  # (20, 26, 18) rounded down to multiples of 8
     assert plan.modalities == ["T1", "T2"]
 
 
 def test_crop_to_nonzero_when_it_shrinks_cases():
     fp = {**HIPPO, "shapes_after_crop": [(20, 30, 20)] * 4}
     plan = make_plan(_info(), fp)
-    assert plan.crop_to_nonzero and plan.patch_size == (24, 32, 24)
+    assert plan.crop_to_nonzero and plan.patch_size == (16, 24, 16)
     assert not make_plan(_info(), {**HIPPO, "shapes_after_crop": HIPPO["shapes"]}).crop_to_nonzero

@@ -42,6 +42,9 @@ class TrainConfig:
         loss: name for :func:`medzoo.losses.create_loss`.
         amp: "auto" (bf16 on CUDA if supported, else fp16; fp32 on CPU), "bf16", "fp16" or "none".
         val_every: validate every N epochs (and always after the last one).
+        val_time_fraction: under a ``time_budget``, skip an intermediate validation that would bring the time
+            spent validating above this fraction of the time so far (None or 0: never skip). Keeps slow
+            validations (many windows per case) from eating the training time.
         val_overlap: sliding-window overlap during validation.
         max_val_cases: validate on at most this many validation cases (None: all).
         patience: early stopping after this many validations without improvement (None: off).
@@ -84,6 +87,7 @@ class TrainConfig:
     loss: str = "dice_ce"
     amp: str = "auto"
     val_every: int = 1
+    val_time_fraction: float | None = 0.1
     val_overlap: float = 0.5
     max_val_cases: int | None = None
     patience: int | None = None
@@ -126,6 +130,8 @@ class TrainConfig:
             (self.spatial_dims in (None, 2, 3), f"spatial_dims must be 2 or 3, got {self.spatial_dims}"),
             (self.context_slices >= 0, "context_slices must be >= 0"),
             (0 <= self.val_overlap < 1, "val_overlap must be in [0, 1)"),
+            (self.val_time_fraction is None or 0 <= self.val_time_fraction <= 1,
+             "val_time_fraction must be in [0, 1]"),
             (self.patience is None or self.patience >= 1, "patience must be >= 1"),
         ]
         for ok, message in checks:

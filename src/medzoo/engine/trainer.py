@@ -196,6 +196,7 @@ class Budget:
         self.step_estimate = 0.0  # used until a step is measured (from the forward probe)
         self.val_time: float | None = None  # last measured validation
         self.save_time = 0.0  # one checkpoint write (estimated from the state size, then measured)
+        self.val_total = 0.0  # seconds spent validating so far
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
@@ -532,6 +533,7 @@ def _train_segmentation(
         result = validate(model, val_cases, plan, device, overlap=config.val_overlap,
                           keep_example=config.log_images and dist_info.is_main)
         budget.val_time = time.monotonic() - t0
+        budget.val_total += budget.val_time
         logs = _validation_logs(result, plan)
         schedule.observe(result.mean_foreground_dice)
         if stopper.update(result.mean_foreground_dice, epoch) and dist_info.is_main:
@@ -581,7 +583,9 @@ def _train_segmentation(
             state.elapsed = budget.elapsed()
             logs: dict[str, Any] = {"epoch": state.epoch, "train_loss": mean_loss, "lr": lr}
             last_epoch = state.epoch == config.max_epochs or stop_reason == "time_budget"
-            if (last_epoch or state.epoch % config.val_every == 0) and _validation_fits(budget, dist_info, device):
+            due = last_epoch or (state.epoch % config.val_every == 0
+                                 and _validation_due(budget, config.val_time_fraction, dist_info, device))
+            if due and _validation_fits(budget, dist_info, device):
                 last_val = run_validation(state.epoch)
                 logs.update(last_val)
                 steps_since_val = 0
@@ -663,6 +667,20 @@ def _stop_now(budget: Budget, dist_info: distributed.DistInfo, device: torch.dev
     if dist_info.enabled:
         distributed.all_reduce_sum(flag)
     return bool(flag.item() > 0)
+
+
+def _validation_due(budget: Budget, fraction: float | None, dist_info: distributed.DistInfo,
+                    device: torch.device) -> bool:
+    """Under a time budget, whether an intermediate validation keeps validating within ``fraction`` of the
+    time spent so far (agreed across ranks). Networks whose validation is slow then validate less often
+    instead of eating the training time; the final validation always runs."""
+    if budget.seconds is None or not fraction:
+        return True
+    ok = budget.val_total + budget.validation_seconds() <= fraction * budget.elapsed()
+    flag = torch.tensor([0.0 if ok else 1.0], device=device)
+    if dist_info.enabled:
+        distributed.all_reduce_sum(flag)
+    return bool(flag.item() == 0)
 
 
 def _validation_fits(budget: Budget, dist_info: distributed.DistInfo, device: torch.device) -> bool:

@@ -34,11 +34,12 @@ class ValidationResult:
 @torch.no_grad()
 def predict_case(
     model: nn.Module, image: np.ndarray, plan: Plan, device: torch.device, overlap: float = 0.5,
-    batch_size: int | None = None,
+    batch_size: int | None = None, mirror_axes: tuple[int, ...] | None = None,
 ) -> np.ndarray:
     """Label map (*S) of one preprocessed case image (C, *S) by sliding window (2D: slice by slice).
 
-    ``batch_size`` windows per forward pass (default: twice the training batch in 3D, 8x in 2D).
+    ``batch_size`` windows per forward pass (default: twice the training batch in 3D, 8x in 2D);
+    ``mirror_axes``: spatial axes of the network's input for mirroring test-time augmentation (None: off).
     """
     from medzoo.data.loader import slices_with_context
     from medzoo.inference.sliding_window import sliding_window_argmax
@@ -48,7 +49,8 @@ def predict_case(
         batch_size = plan.batch_size * (2 if plan.spatial_dims == 3 else 8)
     if plan.spatial_dims == 3:
         labels, _ = sliding_window_argmax(
-            x[None], model, plan.patch_size, overlap=overlap, batch_size=batch_size, device=device
+            x[None], model, plan.patch_size, overlap=overlap, batch_size=batch_size, device=device,
+            mirror_axes=mirror_axes,
         )
         return labels[0].numpy()
     slices = slices_with_context(x, plan.slice_axis, plan.context_slices)  # (N, C', a, b), loader's order
@@ -57,7 +59,7 @@ def predict_case(
     for start in range(0, slices.shape[0], chunk):
         labels, _ = sliding_window_argmax(
             slices[start : start + chunk], model, plan.patch_size, overlap=overlap, batch_size=batch_size,
-            device=device,
+            device=device, mirror_axes=mirror_axes,
         )
         out.append(labels)
     return torch.cat(out).movedim(0, plan.slice_axis).numpy()
@@ -70,8 +72,12 @@ def validate(
     device: torch.device,
     overlap: float = 0.5,
     keep_example: bool = False,
+    mirror_axes: tuple[int, ...] | None = None,
 ) -> ValidationResult:
     """Dice per class over ``cases`` (objects with ``.image`` (C, *S) and ``.label`` (*S) arrays).
+
+    ``mirror_axes`` turns on mirroring test-time augmentation over those spatial axes of the network's input
+    (what ``medzoo predict --tta`` does).
 
     Under DDP each rank validates the cases it is given and the sums are all-reduced, so every rank gets the
     same result.
@@ -85,7 +91,7 @@ def validate(
     counts = torch.zeros(k, dtype=torch.float64)
     example = None
     for case in cases:
-        pred = predict_case(model, case.image, plan, device, overlap=overlap)
+        pred = predict_case(model, case.image, plan, device, overlap=overlap, mirror_axes=mirror_axes)
         dice = np.asarray(dice_per_class(pred, np.asarray(case.label), k, empty_value=np.nan), dtype=np.float64)
         ok = ~np.isnan(dice)
         sums[torch.from_numpy(ok)] += torch.from_numpy(dice[ok])

@@ -4,13 +4,16 @@ Rules, in the spirit of nnU-Net but small enough to read:
 
 - network: ``unet3d`` unless overridden; 2D networks (cards supporting only 2D) train on slices.
 - target spacing: None (keep native) when the cases' spacings agree within 10 % per axis, else the median.
-- patch: the median (resampled) case shape rounded up to the model's size rule, capped per axis and in
-  volume; 2D networks take the two in-plane axes.
+- patch: the median (resampled) case shape rounded *down* to the model's size rule (never below its
+  minimum), capped per axis and in volume; 2D networks take the two in-plane axes. Rounding down keeps
+  zero padding out of the patches: on small cases (e.g. hippocampus, median 36x50x37) a rounded-up patch
+  (40x56x40) spends a quarter of every step on padding, while 32x48x32 trains as well per step and about
+  1.9x faster (measured on the hippocampus data, see README).
 - batch: as many patches as fit a fixed voxel budget, 2..8 in 3D, 2..32 in 2D.
 - normalisation per channel: "ct" (global clip + z-score from the fingerprint's foreground statistics) for
   channels named CT, per-image z-score otherwise.
 
-Every choice can be overridden by keyword (``patch_size=(40, 56, 40)``, ``model="unet2d"``, ...).
+Every choice can be overridden by keyword (``patch_size=(32, 48, 32)``, ``model="unet2d"``, ...).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ DEFAULT_MODEL_KWARGS: dict[str, dict[str, Any]] = {"unet3d": {"features": [16, 3
 MAX_PATCH_3D = (128, 128, 128)
 MAX_PATCH_VOXELS_3D = 128**3
 MAX_PATCH_2D = (512, 512)
-BATCH_VOXELS_3D = 4 * 40 * 56 * 40
+BATCH_VOXELS_3D = 4 * 32 * 48 * 32  # about 0.2 M voxels per step: about a second per step on 2 CPU cores
 BATCH_PIXELS_2D = 12 * 256 * 256
 _PLAN_FIELDS = {
     "model", "in_channels", "num_classes", "spatial_dims", "model_kwargs", "patch_size", "batch_size",
@@ -103,9 +106,10 @@ def _size_rule(model: str, spatial_dims: int, model_kwargs: dict[str, Any], in_c
     return max(divisor, 1), max(min_size, 1)
 
 
-def _fit(size: float, divisor: int, min_size: int, cap: int) -> int:
-    size = max(int(math.ceil(size)), min_size)
-    size = int(math.ceil(size / divisor) * divisor)
+def _fit(size: float, divisor: int, min_size: int, cap: int, round_up: bool = False) -> int:
+    """``size`` as a multiple of ``divisor`` (rounded down, or up), at least ``min_size``, at most ``cap``."""
+    size = int(math.ceil(size / divisor) * divisor) if round_up else int(math.floor(size / divisor) * divisor)
+    size = max(size, int(math.ceil(min_size / divisor) * divisor), divisor)
     cap = max(int(cap // divisor) * divisor, divisor)
     return min(size, cap)
 
@@ -179,7 +183,7 @@ def make_plan(info: DatasetInfo, fingerprint: dict[str, Any] | None = None, **ov
         raise ConfigError(f"patch_size {patch_size} needs {spatial_dims} entries for a {spatial_dims}D network")
     bad = [p for p in patch_size if p < min_size or p % divisor]
     if bad:
-        valid = tuple(_fit(p, divisor, min_size, 10**6) for p in patch_size)
+        valid = tuple(_fit(p, divisor, min_size, 10**6, round_up=True) for p in patch_size)
         raise ConfigError(
             f"patch_size {patch_size} does not fit model '{model}' (multiple of {divisor}, >= {min_size}); "
             f"nearest valid is {valid}"
