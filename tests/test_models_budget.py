@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from medzoo.engine.config import TrainConfig
-from medzoo.engine.trainer import Budget, calibrate_budget, probe_forward_cost, train
+from medzoo.engine.trainer import Budget, calibrate_budget, probe_forward_seconds, train
 from medzoo.models.layers.factories import make_conv
 from medzoo.models.registry import _REGISTRY, ModelCard, _Entry
 
@@ -110,12 +110,15 @@ def test_probe_changes_nothing_and_costs_the_patch(sleepy):
     rng = torch.get_rng_state()
     plan = Plan(model=sleepy, in_channels=2, num_classes=3, spatial_dims=3, patch_size=(32, 32, 32),
                 batch_size=2)
-    cost = probe_forward_cost(net, plan, torch.device("cpu"))
+    seconds = probe_forward_seconds(net, plan, torch.device("cpu"))
     assert net.training
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(before[name], v) for name, v in net.state_dict().items())
-    # Timed on 8^3 and 16^3 inputs only; a 32^3 window sleeps 0.66 s.
-    assert 0.8 < cost.seconds(32**3) / (k * 32**3) < 2.0
+    # A 32^3 window sleeps 0.66 s (the probe's 1 s allowance reaches the whole patch).
+    assert 0.8 < seconds / (k * 32**3) < 2.0
+    # With 0.1 s allowed it stops at 16^3 (the whole patch would take ~0.66 s) and scales that up.
+    scaled = probe_forward_seconds(net, plan, torch.device("cpu"), max_probe_seconds=0.1)
+    assert 0.8 < scaled / (k * 32**3) < 2.0
 
     class Case:  # one validation case of 40x40x40: 2 windows per axis at overlap 0.5 -> 8 windows
         image = torch.zeros(2, 40, 40, 40)
@@ -124,7 +127,7 @@ def test_probe_changes_nothing_and_costs_the_patch(sleepy):
     optimizer = torch.optim.AdamW(net.parameters())
     calibrate_budget(budget, net, optimizer, plan, [Case()], torch.device("cpu"), overlap=0.5)
     step = 2 * k * 32**3  # the stub sleeps in forward only; the estimate allows for a backward pass
-    assert 2.4 < budget.step_estimate / step < 6.0
+    assert 2.0 < budget.step_estimate / step < 5.0
     validation = 8 * k * 32**3  # 8 windows, 4 per forward pass
     assert 0.8 < budget.val_estimate / validation < 2.0
     assert budget.next_step() == budget.step_estimate  # until a step is measured

@@ -259,22 +259,6 @@ def _estimate_val_seconds(seconds_per_voxel: float, plan: Plan, cases: list, ove
     return _count_windows(plan, cases, overlap) * math.prod(plan.patch_size) * seconds_per_voxel
 
 
-@dataclass
-class ForwardCost:
-    """Eval-mode forward time of a network as ``overhead + per_voxel * voxels`` (voxels summed over the batch).
-
-    ``overhead`` is the fixed cost of one pass (layer launches: milliseconds on an idle CPU, but on an
-    oversubscribed one the wake-up latency of the thread pool, which comes and goes); ``per_voxel`` is the
-    compute that grows with the input, the part that makes full-resolution networks slow.
-    """
-
-    overhead: float
-    per_voxel: float
-
-    def seconds(self, voxels: int) -> float:
-        return self.overhead + self.per_voxel * voxels
-
-
 def _probe_size(model: nn.Module, plan: Plan, fraction: float) -> tuple[int, ...]:
     """About ``fraction`` of the patch per axis, rounded up to a size the network takes (at least 4 and two
     size-divisor steps, never above the patch)."""
@@ -304,40 +288,34 @@ def _time_forward(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
 
 
 @torch.no_grad()
-def probe_forward_cost(model: nn.Module, plan: Plan, device: torch.device) -> ForwardCost:
-    """Time eval-mode forward passes (batch 1, zeros) on growing inputs and fit :class:`ForwardCost`.
+def probe_forward_seconds(model: nn.Module, plan: Plan, device: torch.device, max_probe_seconds: float = 1.0
+                          ) -> float:
+    """Seconds of one eval-mode forward pass of one patch (batch 1), measured on the patch itself when that
+    is affordable, else scaled from the largest input that is.
 
-    After an untimed warm-up, the network runs on its smallest probe size, then on a quarter, half and the
-    whole patch per axis (sizes that differ from the previous one), each twice when fast (the quicker counts),
-    stopping as soon as an input costs more than 0.2 s over the smallest. The line through the smallest and
-    the last timing gives overhead and per-voxel cost
-    (all of it per-voxel when the patch is the smallest size; none when the last timing is under twice the
-    smallest: then the cost is the fixed per-pass overhead). A slow network is probed on 1/64 (or 1/8) of the
-    patch only. No random number is drawn and no weight or statistic changes.
+    After an untimed warm-up on the smallest input the network takes, it runs on zeros of a quarter, half and
+    the whole patch per axis (each twice when fast; the quicker counts), but only while the next run, scaled
+    linearly by voxels from the last one, should take at most ``max_probe_seconds``. The last timing is scaled
+    linearly by voxels to the patch (an over-estimate where the fixed per-layer overhead still dominates).
+    No random number is drawn and no weight or statistic changes.
     """
     was_training = model.training
     model.eval()
-    points: list[tuple[int, float]] = []
     try:
         smallest = torch.zeros(1, plan.in_channels, *_probe_size(model, plan, 0.0), device=device)
         model(smallest)  # warm-up, not timed
-        points.append((smallest[0, 0].numel(), _time_forward(model, smallest, 2)))
+        voxels, seconds = smallest[0, 0].numel(), _time_forward(model, smallest, 2)
         for fraction in (0.25, 0.5, 1.0):
-            x = torch.zeros(1, plan.in_channels, *_probe_size(model, plan, fraction), device=device)
-            if x[0, 0].numel() <= points[-1][0]:
+            size = _probe_size(model, plan, fraction)
+            v = math.prod(size)
+            if v <= voxels:
                 continue
-            points.append((x[0, 0].numel(), _time_forward(model, x, 2)))
-            if points[-1][1] - points[0][1] > 0.2:
+            if seconds * v / voxels > max_probe_seconds:
                 break
+            voxels, seconds = v, _time_forward(model, torch.zeros(1, plan.in_channels, *size, device=device), 2)
     finally:
         model.train(was_training)
-    (v0, t0), (v1, t1) = points[0], points[-1]
-    if v1 <= v0:  # the patch is the smallest size the network takes: all of its time counts
-        return ForwardCost(0.0, t1 / v1)
-    if t1 < 2 * t0:  # overhead-dominated: the difference is timing noise, and the size barely matters
-        return ForwardCost(t1, 0.0)
-    per_voxel = (t1 - t0) / (v1 - v0)
-    return ForwardCost(max(t0 - per_voxel * v0, 0.0), per_voxel)
+    return seconds * math.prod(plan.patch_size) / voxels
 
 
 def _state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
@@ -349,27 +327,27 @@ def _state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
 
 
 def calibrate_budget(budget: Budget, model: nn.Module, optimizer: torch.optim.Optimizer, plan: Plan,
-                     val_cases: list, device: torch.device, overlap: float) -> ForwardCost | None:
+                     val_cases: list, device: torch.device, overlap: float) -> float | None:
     """Fill the budget's first estimates (step, validation, checkpoint write) before any step is taken.
 
-    From :func:`probe_forward_cost`'s per-voxel cost: a training step as three forward passes of its batch
-    (forward + backward), a validation as one forward pass per sliding window; a checkpoint write at 150 MB/s.
-    The fixed per-pass overhead is left out: on an idle CPU it is negligible, on a busy one it is thread
-    wake-up latency that steady training does not pay, and counting it would stop small networks from
-    starting. Returns the probed cost (None when the network could not be probed; the estimates then stay).
+    From :func:`probe_forward_seconds` (allowed a quarter of the time left, at least 1 s): a training step as
+    2.5 forward passes per sample (forward + backward), a validation as one forward pass per sliding window,
+    a checkpoint write at 150 MB/s. Returns the window's forward seconds (None when the network could not be
+    probed; the estimates then stay as they were and the measured steps take over).
     """
     budget.save_time = max(budget.save_time, _state_bytes(model, optimizer) / 150e6)
+    left = (budget.seconds - budget.elapsed()) if budget.seconds is not None else 4.0
     try:
-        cost = probe_forward_cost(model, plan, device)
+        window = probe_forward_seconds(model, plan, device, max_probe_seconds=max(0.25 * left, 1.0))
     except Exception as err:  # noqa: BLE001 - a failed probe must not stop training; measured times follow
         log.debug("could not probe %s's forward cost: %s", plan.model, err)
         return None
-    budget.step_estimate = 3.0 * cost.per_voxel * plan.batch_size * math.prod(plan.patch_size)
-    budget.val_estimate = _estimate_val_seconds(cost.per_voxel, plan, val_cases, overlap)
+    budget.step_estimate = 2.5 * plan.batch_size * window
+    budget.val_estimate = _estimate_val_seconds(window / math.prod(plan.patch_size), plan, val_cases, overlap)
     log.info("time budget: one step ~%.2fs, validation ~%.1fs (%d windows), checkpoint ~%.1fs (estimates)",
              budget.step_estimate, budget.val_estimate, _count_windows(plan, val_cases, overlap),
              budget.save_time)
-    return cost
+    return window
 
 
 # --------------------------------------------------------------------------------------------- the loop
@@ -520,9 +498,8 @@ def _train_segmentation(
     callbacks.on_train_start(run_dir, state.epoch)
 
     budget = Budget(config.budget_seconds, start - state.elapsed)
-    if budget.seconds is not None:
-        calibrate_budget(budget, model, optimizer, plan, val_cases, device, config.val_overlap)
-    probe_val_estimate = budget.val_estimate
+    probed = budget.seconds is not None and calibrate_budget(
+        budget, model, optimizer, plan, val_cases, device, config.val_overlap) is not None
     stop_reason = "epochs"
     last_val: dict[str, float] = {}
     steps_since_val = 0
@@ -569,11 +546,11 @@ def _train_segmentation(
                     state.step += 1
                     steps_since_val += 1
                     budget.record_step(time.monotonic() - t0)
-                    if budget.val_time is None and budget.seconds is not None:
-                        # A step is about 2.5-3 forward passes of its batch: cost a validation window from it.
+                    if budget.val_time is None and budget.seconds is not None and not probed:
+                        # A step is about 2.5 forward passes of its batch: cost a validation window from it.
                         per_voxel = budget.step_time / 2.5 / (plan.batch_size * math.prod(plan.patch_size))
-                        budget.val_estimate = max(probe_val_estimate, _estimate_val_seconds(
-                            per_voxel, plan, val_cases, config.val_overlap))
+                        budget.val_estimate = _estimate_val_seconds(per_voxel, plan, val_cases,
+                                                                    config.val_overlap)
                     callbacks.on_step_end(state.step, loss)
             finally:
                 if hasattr(loader, "close"):
