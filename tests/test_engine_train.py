@@ -240,3 +240,34 @@ def test_validation_time_fraction_spaces_out_slow_validations():
     assert not _validation_due(budget, 0.1, single, cpu)  # a second one would make 16 s > 10 s
     assert _validation_due(budget, None, single, cpu)  # switched off
     assert _validation_due(Budget(None, time.monotonic()), 0.1, single, cpu)  # no budget: always due
+
+
+def test_final_validation_mirrors_when_it_fits(phantom, cache, tmp_path, monkeypatch):
+    import medzoo.engine.trainer as trainer_module
+
+    calls = []
+    real_validate = trainer_module.validate
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("mirror_axes"))
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "validate", spy)
+    train(_config(phantom, tmp_path / "tta", cache, epochs=2, iterations_per_epoch=1, log_images=False))
+    assert calls == [None, (0, 1, 2)]  # plain after epoch 1, mirrored over every axis at the end
+    calls.clear()
+    train(_config(phantom, tmp_path / "plain", cache, epochs=2, iterations_per_epoch=1, log_images=False,
+                  final_tta=False))
+    assert calls == [None, None]
+
+
+def test_final_mirroring_is_dropped_when_it_would_eat_the_budget():
+    from medzoo.engine.trainer import Budget
+
+    budget = Budget(100.0, time.monotonic())
+    budget.tta_factor = 8
+    budget.val_time = 2.0
+    assert budget.final_factor() == 8  # 16 s <= 20 % of 100 s
+    budget.val_time = 3.0
+    assert budget.final_factor() == 1  # 24 s > 20 s: plain final validation
+    assert budget.reserve() < 1.25 * 3.0 * 8

@@ -44,6 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loss", default="dice_ce")
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default="auto")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
+    p.add_argument("--no-final-tta", action="store_true",
+                   help="final validation without mirroring test-time augmentation (default: with, when it "
+                        "costs at most 20%% of the time budget)")
     p.add_argument("--max-val-cases", type=int, help="validate on at most this many cases")
     p.add_argument("--patience", type=int, help="early stopping after N validations without improvement")
     p.add_argument("--fold", type=int, default=0)
@@ -80,7 +83,7 @@ def run(ns: argparse.Namespace) -> int:
             patch_size=tuple(ns.patch_size) if ns.patch_size else None, spatial_dims=ns.spatial_dims,
             context_slices=ns.context_slices, optimizer=ns.optimizer, lr=ns.lr, weight_decay=ns.weight_decay,
             schedule=ns.schedule, warmup_epochs=ns.warmup_epochs, grad_clip=ns.grad_clip or None,
-            loss=ns.loss, amp=ns.amp, val_every=ns.val_every, max_val_cases=ns.max_val_cases,
+            loss=ns.loss, amp=ns.amp, val_every=ns.val_every, final_tta=not ns.no_final_tta, max_val_cases=ns.max_val_cases,
             patience=ns.patience, fold=ns.fold, folds=ns.folds, seed=ns.seed, deterministic=ns.deterministic,
             num_workers=ns.num_workers, device=ns.device, init_from=ns.init_from, freeze=list(ns.freeze),
             cache_dir=ns.cache_dir, progress=not ns.no_progress,

@@ -46,6 +46,9 @@ class TrainConfig:
             spent validating above this fraction of the time so far (None or 0: never skip). Keeps slow
             validations (many windows per case) from eating the training time.
         val_overlap: sliding-window overlap during validation.
+        final_tta: the final validation mirrors every spatial axis (test-time augmentation, what
+            ``medzoo predict --tta`` does) when that costs at most 20 % of the time budget; its Dice is the
+            run's final score.
         max_val_cases: validate on at most this many validation cases (None: all).
         patience: early stopping after this many validations without improvement (None: off).
         seed, deterministic: reproducibility (deterministic uses ``torch.use_deterministic_algorithms``).
@@ -89,6 +92,7 @@ class TrainConfig:
     val_every: int = 1
     val_time_fraction: float | None = 0.1
     val_overlap: float = 0.5
+    final_tta: bool = True
     max_val_cases: int | None = None
     patience: int | None = None
     seed: int = 0

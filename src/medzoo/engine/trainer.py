@@ -214,8 +214,19 @@ class Budget:
 
     def reserve(self) -> float:
         """Time kept for the final validation and the wrap-up (best + last checkpoint, curves), with a margin."""
-        return 1.25 * self.validation_seconds() + 2 * self.save_time + self.finish_seconds + 0.05 * (
-            self.seconds or 0.0)
+        return 1.25 * self.validation_seconds() * self.final_factor() + 2 * self.save_time + self.finish_seconds + (
+            0.05 * (self.seconds or 0.0))
+
+    tta_factor = 1  # forward passes per window of the final validation with mirroring (2 ** spatial dims)
+    tta_fraction = 0.2  # mirroring in the final validation only while it costs at most this share of the budget
+
+    def final_factor(self) -> int:
+        """Cost of the final validation relative to a plain one: ``tta_factor`` when it fits, else 1."""
+        if self.tta_factor <= 1:
+            return 1
+        if self.seconds is not None and self.tta_factor * self.validation_seconds() > self.tta_fraction * self.seconds:
+            return 1
+        return self.tta_factor
 
     val_estimate = 2.0  # replaced by the probe's estimate, then the step-based one, then the measured validation
     finish_seconds = 2.0
@@ -232,11 +243,12 @@ class Budget:
             return False
         return self.elapsed() + self.next_step() + self.reserve() > self.seconds
 
-    def can_validate(self) -> bool:
-        """Whether a validation (and the checkpoint after it) is expected to end within the budget."""
+    def can_validate(self, factor: int = 1) -> bool:
+        """Whether a validation (``factor`` times a plain one) and the checkpoint after it are expected to end
+        within the budget."""
         if self.seconds is None:
             return True
-        return self.elapsed() + self.validation_seconds() + self.save_time <= self.seconds
+        return self.elapsed() + factor * self.validation_seconds() + self.save_time <= self.seconds
 
 
 def _count_windows(plan: Plan, cases: list, overlap: float) -> int:
@@ -500,17 +512,24 @@ def _train_segmentation(
     budget = Budget(config.budget_seconds, start - state.elapsed)
     probed = budget.seconds is not None and calibrate_budget(
         budget, model, optimizer, plan, val_cases, device, config.val_overlap) is not None
+    if config.final_tta:
+        budget.tta_factor = 2**plan.spatial_dims
     stop_reason = "epochs"
     last_val: dict[str, float] = {}
     steps_since_val = 0
     base_lr = config.learning_rate
 
-    def run_validation(epoch: int) -> dict[str, float]:
+    def run_validation(epoch: int, factor: int = 1) -> dict[str, float]:
+        """Validate; ``factor`` > 1 mirrors every spatial axis of the network's input (the final validation)."""
         t0 = time.monotonic()
+        mirror = tuple(range(plan.spatial_dims)) if factor > 1 else None
+        if mirror:
+            log.info("final validation with mirroring test-time augmentation (as `medzoo predict --tta`)")
         result = validate(model, val_cases, plan, device, overlap=config.val_overlap,
-                          keep_example=config.log_images and dist_info.is_main)
-        budget.val_time = time.monotonic() - t0
-        budget.val_total += budget.val_time
+                          keep_example=config.log_images and dist_info.is_main, mirror_axes=mirror)
+        seconds = time.monotonic() - t0
+        budget.val_time = seconds / factor
+        budget.val_total += seconds
         logs = _validation_logs(result, plan)
         schedule.observe(result.mean_foreground_dice)
         if stopper.update(result.mean_foreground_dice, epoch) and dist_info.is_main:
@@ -562,8 +581,9 @@ def _train_segmentation(
             last_epoch = state.epoch == config.max_epochs or stop_reason == "time_budget"
             due = last_epoch or (state.epoch % config.val_every == 0
                                  and _validation_due(budget, config.val_time_fraction, dist_info, device))
-            if due and _validation_fits(budget, dist_info, device):
-                last_val = run_validation(state.epoch)
+            factor = _final_factor(budget, dist_info, device) if last_epoch else 1
+            if due and _validation_fits(budget, dist_info, device, factor):
+                last_val = run_validation(state.epoch, factor)
                 logs.update(last_val)
                 steps_since_val = 0
             logs["seconds"] = budget.elapsed()
@@ -586,9 +606,10 @@ def _train_segmentation(
                 "/ --batch-size", budget.seconds, plan.model, "x".join(map(str, plan.patch_size)),
                 plan.batch_size, budget.next_step(), budget.validation_seconds())
         if steps_since_val > 0 or not last_val:  # the loop ended without validating the final weights
-            validated = _validation_fits(budget, dist_info, device)
+            factor = _final_factor(budget, dist_info, device)
+            validated = _validation_fits(budget, dist_info, device, factor)
             if validated:
-                last_val = run_validation(state.epoch)
+                last_val = run_validation(state.epoch, factor)
             else:
                 log.warning("time budget: no time left for the final validation (about %.1fs); the run has no "
                             "validation score for its last weights", budget.validation_seconds())
@@ -660,11 +681,22 @@ def _validation_due(budget: Budget, fraction: float | None, dist_info: distribut
     return bool(flag.item() == 0)
 
 
-def _validation_fits(budget: Budget, dist_info: distributed.DistInfo, device: torch.device) -> bool:
-    """Whether a validation still fits in the budget, agreed across ranks (all validate or none)."""
+def _final_factor(budget: Budget, dist_info: distributed.DistInfo, device: torch.device) -> int:
+    """The final validation's cost factor (mirroring when it fits the budget), agreed across ranks."""
+    factor = budget.final_factor()
+    if factor > 1 and not budget.can_validate(factor):
+        factor = 1
+    flag = torch.tensor([0.0 if factor > 1 else 1.0], device=device)
+    if dist_info.enabled:
+        distributed.all_reduce_sum(flag)
+    return budget.tta_factor if flag.item() == 0 and factor > 1 else 1
+
+
+def _validation_fits(budget: Budget, dist_info: distributed.DistInfo, device: torch.device, factor: int = 1) -> bool:
+    """Whether a validation (``factor`` times a plain one) still fits in the budget, agreed across ranks."""
     if budget.seconds is None:
         return True
-    flag = torch.tensor([0.0 if budget.can_validate() else 1.0], device=device)
+    flag = torch.tensor([0.0 if budget.can_validate(factor) else 1.0], device=device)
     if dist_info.enabled:
         distributed.all_reduce_sum(flag)
     return bool(flag.item() == 0)
