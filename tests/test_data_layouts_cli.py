@@ -2,14 +2,12 @@
 
 Tiny fake copies of the brats, iseg, mrbrains, folder and csv layouts (real file names and formats, an
 oblique anisotropic grid for NIfTI, an anisotropic one for Analyze) with a labelled blob per case. Each is
-trained for two steps with a tiny U-Net, then its unlabelled cases are predicted. ``medzoo predict`` takes
-a file or a folder (4D files or nnU-Net channel files ``CASE_0000.ext``), so the layout's test cases are
-handed to it as channel-file links to the layout's own files, in the layout's modality order.
+trained for two steps with a tiny U-Net, then its unlabelled cases are predicted through
+``medzoo predict --input ROOT --layout NAME`` (the layout's modality files as channels, in its order).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -112,16 +110,6 @@ BUILDERS = {"brats": build_brats, "iseg": build_iseg, "mrbrains": build_mrbrains
             "csv": build_csv}
 
 
-def stage_channel_files(case, out: Path) -> None:
-    """Link a case's modality files as ``CASE_0000.ext``, ``CASE_0001.ext``, ... (Analyze: .hdr and .img)."""
-    out.mkdir(parents=True, exist_ok=True)
-    for ch, src in enumerate(case.image_paths):
-        suffix = volume_suffix(src)
-        os.symlink(src, out / f"{case.case_id}_{ch:04d}{suffix}")
-        if suffix == ".hdr":
-            os.symlink(src.with_suffix(".img"), out / f"{case.case_id}_{ch:04d}.img")
-
-
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_layout_trains_and_predicts_through_cli(tmp_path, name):
     data, layout, classes, train_ids, test_ids = BUILDERS[name](tmp_path / "raw")
@@ -139,14 +127,14 @@ def test_layout_trains_and_predicts_through_cli(tmp_path, name):
     assert (run / "checkpoint_last.pt").is_file()
     assert sorted(p.name for p in (run / "cache").glob("*_image.npy")) == sorted(f"{i}_image.npy" for i in train_ids)
 
-    staged, pred = tmp_path / "staged", tmp_path / "pred"
-    for case in info.test_cases:
-        stage_channel_files(case, staged)
-    assert main(["predict", "--model", str(run), "--input", str(staged), "--output", str(pred),
+    pred = tmp_path / "pred"
+    assert main(["predict", "--model", str(run), "--input", str(data), "--layout", layout, "--output", str(pred),
                  "--device", "cpu", "--no-progress"]) == 0
+    assert len(list(pred.iterdir())) == len(test_ids)
     for case in info.test_cases:
         image = load_image(case, info.modalities)  # the layout's own reading of the scan
-        out = pred / f"{case.case_id}{volume_suffix(case.image_paths[0])}"
+        suffix = volume_suffix(case.image_paths[0])
+        out = pred / f"{case.case_id}{'.nii.gz' if suffix == '.hdr' else suffix}"
         prediction = read_volume(out)
         assert prediction.spatial_shape == image.spatial_shape == SHAPE
         np.testing.assert_allclose(prediction.affine, image.affine, atol=1e-4)

@@ -330,6 +330,30 @@ def collect_cases(input_path: str | Path) -> list[_InputCase]:
     return cases
 
 
+def collect_layout_cases(root: str | Path, layout: str | None = None) -> list[_InputCase]:
+    """The cases of a dataset folder read through a layout (``msd``, ``brats``, ``iseg``, ...).
+
+    The layout's unlabelled (test) cases when it lists any, else all its cases; each case's modality files
+    become its channels in the layout's order. Output names: ``<case id>`` + the first image's extension
+    (``.nii.gz`` for Analyze, which cannot hold every affine).
+    """
+    from medzoo.data.layouts import load_dataset
+    from medzoo.io.readers import volume_suffix
+
+    info = load_dataset(root, layout=None if layout in (None, "auto") else layout)
+    chosen = info.test_cases or info.cases
+    if not chosen:
+        raise DataError(f"{root}: the {info.layout} layout found no cases to predict")
+    cases = []
+    for case in chosen:
+        suffix = volume_suffix(case.image_paths[0])
+        suffix = ".nii.gz" if suffix.lower() in (".hdr", ".img", "") else suffix
+        cases.append(_InputCase(case.case_id, list(case.image_paths), case.case_id + suffix))
+    log.info("%s: predicting %d %s of the %s layout", root, len(cases),
+             "test case(s)" if info.test_cases else "case(s)", info.layout)
+    return cases
+
+
 def _stem(path: Path) -> str:
     from medzoo.io.readers import volume_suffix
 
@@ -374,6 +398,7 @@ def predict(
     min_size: int = 0,
     backend: str = "torch",
     progress: bool = True,
+    layout: str | None = None,
 ) -> PredictionReport:
     """Predict every scan of a file or folder with a trained run (or an exported model).
 
@@ -390,6 +415,8 @@ def predict(
         keep_largest, fill_holes, min_size: post-processing (see :class:`PostProcess`).
         backend: "torch" or "onnxruntime".
         progress: tqdm bar over cases.
+        layout: read ``input_path`` as a dataset folder in this layout (``"auto"`` detects it) and predict
+            its test cases (all cases when it lists none), see :func:`collect_layout_cases`.
 
     Returns:
         A :class:`PredictionReport`; failures are listed there (and logged), the other cases still run.
@@ -398,7 +425,7 @@ def predict(
 
     started = time.perf_counter()
     output_dir = Path(output_dir)
-    cases = collect_cases(input_path)
+    cases = collect_layout_cases(input_path, layout) if layout else collect_cases(input_path)
     model, plan = load_backend(run_dir, backend=backend, checkpoint=checkpoint, device=device)
     dims = plan.spatial_dims if plan.spatial_dims == 3 else 2
     axes = tuple(mirror_axes) if mirror_axes else (tuple(range(dims)) if tta else None)
