@@ -228,18 +228,18 @@ def test_ddp_two_cpu_processes(phantom, tmp_path):
 
 
 def test_validation_time_fraction_spaces_out_slow_validations():
+    from medzoo.engine.budget import Budget, validation_due
     from medzoo.engine.distributed import DistInfo
-    from medzoo.engine.trainer import Budget, _validation_due
 
     cpu = torch.device("cpu")
     single = DistInfo()
     budget = Budget(600.0, time.monotonic() - 100.0)  # 100 s into a 10-minute run
     budget.val_time = 8.0
-    assert _validation_due(budget, 0.1, single, cpu)  # 8 s of validation within 10 % of 100 s
+    assert validation_due(budget, 0.1, single, cpu)  # 8 s of validation within 10 % of 100 s
     budget.val_total = 8.0
-    assert not _validation_due(budget, 0.1, single, cpu)  # a second one would make 16 s > 10 s
-    assert _validation_due(budget, None, single, cpu)  # switched off
-    assert _validation_due(Budget(None, time.monotonic()), 0.1, single, cpu)  # no budget: always due
+    assert not validation_due(budget, 0.1, single, cpu)  # a second one would make 16 s > 10 s
+    assert validation_due(budget, None, single, cpu)  # switched off
+    assert validation_due(Budget(None, time.monotonic()), 0.1, single, cpu)  # no budget: always due
 
 
 def test_final_validation_mirrors_when_it_fits(phantom, cache, tmp_path, monkeypatch):
@@ -262,7 +262,7 @@ def test_final_validation_mirrors_when_it_fits(phantom, cache, tmp_path, monkeyp
 
 
 def test_final_mirroring_is_dropped_when_it_would_eat_the_budget():
-    from medzoo.engine.trainer import Budget
+    from medzoo.engine.budget import Budget
 
     budget = Budget(100.0, time.monotonic())
     budget.tta_factor = 8

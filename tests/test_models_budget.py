@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
+from medzoo.engine.budget import Budget, calibrate_budget, probe_forward_seconds
 from medzoo.engine.config import TrainConfig
-from medzoo.engine.trainer import Budget, calibrate_budget, probe_forward_seconds, train
+from medzoo.engine.trainer import train
 from medzoo.models.layers.factories import make_conv
 from medzoo.models.registry import _REGISTRY, ModelCard, _Entry
 

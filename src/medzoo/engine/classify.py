@@ -162,7 +162,8 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: np.ndarray, index: list[int]
 def train_classifier(config: TrainConfig, *, resume: bool, device: torch.device,
                      dist_info: distributed.DistInfo, start: float):
     """The classification counterpart of the segmentation loop (same run folder, same checkpoints)."""
-    from medzoo.engine.trainer import Budget, TrainResult, _set_lr, _unwrap, build_optimizer, prepare_run_dir
+    from medzoo.engine.budget import Budget
+    from medzoo.engine.trainer import TrainResult, _set_lr, _unwrap, build_optimizer, prepare_run_dir
 
     run_dir = prepare_run_dir(config, resume, dist_info.is_main)
     set_determinism(config.deterministic, device)
