@@ -140,3 +140,21 @@ def test_layout_trains_and_predicts_through_cli(tmp_path, name):
         np.testing.assert_allclose(prediction.affine, image.affine, atol=1e-4)
         values = set(np.unique(prediction.array).tolist())
         assert values <= set(range(classes)), values
+
+
+def test_layout_options_from_the_command_line(tmp_path):
+    """The folder layout's patterns given as --layout-option flags (no options file) for train and predict."""
+    data, layout, classes, train_ids, test_ids = build_folder(tmp_path / "raw")
+    (data / OPTIONS_FILE).unlink()
+    options = ["--layout-option", 'images={"flair": "scans/{case}/flair.nii.gz", "t1": "scans/{case}/t1.nii.gz"}',
+               "--layout-option", "label=masks/{case}_mask.nii.gz"]
+    run, pred = tmp_path / "run", tmp_path / "pred"
+    assert main([
+        "train", "--data", str(data), "--layout", "folder", *options, "--out", str(run), "--model", "unet3d",
+        "--model-arg", "features=[4,8]", "--epochs", "1", "--iterations", "1", "--batch-size", "1",
+        "--patch-size", "16", "16", "16", "--num-workers", "0", "--device", "cpu", "--no-progress",
+    ]) == 0  # fmt: skip
+    assert sorted(p.name for p in (run / "cache").glob("*_image.npy")) == sorted(f"{i}_image.npy" for i in train_ids)
+    assert main(["predict", "--model", str(run), "--input", str(data), "--layout", "folder", *options,
+                 "--output", str(pred), "--device", "cpu", "--no-progress"]) == 0
+    assert sorted(p.name for p in pred.iterdir()) == [f"{i}.nii.gz" for i in test_ids]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medzoo.cli.options import add_layout_options
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict label maps with a trained run (or an exported model)")
@@ -13,6 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layout", default=None,
                    help="read --input as a dataset folder in this layout (msd, nnunet, brats, iseg, mrbrains, "
                         "folder, csv; 'auto' detects) and predict its test cases, or all its cases if none")
+    add_layout_options(p)
     p.add_argument("--output", "-o", required=True, help="output folder for the label maps")
     p.add_argument("--checkpoint", default="best", help="best | last | a checkpoint file (default: best)")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation over all axes")
@@ -36,7 +39,7 @@ def run(ns: argparse.Namespace) -> int:
         ns.model, ns.input, ns.output, checkpoint=ns.checkpoint, device=ns.device, tta=ns.tta,
         overlap=ns.overlap, batch_size=ns.batch_size, save_probabilities=ns.save_probabilities,
         keep_largest=ns.keep_largest, fill_holes=ns.fill_holes, min_size=ns.min_size, backend=ns.backend,
-        progress=not ns.no_progress, layout=ns.layout,
+        progress=not ns.no_progress, layout=ns.layout, layout_options=dict(ns.layout_option),
     )  # fmt: skip
     print(f"wrote {len(report.written)} label map(s) to {ns.output} in {report.seconds:.1f} s")
     for name, reason in report.failed:

@@ -3,18 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-
-def _model_arg(text: str) -> tuple[str, object]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--model-arg needs key=value, got '{text}'")
-    key, value = text.split("=", 1)
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = value
-    return key.strip(), parsed
+from medzoo.cli.options import add_layout_options, key_value
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,9 +13,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run folder to create")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last checkpoint")
     p.add_argument("--layout", help="dataset layout (default: auto-detect)")
+    add_layout_options(p)
     p.add_argument("--task", choices=["segment", "classify"], default="segment")
     p.add_argument("--model", help="network name (see `medzoo models`; default: the planner's choice)")
-    p.add_argument("--model-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--model-arg", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="network argument override (value read as JSON if possible), repeatable")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--epochs", type=int, help="number of epochs (default 50)")
@@ -78,12 +69,13 @@ def run(ns: argparse.Namespace) -> int:
             raise ConfigError("--data and --out are required (or --resume RUN)")
         config = TrainConfig(
             data=ns.data, out=ns.out, layout=ns.layout, task=ns.task, model=ns.model,
-            model_kwargs=dict(ns.model_arg), epochs=ns.epochs, time_budget=ns.time_budget,
-            iterations_per_epoch=ns.iterations, batch_size=ns.batch_size,
+            model_kwargs=dict(ns.model_arg), layout_options=dict(ns.layout_option), epochs=ns.epochs,
+            time_budget=ns.time_budget, iterations_per_epoch=ns.iterations, batch_size=ns.batch_size,
             patch_size=tuple(ns.patch_size) if ns.patch_size else None, spatial_dims=ns.spatial_dims,
             context_slices=ns.context_slices, optimizer=ns.optimizer, lr=ns.lr, weight_decay=ns.weight_decay,
             schedule=ns.schedule, warmup_epochs=ns.warmup_epochs, grad_clip=ns.grad_clip or None,
-            loss=ns.loss, amp=ns.amp, val_every=ns.val_every, final_tta=not ns.no_final_tta, max_val_cases=ns.max_val_cases,
+            loss=ns.loss, amp=ns.amp, val_every=ns.val_every, final_tta=not ns.no_final_tta,
+            max_val_cases=ns.max_val_cases,
             patience=ns.patience, fold=ns.fold, folds=ns.folds, seed=ns.seed, deterministic=ns.deterministic,
             num_workers=ns.num_workers, device=ns.device, init_from=ns.init_from, freeze=list(ns.freeze),
             cache_dir=ns.cache_dir, progress=not ns.no_progress,

@@ -25,6 +25,7 @@ class TrainConfig:
         data: dataset root (segmentation) or CSV file (classification).
         out: run folder to create (everything needed to predict/resume is written there).
         layout: dataset layout name; None auto-detects.
+        layout_options: options of the layout (e.g. ``{"classes": 4}`` for mrbrains, glob patterns for folder).
         task: "segment" or "classify".
         model: registry name; None lets the planner choose.
         model_kwargs: overrides of the network's arguments.
@@ -67,6 +68,7 @@ class TrainConfig:
     data: str | None = None
     out: str = "runs/run"
     layout: str | None = None
+    layout_options: dict[str, Any] = field(default_factory=dict)
     task: str = "segment"
     model: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)

@@ -330,17 +330,17 @@ def collect_cases(input_path: str | Path) -> list[_InputCase]:
     return cases
 
 
-def collect_layout_cases(root: str | Path, layout: str | None = None) -> list[_InputCase]:
+def collect_layout_cases(root: str | Path, layout: str | None = None, **options: Any) -> list[_InputCase]:
     """The cases of a dataset folder read through a layout (``msd``, ``brats``, ``iseg``, ...).
 
     The layout's unlabelled (test) cases when it lists any, else all its cases; each case's modality files
     become its channels in the layout's order. Output names: ``<case id>`` + the first image's extension
-    (``.nii.gz`` for Analyze, which cannot hold every affine).
+    (``.nii.gz`` for Analyze, which cannot hold every affine). ``options`` go to the layout.
     """
     from medzoo.data.layouts import load_dataset
     from medzoo.io.readers import volume_suffix
 
-    info = load_dataset(root, layout=None if layout in (None, "auto") else layout)
+    info = load_dataset(root, layout=None if layout in (None, "auto") else layout, **options)
     chosen = info.test_cases or info.cases
     if not chosen:
         raise DataError(f"{root}: the {info.layout} layout found no cases to predict")
@@ -399,6 +399,7 @@ def predict(
     backend: str = "torch",
     progress: bool = True,
     layout: str | None = None,
+    layout_options: dict[str, Any] | None = None,
 ) -> PredictionReport:
     """Predict every scan of a file or folder with a trained run (or an exported model).
 
@@ -417,6 +418,7 @@ def predict(
         progress: tqdm bar over cases.
         layout: read ``input_path`` as a dataset folder in this layout (``"auto"`` detects it) and predict
             its test cases (all cases when it lists none), see :func:`collect_layout_cases`.
+        layout_options: options of that layout.
 
     Returns:
         A :class:`PredictionReport`; failures are listed there (and logged), the other cases still run.
@@ -425,7 +427,10 @@ def predict(
 
     started = time.perf_counter()
     output_dir = Path(output_dir)
-    cases = collect_layout_cases(input_path, layout) if layout else collect_cases(input_path)
+    if layout or layout_options:
+        cases = collect_layout_cases(input_path, layout, **(layout_options or {}))
+    else:
+        cases = collect_cases(input_path)
     model, plan = load_backend(run_dir, backend=backend, checkpoint=checkpoint, device=device)
     dims = plan.spatial_dims if plan.spatial_dims == 3 else 2
     axes = tuple(mirror_axes) if mirror_axes else (tuple(range(dims)) if tta else None)
