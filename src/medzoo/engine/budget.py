@@ -24,10 +24,15 @@ log = logging.getLogger(__name__)
 class Budget:
     """Wall-clock budget: says whether another step still leaves time for the final validation.
 
-    Before the first step the costs come from :func:`probe_costs` (a timed forward pass of the real network,
-    so a network whose single step or validation outlasts the budget is never started); then from the
+    Before the first step the costs come from :func:`calibrate_budget` (a timed forward pass of the real
+    network, so a network whose single step or validation outlasts the budget is never started); then from the
     measured steps, validations and checkpoint writes.
     """
+
+    val_estimate = 2.0  # replaced by the probe's estimate, then the step-based one, then the measured validation
+    finish_seconds = 2.0
+    tta_factor = 1  # forward passes per window of the final validation with mirroring (2 ** spatial dims)
+    tta_fraction = 0.2  # mirroring in the final validation only while it costs at most this share of the budget
 
     def __init__(self, seconds: float | None, start: float) -> None:
         self.seconds = seconds
@@ -57,9 +62,6 @@ class Budget:
         return 1.25 * self.validation_seconds() * self.final_factor() + 2 * self.save_time + self.finish_seconds + (
             0.05 * (self.seconds or 0.0))
 
-    tta_factor = 1  # forward passes per window of the final validation with mirroring (2 ** spatial dims)
-    tta_fraction = 0.2  # mirroring in the final validation only while it costs at most this share of the budget
-
     def final_factor(self) -> int:
         """Cost of the final validation relative to a plain one: ``tta_factor`` when it fits, else 1."""
         if self.tta_factor <= 1:
@@ -67,9 +69,6 @@ class Budget:
         if self.seconds is not None and self.tta_factor * self.validation_seconds() > self.tta_fraction * self.seconds:
             return 1
         return self.tta_factor
-
-    val_estimate = 2.0  # replaced by the probe's estimate, then the step-based one, then the measured validation
-    finish_seconds = 2.0
 
     def record_step(self, seconds: float) -> None:
         self.step_time = seconds if self.step_time == 0 else 0.8 * self.step_time + 0.2 * seconds
@@ -106,9 +105,13 @@ def _count_windows(plan: Plan, cases: list, overlap: float) -> int:
     return total
 
 
-def estimate_validation_seconds(seconds_per_voxel: float, plan: Plan, cases: list, overlap: float) -> float:
-    """Sliding-window cost estimate: windows x voxels per window x forward seconds per voxel."""
-    return _count_windows(plan, cases, overlap) * math.prod(plan.patch_size) * seconds_per_voxel
+def estimate_validation_seconds(seconds_per_voxel: float, plan: Plan, cases: list, overlap: float,
+                                windows: int | None = None) -> float:
+    """Sliding-window cost estimate: windows x voxels per window x forward seconds per voxel (``windows``:
+    the count from :func:`_count_windows`, when already known)."""
+    if windows is None:
+        windows = _count_windows(plan, cases, overlap)
+    return windows * math.prod(plan.patch_size) * seconds_per_voxel
 
 
 def _probe_size(model: nn.Module, plan: Plan, fraction: float) -> tuple[int, ...]:
@@ -194,54 +197,50 @@ def calibrate_budget(budget: Budget, model: nn.Module, optimizer: torch.optim.Op
     except Exception as err:  # noqa: BLE001 - a failed probe must not stop training; measured times follow
         log.debug("could not probe %s's forward cost: %s", plan.model, err)
         return None
+    windows = _count_windows(plan, val_cases, overlap)
     budget.step_estimate = 2.5 * plan.batch_size * window
-    budget.val_estimate = estimate_validation_seconds(window / math.prod(plan.patch_size), plan, val_cases, overlap)
+    budget.val_estimate = estimate_validation_seconds(window / math.prod(plan.patch_size), plan, val_cases, overlap,
+                                                      windows)
     log.info("time budget: one step ~%.2fs, validation ~%.1fs (%d windows), checkpoint ~%.1fs (estimates)",
-             budget.step_estimate, budget.val_estimate, _count_windows(plan, val_cases, overlap),
-             budget.save_time)
+             budget.step_estimate, budget.val_estimate, windows, budget.save_time)
     return window
+
+
+def _any_rank(local: bool, dist_info: distributed.DistInfo, device: torch.device) -> bool:
+    """Whether ``local`` holds on at least one rank (itself when not distributed)."""
+    flag = torch.tensor([1.0 if local else 0.0], device=device)
+    if dist_info.enabled:
+        distributed.all_reduce_sum(flag)
+    return bool(flag.item() > 0)
 
 
 def stop_now(budget: Budget, dist_info: distributed.DistInfo, device: torch.device) -> bool:
     """Budget check, agreed across ranks (any rank out of time stops them all)."""
     if budget.seconds is None:
         return False
-    flag = torch.tensor([1.0 if budget.exhausted() else 0.0], device=device)
-    if dist_info.enabled:
-        distributed.all_reduce_sum(flag)
-    return bool(flag.item() > 0)
+    return _any_rank(budget.exhausted(), dist_info, device)
 
 
 def validation_due(budget: Budget, fraction: float | None, dist_info: distributed.DistInfo,
-                    device: torch.device) -> bool:
+                   device: torch.device) -> bool:
     """Under a time budget, whether an intermediate validation keeps validating within ``fraction`` of the
     time spent so far (agreed across ranks). Networks whose validation is slow then validate less often
     instead of eating the training time; the final validation always runs."""
     if budget.seconds is None or not fraction:
         return True
-    ok = budget.val_total + budget.validation_seconds() <= fraction * budget.elapsed()
-    flag = torch.tensor([0.0 if ok else 1.0], device=device)
-    if dist_info.enabled:
-        distributed.all_reduce_sum(flag)
-    return bool(flag.item() == 0)
+    over = budget.val_total + budget.validation_seconds() > fraction * budget.elapsed()
+    return not _any_rank(over, dist_info, device)
 
 
 def final_validation_factor(budget: Budget, dist_info: distributed.DistInfo, device: torch.device) -> int:
-    """The final validation's cost factor (mirroring when it fits the budget), agreed across ranks."""
+    """The final validation's cost factor: ``tta_factor`` (mirroring) when it fits on every rank, else 1."""
     factor = budget.final_factor()
-    if factor > 1 and not budget.can_validate(factor):
-        factor = 1
-    flag = torch.tensor([0.0 if factor > 1 else 1.0], device=device)
-    if dist_info.enabled:
-        distributed.all_reduce_sum(flag)
-    return budget.tta_factor if flag.item() == 0 and factor > 1 else 1
+    fits = factor > 1 and budget.can_validate(factor)
+    return budget.tta_factor if not _any_rank(not fits, dist_info, device) else 1
 
 
 def validation_fits(budget: Budget, dist_info: distributed.DistInfo, device: torch.device, factor: int = 1) -> bool:
     """Whether a validation (``factor`` times a plain one) still fits in the budget, agreed across ranks."""
     if budget.seconds is None:
         return True
-    flag = torch.tensor([0.0 if budget.can_validate(factor) else 1.0], device=device)
-    if dist_info.enabled:
-        distributed.all_reduce_sum(flag)
-    return bool(flag.item() == 0)
+    return not _any_rank(not budget.can_validate(factor), dist_info, device)
