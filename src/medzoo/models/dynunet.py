@@ -91,8 +91,9 @@ def instance_norm_act(
     norm runs as one batch norm over the ``(1, B*C, *S)`` view, and the activation is applied in place to
     that result *before* it is reshaped. ``nn.InstanceNorm`` returns a view, and an in-place activation on a
     view makes autograd record a ``CopySlices`` node that copies the whole feature map in the backward pass;
-    here there is no view yet, so no copy (measured on a loaded 2-core CPU: norm + activation forward+backward 1.4-1.9x faster; the whole
-    training step gains 0-6% on an idle machine, where memory bandwidth is not contended).
+    here there is no view yet, so no copy (measured on a loaded 2-core CPU: norm + activation
+    forward+backward 1.4-1.9x faster; the whole training step gains 0-6% on an idle machine, where memory
+    bandwidth is not contended).
 
     Shapes: (B, C, *S) -> (B, C, *S). ``negative_slope=None`` skips the activation.
     """

@@ -232,8 +232,8 @@ class SpatialAugment:
             params: one draw per sample.
             region: the input region size.
             out: optional (B, nd, *P) destination (any strides).
-            scale, offset: per coordinate, return ``coordinate * scale + offset`` instead (free: folded
-                into the ramps; not with elastic displacements).
+            scale, offset: per coordinate, return ``coordinate * scale + offset`` instead (folded into the
+                ramps; elastic displacements are scaled too).
         """
         nd, P = self.nd, self.patch_size
         if out is None:
