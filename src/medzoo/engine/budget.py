@@ -33,6 +33,8 @@ class Budget:
     finish_seconds = 2.0
     tta_factor = 1  # forward passes per window of the final validation with mirroring (2 ** spatial dims)
     tta_fraction = 0.2  # mirroring in the final validation only while it costs at most this share of the budget
+    margin_fraction = (0.02, 0.05)  # safety margin: 2 % of the budget but at least 10 s, and never over 5 %
+    margin_floor = 10.0
 
     def __init__(self, seconds: float | None, start: float) -> None:
         self.seconds = seconds
@@ -59,8 +61,14 @@ class Budget:
 
     def reserve(self) -> float:
         """Time kept for the final validation and the wrap-up (best + last checkpoint, curves), with a margin."""
-        return 1.25 * self.validation_seconds() * self.final_factor() + 2 * self.save_time + self.finish_seconds + (
-            0.05 * (self.seconds or 0.0))
+        return (1.25 * self.validation_seconds() * self.final_factor() + 2 * self.save_time + self.finish_seconds
+                + self.margin())
+
+    def margin(self) -> float:
+        """Safety margin for timing noise: 2 % of the budget, at least 10 s, at most 5 % (30 min: 36 s)."""
+        low, high = self.margin_fraction
+        seconds = self.seconds or 0.0
+        return min(high * seconds, max(low * seconds, self.margin_floor))
 
     def final_factor(self) -> int:
         """Cost of the final validation relative to a plain one: ``tta_factor`` when it fits, else 1."""

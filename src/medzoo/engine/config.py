@@ -92,7 +92,7 @@ class TrainConfig:
     loss: str = "dice_ce"
     amp: str = "auto"
     val_every: int = 1
-    val_time_fraction: float | None = 0.1
+    val_time_fraction: float | None = 0.05
     val_overlap: float = 0.5
     final_tta: bool = True
     max_val_cases: int | None = None
