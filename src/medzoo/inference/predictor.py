@@ -396,7 +396,7 @@ def predict(
     keep_largest: bool = False,
     fill_holes: bool = False,
     min_size: int = 0,
-    backend: str = "torch",
+    backend: str = "auto",
     progress: bool = True,
     layout: str | None = None,
     layout_options: dict[str, Any] | None = None,
@@ -414,7 +414,9 @@ def predict(
         overlap, batch_size: sliding-window settings.
         save_probabilities: also write ``<case>_probabilities.npz`` (float16 (K, *S) + affine).
         keep_largest, fill_holes, min_size: post-processing (see :class:`PostProcess`).
-        backend: "torch" or "onnxruntime".
+        backend: "auto" (default: ONNX Runtime on the CPU through an export cached in the run folder, the
+            same labels up to floating-point ties and faster; PyTorch on a GPU or when the network does not
+            export), "torch" or "onnxruntime" (see :func:`medzoo.inference.backends.load_backend`).
         progress: tqdm bar over cases.
         layout: read ``input_path`` as a dataset folder in this layout (``"auto"`` detects it) and predict
             its test cases (all cases when it lists none), see :func:`collect_layout_cases`.
