@@ -16,15 +16,18 @@ MRI in that field of view. Labels: 0 air/background, 1 scalp+skull, 2 CSF, 3 bra
    imports excluded:
    - ``medzoo``: ``medzoo.inference.predict`` with its defaults: the plan crops to the non-zero region and
      z-scores non-zero voxels, windows whose input is all air are skipped, and on the CPU the network runs
-     under ONNX Runtime through an export cached in the run folder. The export is made before the timed runs
-     (once per checkpoint; its time is reported as ``export_s``).
-   - ``medzoo_torch``: the same with ``backend="torch"`` (eager PyTorch), to show what the backend brings.
+     under OpenVINO (or ONNX Runtime when OpenVINO is not installed) through an export cached in the run
+     folder. The export and its checks are made before the timed runs (once per checkpoint; reported as
+     ``export_s``).
+   - ``medzoo_onnxruntime`` and ``medzoo_torch``: the same with ``backend="onnxruntime"`` / ``"torch"``
+     (eager PyTorch), to show what each backend brings.
    - ``monai``: the MONAI equivalent of that pipeline: LoadImage + CropForeground (``x > 0``, the same box
      medzoo crops to) + NormalizeIntensity(nonzero, channel-wise) + sliding_window_inference (same window
      settings) + argmax, pasted back into the full grid as background, + SaveImage.
-   Both sides then tile the same box with the same windows, so the label maps agree except where ONNX
-   Runtime's float rounding (about 1e-5) flips a near-tie; the row reports the agreement (all voxels, inside
-   the head), the number of differing voxels and per-class Dice between the two maps and against the truth.
+   All sides then tile the same box with the same windows, so the label maps agree except where a runtime's
+   float rounding (ONNX Runtime about 1e-5, OpenVINO about 1e-4 on the logits) flips a near-tie; the row
+   reports the agreement (all voxels, inside the head), the number of differing voxels per backend and the
+   per-class Dice between the maps and against the truth.
 
 Run: ``python -m benchmarks.sliding_window [--quick] [--reps N] [--threads N] [--skip-core]``.
 """
@@ -204,17 +207,19 @@ def _child(side: str, folder: Path, patch: tuple[int, ...], batch: int) -> dict[
     """One end-to-end prediction in this (fresh) process; returns seconds and peak RSS."""
     import re
 
-    if side in ("medzoo", "medzoo_torch", "medzoo_export"):
+    if side.startswith("medzoo"):
         from medzoo.inference.predictor import predict
 
-        backend = "torch" if side == "medzoo_torch" else "auto"
+        backend = {"medzoo_torch": "torch", "medzoo_onnxruntime": "onnxruntime"}.get(side, "auto")
         out = folder / side
 
         def run():
-            if side == "medzoo_export":  # the one-off export (cached in the run folder) before the timed runs
-                from medzoo.inference.backends import cached_onnx_export
+            if side == "medzoo_export":  # the one-off export and checks (cached in the run folder)
+                from medzoo.inference.backends import cached_onnx_export, load_backend
 
                 assert cached_onnx_export(folder / "run") is not None
+                model, _ = load_backend(folder / "run", backend="auto", device="cpu")
+                (folder / "auto_backend.txt").write_text(type(model).__name__)
                 return
             report = predict(folder / "run", folder / "in" / "case.nii.gz", out, progress=False, device="cpu",
                              backend=backend)  # fmt: skip
@@ -288,29 +293,30 @@ def end_to_end(net, features, shape, patch, batch, reps, threads) -> dict[str, A
     (tmp / "net.json").write_text(json.dumps(net_kwargs))
 
     export = _spawn("medzoo_export", tmp, patch, batch, threads)
-    sides = ["medzoo", "medzoo_torch", "monai"]
+    sides = ["medzoo", "medzoo_onnxruntime", "medzoo_torch", "monai"]
     results: dict[str, list[dict]] = {side: [] for side in sides}
     for r in range(reps):  # interleaved, rotating who goes first
-        for side in sides[r % 3:] + sides[: r % 3]:
+        for side in sides[r % len(sides):] + sides[: r % len(sides)]:
             results[side].append(_spawn(side, tmp, patch, batch, threads))
-    ours = np.asarray(read_volume(tmp / "medzoo" / "case.nii.gz").array[0])
-    ours_torch = np.asarray(read_volume(tmp / "medzoo_torch" / "case.nii.gz").array[0])
+    labels = {side: np.asarray(read_volume(tmp / side / "case.nii.gz").array[0]) for side in sides[:-1]}
     theirs = np.asarray(read_volume(next((tmp / "monai").glob("*.nii.gz"))).array[0])
+    ours = labels["medzoo"]
     written = read_volume(tmp / "medzoo" / "case.nii.gz")
     inside = image.array[0] != 0
     sec = {side: median([x["seconds"] for x in results[side]]) for side in sides}
     return {
         "workload": f"end to end head phantom {'x'.join(map(str, shape))} patch {patch[0]} batch {batch}",
-        "medzoo_s": sec["medzoo"], "medzoo_torch_s": sec["medzoo_torch"], "monai_s": sec["monai"],
+        "medzoo_backend": (tmp / "auto_backend.txt").read_text(),
+        **{f"{side}_s": sec[side] for side in sides},
         "ratio_monai_over_medzoo": ratio(sec["monai"], sec["medzoo"]),
+        "ratio_monai_over_medzoo_onnxruntime": ratio(sec["monai"], sec["medzoo_onnxruntime"]),
         "ratio_monai_over_medzoo_torch": ratio(sec["monai"], sec["medzoo_torch"]),
         "export_s": export["seconds"],
         **{f"{side}_runs_s": [round(x["seconds"], 2) for x in results[side]] for side in sides},
         **{f"{side}_peak_rss_mb": max(x["peak_rss_mb"] for x in results[side]) for side in sides},
         "label_agreement": float((ours == theirs).mean()),
         "label_agreement_nonzero": float((ours == theirs)[inside].mean()),
-        "voxels_differing": int((ours != theirs).sum()),
-        "voxels_differing_torch_backend": int((ours_torch != theirs).sum()),
+        **{f"voxels_differing_{side}": int((labels[side] != theirs).sum()) for side in sides[:-1]},
         "dice_medzoo_vs_monai": dice_between(ours, theirs, NUM_CLASSES),
         "dice_medzoo_vs_truth": dice_between(ours, truth.array[0], NUM_CLASSES),
         "dice_monai_vs_truth": dice_between(theirs, truth.array[0], NUM_CLASSES),
@@ -326,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=4, help="windows per forward pass (both libraries)")
     parser.add_argument("--train-steps", type=int, default=200, help="training steps of the benchmark net")
     parser.add_argument("--skip-core", action="store_true", help="only the end-to-end comparison")
-    parser.add_argument("--child", choices=["medzoo", "medzoo_torch", "medzoo_export", "monai"],
+    parser.add_argument("--child", choices=["medzoo", "medzoo_onnxruntime", "medzoo_torch", "medzoo_export", "monai"],
                         help=argparse_hidden())
     parser.add_argument("--child-dir", type=Path, help=argparse_hidden())
     parser.add_argument("--child-patch", help=argparse_hidden())

@@ -27,9 +27,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-largest", action="store_true", help="keep the largest component of each class")
     p.add_argument("--fill-holes", action="store_true", help="fill enclosed holes of each class")
     p.add_argument("--min-size", type=int, default=0, help="drop components smaller than this (voxels)")
-    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
-                   help="auto (default): ONNX Runtime on the CPU (the run's network exported once and cached in "
-                        "RUN/.medzoo_cache), PyTorch on a GPU; torch | onnxruntime force one")
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
+                   help="auto (default): on the CPU OpenVINO, else ONNX Runtime (the run's network exported once "
+                        "and cached in RUN/.medzoo_cache), PyTorch on a GPU; torch | onnxruntime | openvino "
+                        "force one")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

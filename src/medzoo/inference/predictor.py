@@ -404,8 +404,8 @@ def predict(
     """Predict every scan of a file or folder with a trained run (or an exported model).
 
     Args:
-        run_dir: a run folder (plan.json + checkpoints); with ``backend="onnxruntime"`` also an exported
-            ``.onnx`` file (its JSON card beside it) or a run folder holding ``model.onnx``.
+        run_dir: a run folder (plan.json + checkpoints), or an exported ``.onnx`` file (its JSON card beside
+            it) for the ``onnxruntime`` / ``openvino`` backends.
         input_path: one image file, or a folder of them (4D multi-modal files or nnU-Net channel files).
         output_dir: where label maps go (same file names; channel files give ``case`` + extension).
         checkpoint: "best" or "last" (torch backend).
@@ -414,9 +414,10 @@ def predict(
         overlap, batch_size: sliding-window settings.
         save_probabilities: also write ``<case>_probabilities.npz`` (float16 (K, *S) + affine).
         keep_largest, fill_holes, min_size: post-processing (see :class:`PostProcess`).
-        backend: "auto" (default: ONNX Runtime on the CPU through an export cached in the run folder, the
-            same labels up to floating-point ties and faster; PyTorch on a GPU or when the network does not
-            export), "torch" or "onnxruntime" (see :func:`medzoo.inference.backends.load_backend`).
+        backend: "auto" (default): on the CPU the network runs under OpenVINO, else ONNX Runtime, through an
+            export cached in the run folder and checked against PyTorch (labels equal up to floating-point
+            near-ties, and faster); PyTorch on a GPU or when the network does not export. "torch",
+            "onnxruntime" or "openvino" force one (see :func:`medzoo.inference.backends.load_backend`).
         progress: tqdm bar over cases.
         layout: read ``input_path`` as a dataset folder in this layout (``"auto"`` detects it) and predict
             its test cases (all cases when it lists none), see :func:`collect_layout_cases`.
