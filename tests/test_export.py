@@ -68,3 +68,13 @@ def test_export_cli_and_bad_format(run, tmp_path, capsys):
     assert "cli.onnx" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="unknown export format"):
         export_model(run, "tflite")
+
+
+def test_dynunet_exports_with_a_dynamic_batch(tmp_path):
+    # its fused instance norm runs as a batch norm over a (1, B*C, ...) view, which ONNX cannot size: the
+    # export must trace the plain instance_norm instead (fixed and size-generic spatial axes alike)
+    run_dir, _ = make_run(tmp_path / "run", "dynunet", 1, 3, patch_size=(16, 16, 16),
+                          model_kwargs={"features": [4, 8, 16]})  # fmt: skip
+    for dynamic in (False, True):
+        result = export_model(run_dir, "onnx", tmp_path / f"dyn_{dynamic}.onnx", dynamic_spatial=dynamic)
+        assert result.dynamic_spatial == dynamic and result.max_abs_diff <= 1e-4

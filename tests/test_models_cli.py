@@ -12,10 +12,14 @@ import numpy as np
 import pytest
 
 from medzoo.cli import main
+from medzoo.inference.backends import _installed
 from medzoo.io.readers import read_volume
 from medzoo.models import get_card, list_models
 
 SEGMENTATION = [n for n in list_models() if get_card(n).task == "segmentation"]
+# OpenVINO 2026.4 computes these networks differently from ONNX Runtime / PyTorch (hyperdensenet: max |diff|
+# 0.11 on the logits); the check catches it and `predict` falls back to ONNX Runtime.
+OPENVINO_DIFFERS = {"hyperdensenet"}
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +58,11 @@ def test_train_and_predict_through_the_cli(name: str, phantom, tmp_path):
     code = main(["predict", "--model", str(run), "--input", str(phantom / "imagesTs"), "--output", str(pred),
                  "--device", "cpu", "--no-progress"])
     assert code == 0, f"{name}: medzoo predict failed"
+    if _installed("onnx", "openvino"):  # the default backend on the CPU: exported, OpenVINO checked
+        records = sorted((run / ".medzoo_cache").glob("*.openvino.json"))
+        assert records, f"{name}: the network was not exported for OpenVINO"
+        verdict = json.loads(records[0].read_text())
+        assert verdict["ok"] == (name not in OPENVINO_DIFFERS), f"{name}: OpenVINO check {verdict}"
     inputs = sorted((phantom / "imagesTs").glob("*.nii.gz"))
     assert inputs
     for image_path in inputs:

@@ -178,7 +178,8 @@ def cached_onnx_export(run_dir: str | Path, checkpoint: str = "best") -> Path | 
 
     The export is checked against PyTorch (see :func:`medzoo.export.export_network`); its spatial axes are
     fixed to the plan's patch size (about 10 % faster under ONNX Runtime than size-generic axes; the sliding
-    window only feeds patch-sized windows). A new or rewritten checkpoint gets a new export. When the run folder cannot be written, the export goes to a temporary
+    window only feeds patch-sized windows), or size-generic for the graphs that only export that way. A new
+    or rewritten checkpoint gets a new export. When the run folder cannot be written, the export goes to a temporary
     folder for this process only.
 
     Args:
@@ -213,9 +214,13 @@ def cached_onnx_export(run_dir: str | Path, checkpoint: str = "best") -> Path | 
         path = Path(tempfile.mkdtemp(prefix="medzoo_onnx_")) / "model.onnx"
         failed = None
         log.info("%s is not writable; exporting to %s for this run only", run_dir, path.parent)
-    log.info("exporting %s to ONNX for ONNX Runtime (once per checkpoint)", ckpt)
+    log.info("exporting %s to ONNX (once per checkpoint)", ckpt)
     try:
-        export_model(run_dir, "onnx", out=path, checkpoint=str(ckpt), dynamic_spatial=False)
+        try:
+            export_model(run_dir, "onnx", out=path, checkpoint=str(ckpt), dynamic_spatial=False)
+        except Exception as err:  # noqa: BLE001 - some graphs only export with size-generic axes
+            log.info("%s: fixed-size ONNX export failed (%s); trying size-generic axes", ckpt, err)
+            export_model(run_dir, "onnx", out=path, checkpoint=str(ckpt), dynamic_spatial=True)
     except Exception as err:  # noqa: BLE001 - any export failure means: predict with PyTorch instead
         log.warning("%s: ONNX export failed (%s: %s); predicting with PyTorch", ckpt, type(err).__name__, err)
         if failed is not None:
