@@ -160,6 +160,8 @@ def export_network(
             try:
                 _check(path.name, _run_onnx(tmp, x_other), want_other, atol)
             except Exception as err:  # noqa: BLE001 - the graph is not size-generic: fix spatial axes
+                if not dynamic_spatial:  # already fixed: the batch axis itself does not work
+                    raise
                 log.warning("%s: dynamic spatial axes do not work (%s); exporting fixed sizes", path, err)
                 dynamic = False
                 _onnx_export(model, x, tmp, opset, dynamic=False)
