@@ -163,13 +163,21 @@ def resolve_backend(backend: str, model_path: str | Path, device: str | torch.de
     return "torch"
 
 
-def _checkpoint_key(checkpoint_file: Path) -> str:
-    """Cache key of a checkpoint: its name, size and modification time, and the torch/ONNX Runtime versions."""
-    import onnxruntime
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "-"
+
+
+def _checkpoint_key(checkpoint_file: Path) -> str:
+    """Cache key of a checkpoint: its name, size and modification time, how we export, and the versions of
+    the packages that make or run the export (an upgrade of any of them makes a new export and check)."""
     stat = checkpoint_file.stat()
-    raw = json.dumps([checkpoint_file.name, stat.st_size, stat.st_mtime_ns, torch.__version__, onnxruntime.__version__,
-                      _EXPORT_STYLE])
+    versions = [_version(name) for name in ("medzoo", "torch", "onnx", "onnxruntime", "openvino")]
+    raw = json.dumps([checkpoint_file.name, stat.st_size, stat.st_mtime_ns, _EXPORT_STYLE, *versions])
     return hashlib.sha1(raw.encode()).hexdigest()[:12]
 
 
@@ -179,8 +187,8 @@ def cached_onnx_export(run_dir: str | Path, checkpoint: str = "best") -> Path | 
     The export is checked against PyTorch (see :func:`medzoo.export.export_network`); its spatial axes are
     fixed to the plan's patch size (about 10 % faster under ONNX Runtime than size-generic axes; the sliding
     window only feeds patch-sized windows), or size-generic for the graphs that only export that way. A new
-    or rewritten checkpoint gets a new export. When the run folder cannot be written, the export goes to a temporary
-    folder for this process only.
+    or rewritten checkpoint gets a new export. When the run folder cannot be written, the export goes to a
+    temporary folder for this process only.
 
     Args:
         run_dir: the run folder.
