@@ -251,8 +251,13 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         if config.task == "classify":
             from medzoo.engine.classify import train_classifier
 
-            return train_classifier(config, resume=resume, device=device, dist_info=dist_info, start=start)
-        return _train_segmentation(config, resume, device, dist_info, start)
+            result = train_classifier(config, resume=resume, device=device, dist_info=dist_info, start=start)
+        else:
+            result = _train_segmentation(config, resume, device, dist_info, start)
+        # every rank gets here (rank 0 writes the curves last) before the process group is torn down: a rank
+        # that left early aborted now and then in gloo's teardown ("terminate called without an active exception")
+        distributed.barrier()
+        return result
     finally:
         distributed.cleanup()
 
