@@ -172,3 +172,15 @@ def test_evaluate_2d_files(tmp_path):
     expected = compute_case_metrics(pred, ref, [1], (0.6, 1.4), metrics=("dice", "hd95"))
     assert res.cases["slice.nii.gz"][1] == pytest.approx(expected[1])
     assert res.spacings["slice.nii.gz"] == pytest.approx((0.6, 1.4))
+
+
+def test_dataset_json_beside_the_references_names_the_classes(tmp_path):
+    pred_dir, ref_dir, _, _ = _make_folders(tmp_path, n=2)  # tmp_path/ref: dataset.json would sit in tmp_path
+    assert evaluate(pred_dir, ref_dir, metrics=["dice"], workers=1).labels == {1: "label_1", 2: "label_2"}
+    (ref_dir.parent / "dataset.json").write_text("{not json")  # unreadable: ignored, default names
+    assert evaluate(pred_dir, ref_dir, metrics=["dice"], workers=1).labels == {1: "label_1", 2: "label_2"}
+    (ref_dir.parent / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "Anterior",
+                                                                        "2": "Posterior"}}))
+    assert evaluate(pred_dir, ref_dir, metrics=["dice"], workers=1).labels == {1: "Anterior", 2: "Posterior"}
+    given = evaluate(pred_dir, ref_dir, metrics=["dice"], labels=[1], workers=1)  # explicit labels win
+    assert given.labels == {1: "label_1"}

@@ -203,6 +203,20 @@ def label_names_from_dataset_json(path: str | Path) -> dict[int, str]:
 
 
 # --------------------------------------------------------------------------------------------------- cases
+def _sibling_dataset_json(ref_dir: str | Path) -> Path | None:
+    """``ref_dir/../dataset.json`` when it exists and names the labels, else None."""
+    candidate = Path(ref_dir).resolve().parent / "dataset.json"
+    if not candidate.is_file():
+        return None
+    try:
+        label_names_from_dataset_json(candidate)
+    except DataError as err:
+        log.info("not naming classes from %s: %s", candidate, err)
+        return None
+    log.info("class names from %s", candidate)
+    return candidate
+
+
 def _as_labels(array: np.ndarray, name: str, which: str) -> np.ndarray:
     arr = np.asarray(array)
     if arr.ndim == 4:
@@ -302,7 +316,9 @@ def evaluate(
         report_dir: also write an offline HTML report there (:func:`medzoo.viz.report.write_report`).
         images_dir: images for the report's overlays, matched by name (``case.nii.gz`` or the nnU-Net
             ``case_0000.nii.gz``); without it overlays are drawn on the label alone.
-        dataset_json: a ``dataset.json`` to name (and, without ``labels``, select) the classes.
+        dataset_json: a ``dataset.json`` to name (and, without ``labels``, select) the classes. Default: the
+            ``dataset.json`` beside ``ref_dir`` (MSD / nnU-Net layout: ``labelsTr/../dataset.json``) when
+            there is one with a readable ``labels`` entry and ``labels`` is not given.
         tolerance_mm: tolerance of the normalised surface Dice.
         workers: threads over cases (default min(4, CPUs)).
         max_overlays: overlay pictures in the report (worst cases first).
@@ -317,6 +333,8 @@ def evaluate(
     unknown = [m for m in metrics if m not in ALL_METRICS]
     if unknown:
         raise DataError(f"unknown metric(s) {unknown}; available: {', '.join(ALL_METRICS)}")
+    if dataset_json is None and labels is None:
+        dataset_json = _sibling_dataset_json(ref_dir)
     names_from_json = label_names_from_dataset_json(dataset_json) if dataset_json else {}
     if labels is None and names_from_json:
         labels = {k: v for k, v in names_from_json.items() if k != 0}
