@@ -204,17 +204,9 @@ def label_names_from_dataset_json(path: str | Path) -> dict[int, str]:
 
 # --------------------------------------------------------------------------------------------------- cases
 def _sibling_dataset_json(ref_dir: str | Path) -> Path | None:
-    """``ref_dir/../dataset.json`` when it exists and names the labels, else None."""
+    """``ref_dir/../dataset.json`` when there is one, else None."""
     candidate = Path(ref_dir).resolve().parent / "dataset.json"
-    if not candidate.is_file():
-        return None
-    try:
-        label_names_from_dataset_json(candidate)
-    except DataError as err:
-        log.info("not naming classes from %s: %s", candidate, err)
-        return None
-    log.info("class names from %s", candidate)
-    return candidate
+    return candidate if candidate.is_file() else None
 
 
 def _as_labels(array: np.ndarray, name: str, which: str) -> np.ndarray:
@@ -333,9 +325,14 @@ def evaluate(
     unknown = [m for m in metrics if m not in ALL_METRICS]
     if unknown:
         raise DataError(f"unknown metric(s) {unknown}; available: {', '.join(ALL_METRICS)}")
-    if dataset_json is None and labels is None:
-        dataset_json = _sibling_dataset_json(ref_dir)
     names_from_json = label_names_from_dataset_json(dataset_json) if dataset_json else {}
+    beside = _sibling_dataset_json(ref_dir) if dataset_json is None and labels is None else None
+    if beside is not None:
+        try:
+            names_from_json = label_names_from_dataset_json(beside)
+            log.info("class names from %s", beside)
+        except DataError as err:  # a dataset.json we were not asked to read: ignore it if it is unusable
+            log.info("not naming classes from %s: %s", beside, err)
     if labels is None and names_from_json:
         labels = {k: v for k, v in names_from_json.items() if k != 0}
     label_list: list[int] | None = None

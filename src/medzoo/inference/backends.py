@@ -265,42 +265,40 @@ def load_backend(
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     chosen = resolve_backend(backend, model_path, device)
+    if chosen == "torch":
+        return _torch_backend(model_path, checkpoint, device)
+    if chosen == "openvino" and not _installed("openvino"):
+        raise ConfigError("the openvino backend needs the openvino package (pip install openvino)")
+    runtime = {"openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}[chosen]
+    if model_path.is_file():
+        if model_path.suffix.lower() != ".onnx":
+            raise ConfigError(f"{model_path}: give a run folder or an .onnx export")
+        export = model_path
+    elif chosen == "onnxruntime" and backend != "auto" and (model_path / "model.onnx").is_file():
+        export = model_path / "model.onnx"  # made by `medzoo export`
+    else:
+        export = cached_onnx_export(model_path, checkpoint)
+        if export is None:
+            if backend != "auto":
+                raise ConfigError(f"{model_path}: the network could not be exported to ONNX for {runtime}")
+            return _torch_backend(model_path, checkpoint, device)
     if chosen == "openvino":
-        if not _installed("openvino"):
-            raise ConfigError("the openvino backend needs the openvino package (pip install openvino)")
-        export = model_path if model_path.is_file() else cached_onnx_export(model_path, checkpoint)
-        loaded = None if export is None else _openvino_backend(export, strict=backend != "auto")
+        loaded = _openvino_backend(export, strict=backend != "auto")
         if loaded is not None:
             return loaded
-        if backend != "auto":
-            raise ConfigError(f"{model_path}: the network could not be exported to ONNX for OpenVINO")
-        chosen = "onnxruntime" if _installed("onnxruntime") else "torch"
-        if model_path.is_file():
-            return _onnx_backend(model_path, device)
-    user_export = (model_path / "model.onnx").is_file() and backend != "auto"  # `medzoo export` made it
-    if chosen == "onnxruntime" and model_path.is_dir() and not user_export:
-        export = cached_onnx_export(model_path, checkpoint)
-        if export is not None:
-            return _onnx_backend(export, device)
-        if backend != "auto":
-            raise ConfigError(f"{model_path}: the network could not be exported to ONNX for ONNX Runtime")
-        chosen = "torch"
-    if chosen == "torch":
-        if model_path.is_file():
-            raise ConfigError(
-                f"{model_path}: the torch backend takes a run folder; use --backend onnxruntime for an export"
-            )
-        from medzoo.engine.checkpoint import load_model_from_run
-
-        return load_model_from_run(model_path, which=checkpoint, device=device)
-
-    if model_path.is_dir():
-        export = model_path / "model.onnx"  # made by `medzoo export`
-    elif model_path.suffix.lower() == ".onnx":
-        export = model_path
-    else:
-        raise ConfigError(f"{model_path}: give a run folder or an .onnx export")
+        if not _installed("onnxruntime") and model_path.is_dir():  # auto: the last runtime left is PyTorch
+            return _torch_backend(model_path, checkpoint, device)
     return _onnx_backend(export, device)
+
+
+def _torch_backend(model_path: Path, checkpoint: str, device: str | torch.device) -> tuple[Any, Plan]:
+    if model_path.is_file():
+        raise ConfigError(
+            f"{model_path}: the torch backend takes a run folder; use --backend onnxruntime for an export"
+        )
+    from medzoo.engine.checkpoint import load_model_from_run
+
+    return load_model_from_run(model_path, which=checkpoint, device=device)
 
 
 def _cpu_threads(device: str | torch.device) -> int | None:
