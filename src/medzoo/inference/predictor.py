@@ -408,7 +408,7 @@ def predict(
             it) for the ``onnxruntime`` / ``openvino`` backends.
         input_path: one image file, or a folder of them (4D multi-modal files or nnU-Net channel files).
         output_dir: where label maps go (same file names; channel files give ``case`` + extension).
-        checkpoint: "best" or "last" (torch backend).
+        checkpoint: "best" or "last" (run folders, any backend: the export is made from this checkpoint).
         device: "cpu" / "cuda" (default: cuda if available).
         tta: mirroring test-time augmentation over every spatial axis (``mirror_axes`` picks axes).
         overlap, batch_size: sliding-window settings.
