@@ -8,6 +8,11 @@ What was measured (``python -m benchmarks``; numbers in ``benchmarks/README.md``
 * ``torch.compile`` is off by default: on this CPU it did not pay back its compile time for 3D U-Nets in a
   short run (see the report); switch it on with ``compile=True`` or ``MEDZOO_COMPILE=1``.
 * ``channels_last_3d`` and bf16 autocast were slower on the measured CPU and are not used.
+* glibc's malloc hands every large freed block straight back to the kernel (blocks over its mmap threshold,
+  at most 32 MiB, are unmapped on free; the free top of the heap is trimmed), so each training step faults its
+  activations in again, page by page, zeroed by the kernel: 0.4 M page faults per step of nnU-Net's network
+  at 1x1x64^3, a quarter of the step's time. :func:`tune_malloc` (called by ``train`` and ``predict``) raises
+  both thresholds so freed memory is reused: 1.3x faster steps there, 1.1x on hippocampus patches.
 
 Example:
     >>> from medzoo.perf import configure_threads, maybe_compile
@@ -17,8 +22,11 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
+import sys
 
 import torch
 from torch import nn
@@ -75,3 +83,61 @@ def maybe_compile(model: nn.Module, compile: bool | None = None, **options) -> n
     options.setdefault("dynamic", False)
     logger.info("compiling %s with torch.compile(%s)", type(model).__name__, options)
     return torch.compile(model, **options)
+
+
+# mallopt parameters (glibc's malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+MALLOC_KEEP_BYTES = 1 << 30  # freed blocks up to 1 GiB are kept for reuse
+_MALLOC_TRIM_BYTES = 2**31 - 1  # free heap top kept before trimming (mallopt takes a C int)
+_malloc_tuned = False
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """glibc, if this process runs on it (None on macOS, Windows, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def tune_malloc(enable: bool | None = None) -> bool:
+    """Let glibc's malloc keep freed memory for reuse instead of returning it to the kernel at once.
+
+    PyTorch's CPU tensors come from malloc. With glibc's defaults a freed activation larger than the mmap
+    threshold (dynamic, at most 32 MiB) is unmapped, and the free top of the heap is trimmed, so the next
+    step page-faults the same memory back in. This raises the mmap threshold to 1 GiB and the trim threshold
+    to 2 GiB. Process-wide and permanent: the process keeps up to its peak memory mapped (call
+    :func:`release_memory` to give the unused part back). ``train`` and ``predict`` call it; turn it off with
+    ``enable=False`` or ``MEDZOO_TUNE_MALLOC=0``.
+
+    Returns:
+        True if the setting is in effect (now or from an earlier call), False if off or not on glibc.
+    """
+    global _malloc_tuned
+    if enable is None:
+        enable = os.environ.get("MEDZOO_TUNE_MALLOC", "1").strip().lower() not in {"0", "false", "no", "off"}
+    if not enable:
+        return False
+    if _malloc_tuned:
+        return True
+    libc = _glibc()
+    if libc is None:
+        logger.debug("not on glibc: malloc left as it is")
+        return False
+    ok = libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_KEEP_BYTES) == 1
+    ok = libc.mallopt(_M_TRIM_THRESHOLD, _MALLOC_TRIM_BYTES) == 1 and ok
+    _malloc_tuned = ok
+    logger.debug("glibc malloc: keep freed blocks up to %d bytes (%s)", MALLOC_KEEP_BYTES, "ok" if ok else "refused")
+    return ok
+
+
+def release_memory() -> None:
+    """Give free heap memory back to the kernel (``malloc_trim(0)``; a no-op off glibc)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)

@@ -30,6 +30,7 @@ from medzoo.errors import ConfigError, DataError, MedzooError, VolumeError
 from medzoo.inference.postprocess import PostProcess
 from medzoo.inference.sliding_window import sliding_window_argmax
 from medzoo.io.volume import Volume
+from medzoo.perf import tune_malloc
 from medzoo.planning.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -429,6 +430,7 @@ def predict(
     from medzoo.inference.backends import load_backend
 
     started = time.perf_counter()
+    tune_malloc()  # reuse freed buffers across windows and cases (see medzoo.perf)
     output_dir = Path(output_dir)
     if layout or layout_options:
         cases = collect_layout_cases(input_path, layout, **(layout_options or {}))
