@@ -11,13 +11,28 @@ Workloads:
     ``hippocampus``: 2x1x40x56x40, the network nnU-Net plans for Task04_Hippocampus (4 stages 32..256,
     from :func:`medzoo.models.dynunet.dynunet_config_for`); 40 is not a multiple of 16, so 5 stages cannot take it.
 
-Run: ``python -m benchmarks.training_step [--quick] [--reps N] [--threads N] [--compile]``.
+Two comparisons:
+    *same process*: both networks (and the conv peak) interleaved in one process, with glibc's default
+    malloc: the kernels and the Python around them, nothing else.
+    *as shipped* (``--processes``, on by default): each side in its own fresh process, interleaved process by
+    process, the way each library runs: medzoo with :func:`medzoo.perf.tune_malloc` (what ``medzoo train``
+    calls), dynamic-network-architectures with glibc's defaults (what nnU-Net runs with), and for fairness
+    dynamic-network-architectures with the same malloc setting. The conv peak is measured in a tuned process
+    too: with glibc's defaults a 64^3 activation (32 MiB) is unmapped when freed and faulted in again page by
+    page on the next call, which costs a quarter of a 64^3 step and would understate the peak.
+
+Run: ``python -m benchmarks.training_step [--quick] [--reps N] [--threads N] [--compile] [--no-processes]``.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,6 +49,7 @@ from benchmarks.common import (
     median,
     ratio,
     reps_for,
+    time_call,
     write_results,
 )
 
@@ -114,11 +130,68 @@ def conv_peak_workload(quick: bool) -> tuple[Callable[[], Any], float]:
     return run, 2.0 * ch * ch * 27 * size**3
 
 
+# Process-level sides of the "as shipped" comparison: name -> (what runs, glibc malloc tuned as medzoo does)
+SHIPPED_SIDES = {"medzoo": ("medzoo", True), "dna": ("dna", False), "dna_tuned_malloc": ("dna", True),
+                 "conv_peak": ("conv_peak", True)}
+
+
+def _child(what: str, index: int, steps: int, quick: bool, tune: bool, warmup: int) -> list[float]:
+    """Run in a fresh process: ``steps`` timed calls of one side of workload ``index``."""
+    if tune:
+        from medzoo.perf import tune_malloc
+
+        if not tune_malloc(True):
+            raise SystemExit("tune_malloc is not available here (needs glibc)")
+    cfg = workloads(quick)[index]
+    if what == "conv_peak":
+        fn, _ = conv_peak_workload(quick)
+    else:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(*cfg["shape"], generator=gen)
+        y = torch.randint(0, 3, (cfg["shape"][0], *cfg["shape"][2:]), generator=gen)
+        ours, peer = build_pair(cfg)
+        if what == "dna" and peer is None:
+            raise SystemExit("dynamic-network-architectures is not installed")
+        fn = make_step(ours if what == "medzoo" else peer, x, y)
+    for _ in range(max(1, warmup)):
+        fn()
+    return [time_call(fn) for _ in range(steps)]
+
+
+def shipped(index: int, rounds: int, steps: int, quick: bool, threads: int, warmup: int, with_dna: bool
+            ) -> dict[str, list[float]]:
+    """Per-call seconds of each side in :data:`SHIPPED_SIDES`, one fresh process per side and round, the
+    order rotating each round."""
+    names = [n for n, (what, _) in SHIPPED_SIDES.items() if with_dna or what != "dna"]
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            what, tune = SHIPPED_SIDES[name]
+            cmd = [sys.executable, "-m", "benchmarks.training_step", "--child", what, "--workload", str(index),
+                   "--steps", str(steps), "--threads", str(threads), "--warmup", str(warmup)]
+            cmd += (["--quick"] if quick else []) + (["--tune-malloc"] if tune else [])
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                                 cwd=Path(__file__).resolve().parent.parent)
+            times[name] += json.loads(out.stdout.strip().splitlines()[-1])
+    return times
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = make_parser(NAME, __doc__.splitlines()[0])
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(dynunet)")
+    parser.add_argument("--no-processes", dest="processes", action="store_false",
+                        help="skip the as-shipped comparison (one fresh process per side and round)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="process rounds of the as-shipped comparison (default 3, 1 with --quick)")
+    parser.add_argument("--child", choices=["medzoo", "dna", "conv_peak"], help=argparse.SUPPRESS)
+    parser.add_argument("--workload", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=3, help=argparse.SUPPRESS)
+    parser.add_argument("--tune-malloc", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     threads = apply_threads(args.threads)
+    if args.child:
+        print(json.dumps(_child(args.child, args.workload, args.steps, args.quick, args.tune_malloc, args.warmup)))
+        return {}
     reps = reps_for(args, default=5, quick=2)
     gen = torch.Generator().manual_seed(0)
     rows = []
@@ -159,11 +232,34 @@ def main(argv: list[str] | None = None) -> dict:
             row["compile_time_s"] = compile_s
             row["compiled_speedup_vs_eager"] = ratio(med["medzoo"], med["medzoo_compiled"])
         row["times"] = {k: v for k, v in times.items()}
+        if args.processes:
+            index = workloads(args.quick).index(cfg)
+            rounds = args.rounds or (1 if args.quick else 3)
+            proc = shipped(index, rounds, 2 if args.quick else 3, args.quick, threads, args.warmup,
+                           with_dna=peer is not None)
+            pmed = {k: median(v) for k, v in proc.items()}
+            shipped_peak = peak_flops / pmed["conv_peak"] / 1e9
+            row.update({
+                "shipped_medzoo_s": pmed["medzoo"],
+                "shipped_dna_s": pmed.get("dna", float("nan")),
+                "shipped_speedup_vs_dna": ratio(pmed.get("dna", float("nan")), pmed["medzoo"]),
+                "shipped_speedup_vs_dna_tuned_malloc": ratio(pmed.get("dna_tuned_malloc", float("nan")),
+                                                             pmed["medzoo"]),
+                "shipped_conv_peak_gflops": shipped_peak,
+                "shipped_medzoo_pct_peak": 100.0 * flops / pmed["medzoo"] / 1e9 / shipped_peak,
+                "shipped_times": proc,
+            })
         rows.append(row)
     results = {"benchmark": NAME, "environment": environment(), "threads": threads, "reps": reps, "rows": rows,
-               "note": "ratios are peer/medzoo (>1: medzoo faster); peers timed interleaved in the same process"}
+               "note": "ratios are peer/medzoo (>1: medzoo faster); columns without a prefix: peers timed interleaved in "
+                       "the same process (glibc malloc defaults); shipped_*: one fresh process per side and round, "
+                       "medzoo with medzoo.perf.tune_malloc(), dna with glibc's defaults (and dna_tuned_malloc "
+                       "with the same setting as medzoo)"}
     cols = ["workload", "medzoo_s", "dna_s", "speedup_vs_dna", "medzoo_gflops", "dna_gflops", "conv_peak_gflops",
             "medzoo_pct_peak"] + (["compiled_s", "compile_time_s", "compiled_speedup_vs_eager"] if args.compile else [])
+    if args.processes:
+        cols += ["shipped_medzoo_s", "shipped_dna_s", "shipped_speedup_vs_dna", "shipped_speedup_vs_dna_tuned_malloc",
+                 "shipped_conv_peak_gflops", "shipped_medzoo_pct_peak"]
     print(f"== {NAME}: one training step (fwd + bwd + SGD), medians of {reps}, {threads} threads")
     print(format_table(rows, cols))
     results["markdown"] = markdown_table(rows, cols)
