@@ -134,3 +134,5 @@ def test_probe_changes_nothing_and_costs_the_patch(sleepy):
     assert budget.next_step() == budget.step_estimate  # until a step is measured
     budget.record_step(0.25)
     assert budget.next_step() == 0.25
+    # the probe's validation estimate is corrected by the probe's measured error on a step
+    assert budget.validation_seconds() == pytest.approx(budget.val_estimate * 0.25 / budget.step_estimate)

@@ -56,8 +56,13 @@ class Budget:
         return min(self.elapsed() / usable, 1.0)
 
     def validation_seconds(self) -> float:
-        """The measured validation time, else the estimate."""
-        return self.val_time if self.val_time is not None else self.val_estimate
+        """The measured validation time, else the estimate: the probe's, corrected by how far off its step
+        estimate turned out (a probe timed while the machine was busy overestimates both alike)."""
+        if self.val_time is not None:
+            return self.val_time
+        if self.step_time > 0 and self.step_estimate > 0:
+            return self.val_estimate * self.step_time / self.step_estimate
+        return self.val_estimate
 
     def reserve(self) -> float:
         """Time kept for the final validation and the wrap-up (best + last checkpoint, curves), with a margin."""
