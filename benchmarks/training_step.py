@@ -14,7 +14,7 @@ Workloads:
 Two comparisons:
     *same process*: both networks (and the conv peak) interleaved in one process, with glibc's default
     malloc: the kernels and the Python around them, nothing else.
-    *as shipped* (``--processes``, on by default): each side in its own fresh process, interleaved process by
+    *as shipped* (on unless ``--no-processes``): each side in its own fresh process, interleaved process by
     process, the way each library runs: medzoo with :func:`medzoo.perf.tune_malloc` (what ``medzoo train``
     calls), dynamic-network-architectures with glibc's defaults (what nnU-Net runs with), and for fairness
     dynamic-network-architectures with the same malloc setting. The conv peak is measured in a tuned process
