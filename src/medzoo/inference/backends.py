@@ -320,11 +320,13 @@ def _openvino_backend(export: Path, strict: bool) -> tuple[OpenVinoModel, Plan] 
     card = read_card(export)
     plan = Plan.from_dict(card["plan"])
     record = export.with_suffix(".openvino.json")
+    model = None
     try:
-        model = OpenVinoModel(export, card=_size_rule(plan), threads=_cpu_threads("cpu"))
-        if record.is_file():
-            verdict = json.loads(record.read_text())
-        else:
+        # a stored verdict first: a network that failed the check is not compiled again on every call
+        verdict = json.loads(record.read_text()) if record.is_file() else None
+        if verdict is None or verdict.get("ok"):
+            model = OpenVinoModel(export, card=_size_rule(plan), threads=_cpu_threads("cpu"))
+        if verdict is None:
             verdict = _check_openvino(model, export, plan)
             try:
                 atomic_write_text(record, json.dumps(verdict, indent=2))
