@@ -161,6 +161,38 @@ def test_flips_folded_into_warp_equal_flipping_after():
     torch.testing.assert_close(only, torch.flip(x, [3]))
 
 
+def reference_grid(aug, params, region):
+    """Independent oracle for ``SpatialAugment.grid``: the warp as a matrix in torch's normalised coordinates,
+    through ``F.affine_grid``, plus the (normalised, flipped) elastic displacement."""
+    nd, P = aug.nd, aug.patch_size
+    R = torch.tensor(region, dtype=torch.float64)
+    thetas = []
+    for prm in params:
+        m = torch.eye(nd, dtype=torch.float64) if prm.matrix is None else prm.matrix
+        if prm.flips:
+            m = m @ torch.diag(torch.tensor([-1.0 if a in prm.flips else 1.0 for a in range(nd)], dtype=torch.float64))
+        theta = torch.diag(2.0 / R) @ m @ torch.diag(torch.tensor(P, dtype=torch.float64) / 2.0)
+        thetas.append(torch.cat([theta.flip(0).flip(1), torch.zeros(nd, 1, dtype=torch.float64)], dim=1))
+    grid = torch.nn.functional.affine_grid(torch.stack(thetas).float(), [len(params), 1, *P], align_corners=False)
+    for b, prm in enumerate(params):
+        if prm.displacement is not None:
+            d = prm.displacement.float()
+            if prm.flips:
+                d = torch.flip(d, [a + 1 for a in prm.flips])
+            d = d * (2.0 / R.float()).reshape((nd,) + (1,) * nd)
+            grid[b] += torch.movedim(d.flip(0), 0, -1)
+    return grid
+
+
+@pytest.mark.parametrize("p_elastic", [0.0, 1.0])
+def test_grid_equals_affine_grid_oracle(p_elastic):
+    g = gen(7)
+    aug = A.SpatialAugment((13, 11, 9), p_rotation=1.0, p_scale=1.0, p_elastic=p_elastic, p_flip=0.5)
+    params = [aug.sample(g) for _ in range(4)]
+    region = (31, 29, 27)
+    torch.testing.assert_close(aug.grid(params, region), reference_grid(aug, params, region), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("p_elastic", [0.0, 1.0])
 def test_cpu_slice_stack_warp_equals_3d_grid_sample(p_elastic):
     """The CPU 3D path (2D samplers on slice stacks) equals ``grid_sample`` 3D on the same grid."""
@@ -170,7 +202,7 @@ def test_cpu_slice_stack_warp_equals_3d_grid_sample(p_elastic):
     region = (31, 29, 27)  # larger than every draw's region: parts of the grid also fall outside
     img = torch.randn(3, 2, *region, generator=g)
     lab = blobs((3, *region), seed=2)
-    ref_grid = aug.grid(params, region)
+    ref_grid = reference_grid(aug, params, region)
     ref = torch.nn.functional.grid_sample(img, ref_grid, mode="bilinear", align_corners=False)
     ref_lab = torch.nn.functional.grid_sample(lab[:, None].float(), ref_grid, mode="nearest", align_corners=False)
     out, out_lab = aug.warp(img, lab, params)
@@ -179,7 +211,7 @@ def test_cpu_slice_stack_warp_equals_3d_grid_sample(p_elastic):
     # region edges: zero padding as in 3D (a sample fully outside is exactly 0)
     far = [A.SpatialParams(torch.eye(3, dtype=torch.float64) * 3.0, None, region)]
     far_out, _ = aug.warp(img[:1], lab[:1], far)
-    far_ref = torch.nn.functional.grid_sample(img[:1], aug.grid(far, region), align_corners=False)
+    far_ref = torch.nn.functional.grid_sample(img[:1], reference_grid(aug, far, region), align_corners=False)
     torch.testing.assert_close(far_out, far_ref, atol=1e-3, rtol=0)
     assert (far_out == 0).any()
 

@@ -166,30 +166,15 @@ class SpatialAugment:
         return tuple(r + (r - q) % 2 for r, q in zip(region, self.patch_size))
 
     def grid(self, params: list[SpatialParams], region: tuple[int, ...], device=None) -> torch.Tensor:
-        """Sampling grid (B, *P, nd) reading a region of size ``region`` (torch's x = last axis order)."""
-        nd, P = self.nd, self.patch_size
-        R = torch.tensor(region, dtype=torch.float64)
-        Pt = torch.tensor(P, dtype=torch.float64)
-        thetas = []
-        for prm in params:
-            m = torch.eye(nd, dtype=torch.float64) if prm.matrix is None else prm.matrix
-            if prm.flips:  # flipping output axis a: offset v_a -> -v_a before the warp
-                sign = torch.ones(nd, dtype=torch.float64)
-                sign[list(prm.flips)] = -1
-                m = m @ torch.diag(sign)
-            theta = torch.diag(2.0 / R) @ m @ torch.diag(Pt / 2.0)
-            theta = theta.flip(0).flip(1)  # (I, J, K) order -> torch's (x=K, y=J, z=I)
-            thetas.append(torch.cat([theta, torch.zeros(nd, 1, dtype=torch.float64)], dim=1))
-        theta = torch.stack(thetas).to(dtype=torch.float32)
-        grid = affine_grid(theta, P, device=device)
-        for b, prm in enumerate(params):
-            if prm.displacement is not None:
-                d = prm.displacement.to(device=device, dtype=torch.float32)  # (nd, *P) in input voxels
-                if prm.flips:
-                    d = torch.flip(d, [a + 1 for a in prm.flips])
-                d = d * (2.0 / R.to(device=device, dtype=torch.float32)).reshape((nd,) + (1,) * nd)
-                grid[b] += torch.movedim(d.flip(0), 0, -1)
-        return grid
+        """Sampling grid (B, *P, nd) for ``grid_sample`` (align_corners=False) reading a region of size ``region``.
+
+        The map of :meth:`voxel_coordinates`, normalised (voxel centre ``c`` of an axis of length ``R`` is
+        ``(2c + 1) / R - 1``) and in torch's coordinate order (x = last array axis).
+        """
+        scale = tuple(2.0 / r for r in region)
+        offset = tuple(1.0 / r - 1.0 for r in region)
+        coords = self.voxel_coordinates(params, region, scale=scale, offset=offset)  # (B, nd, *P), array order
+        return torch.movedim(coords.flip(1), 1, -1).to(device=device)
 
     def warp(self, image: torch.Tensor, label: torch.Tensor | None, params: list[SpatialParams]) -> Pair:
         """Warp regions ``image (B, C, *R)``, ``label (B, *R)`` (patch centre = region centre) to (B, C, *P)."""
@@ -364,44 +349,6 @@ def stack_slices(x: torch.Tensor) -> torch.Tensor:
     stack, view = slice_stack_buffer(tuple(x.shape[:2]), tuple(x.shape[2:]))
     view.copy_(x)
     return stack
-
-
-def affine_grid(theta: torch.Tensor, size: tuple[int, ...], device=None) -> torch.Tensor:
-    """``F.affine_grid(theta, [B, 1, *size], align_corners=False)`` computed separably (much faster on CPU).
-
-    An affine map of a regular grid is a sum of one term per axis, so each output coordinate is built from
-    1D ramps by broadcasting: one pass over the grid per coordinate instead of a (N, nd+1) x (nd+1, nd)
-    product per point.
-
-    Args:
-        theta: (B, nd, nd + 1) in torch's normalised (x = last axis) order.
-        size: spatial output size (nd entries, array order).
-
-    Returns:
-        (B, *size, nd) float32 sampling grid.
-    """
-    nd = len(size)
-    B = theta.shape[0]
-    theta = theta.to(dtype=torch.float32)
-    # normalised centres of the output voxels along each array axis (align_corners=False)
-    ramps = [(torch.arange(p, dtype=torch.float32, device=device) * 2 + 1) / p - 1 for p in size]
-    # coordinate-major storage: each coordinate is written as one contiguous block (vectorised broadcast
-    # adds); the (B, *size, nd) view handed out is strided, which grid_sample reads as fast
-    grid = torch.empty((B, nd, *size), dtype=torch.float32, device=device)
-    th = theta.to(device=device)
-    for b in range(B):
-        for c in range(nd):
-            terms = []
-            for axis in range(nd):  # column nd - 1 - axis of theta multiplies array axis ``axis``
-                shape = [1] * nd
-                shape[axis] = size[axis]
-                terms.append((ramps[axis] * th[b, c, nd - 1 - axis]).reshape(shape))
-            terms[-1] = terms[-1] + th[b, c, nd]
-            acc = terms[0]
-            for t in terms[1:-1]:
-                acc = acc + t  # small: (I, J, 1) at most
-            torch.add(acc, terms[-1], out=grid[b, c])
-    return torch.movedim(grid, 1, -1)
 
 
 def centre_crop(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
