@@ -271,3 +271,46 @@ def test_final_mirroring_is_dropped_when_it_would_eat_the_budget():
     budget.val_time = 3.0
     assert budget.final_factor() == 1  # 24 s > 20 s: plain final validation
     assert budget.reserve() < 1.25 * 3.0 * 8
+
+
+def test_compile_failure_falls_back_to_eager(phantom, cache, tmp_path, monkeypatch, caplog):
+    """A network torch.compile cannot compile (here: one that raises on its first call) still trains, eagerly,
+    with the same result as an eager run."""
+    import medzoo.engine.trainer as trainer
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("backend compiler failed: no C++ compiler found")
+
+    calls = []
+    monkeypatch.setattr(trainer, "maybe_compile", lambda model, compile=None: calls.append(model) or Broken())
+    with caplog.at_level("WARNING", logger="medzoo.engine.trainer"):
+        compiled = train(_config(phantom, tmp_path / "c", cache, compile=True, log_images=False))
+    assert len(calls) == 1 and "torch.compile failed" in caplog.text and "no C++ compiler" in caplog.text
+    monkeypatch.setenv("MEDZOO_COMPILE", "0")
+    eager = train(_config(phantom, tmp_path / "e", cache, log_images=False))
+    assert compiled.steps == eager.steps == 4
+    a = load_checkpoint(tmp_path / "c" / "checkpoint_last.pt")["model"]
+    b = load_checkpoint(tmp_path / "e" / "checkpoint_last.pt")["model"]
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(phantom, cache, tmp_path, monkeypatch):
+    """``compile=True`` really compiles (the first step takes the compile) and trains to the same losses."""
+    import medzoo.engine.trainer as trainer
+
+    used = []
+    real = trainer.maybe_compile
+    monkeypatch.setattr(trainer, "maybe_compile", lambda model, compile=None: used.append(real(model, compile))
+                        or used[-1])
+    train(_config(phantom, tmp_path / "c", cache, compile=True, log_images=False, seed=3))
+    assert used and type(used[0]).__name__ == "OptimizedModule"
+    train(_config(phantom, tmp_path / "e", cache, compile=False, log_images=False, seed=3))
+
+    def losses(run):
+        with (run / "metrics.csv").open() as f:
+            return [float(r["train_loss"]) for r in csv.DictReader(f)]
+
+    np.testing.assert_allclose(losses(tmp_path / "c"), losses(tmp_path / "e"), rtol=1e-3)

@@ -33,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-epochs", type=int, default=0)
     p.add_argument("--grad-clip", type=float, default=12.0, help="max gradient norm (0: off)")
     p.add_argument("--loss", default="dice_ce")
+    p.add_argument("--augment", choices=["auto", "standard", "default", "strong", "none"], default="auto",
+                   help="training augmentation (auto: the light 'standard' set for runs of up to 10k steps, "
+                        "nnU-Net's 'default' set beyond)")
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default="auto")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
     p.add_argument("--no-final-tta", action="store_true",
@@ -44,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", type=int, default=1, help="k for k-fold cross-validation (1: one 80/20 split)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the training steps (about 1.08x faster steps on CPU after ~15 s of "
+                        "compiling; MEDZOO_COMPILE=1 does the same)")
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
     p.add_argument("--init-from", metavar="CKPT", help="initialise matching weights from a checkpoint")
@@ -74,9 +80,10 @@ def run(ns: argparse.Namespace) -> int:
             patch_size=tuple(ns.patch_size) if ns.patch_size else None, spatial_dims=ns.spatial_dims,
             context_slices=ns.context_slices, optimizer=ns.optimizer, lr=ns.lr, weight_decay=ns.weight_decay,
             schedule=ns.schedule, warmup_epochs=ns.warmup_epochs, grad_clip=ns.grad_clip or None,
-            loss=ns.loss, amp=ns.amp, val_every=ns.val_every, final_tta=not ns.no_final_tta,
+            loss=ns.loss, augment=ns.augment, amp=ns.amp, val_every=ns.val_every, final_tta=not ns.no_final_tta,
             max_val_cases=ns.max_val_cases,
             patience=ns.patience, fold=ns.fold, folds=ns.folds, seed=ns.seed, deterministic=ns.deterministic,
+            compile=ns.compile,
             num_workers=ns.num_workers, device=ns.device, init_from=ns.init_from, freeze=list(ns.freeze),
             cache_dir=ns.cache_dir, progress=not ns.no_progress,
         )

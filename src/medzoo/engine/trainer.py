@@ -45,7 +45,7 @@ from medzoo.engine.schedules import Schedule, create_schedule
 from medzoo.engine.splits import load_splits, make_splits, save_splits
 from medzoo.engine.validation import ValidationResult, validate
 from medzoo.errors import CheckpointError, ConfigError, DataError
-from medzoo.perf import release_memory, tune_malloc
+from medzoo.perf import compile_requested, maybe_compile, release_memory, tune_malloc
 from medzoo.planning.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -180,13 +180,37 @@ def _prepare_data(config: TrainConfig, run_dir: Path, resume: bool, info_dist: d
     return _Data(plan, train_cases, val_cases)
 
 
-def _make_loader(plan: Plan, cases: list, config: TrainConfig, seed: int):
+def _make_loader(plan: Plan, cases: list, config: TrainConfig, seed: int, augment: str = "default"):
     from medzoo.data.loader import PatchLoader
 
     return PatchLoader(
         cases, plan.patch_size, plan.batch_size, spatial_dims=plan.spatial_dims, seed=seed,
         num_workers=config.num_workers, slice_axis=plan.slice_axis, context_slices=plan.context_slices,
+        augment=augment,
     )
+
+
+LIGHT_AUGMENT_MAX_STEPS = 10_000  # "auto" augmentation: the light set up to this many steps (measured to 1500)
+
+
+def resolve_augment(config: TrainConfig, budget: Budget, probed: bool) -> str:
+    """The augmentation a run uses: ``config.augment``, or for "auto" the light "standard" set when the run is
+    expected to take at most :data:`LIGHT_AUGMENT_MAX_STEPS` steps, else nnU-Net's "default" set.
+
+    Under a time budget the expected steps are the budget over the probed step time; without a probe, "default".
+    """
+    if config.augment != "auto":
+        return config.augment
+    if config.epochs is not None or budget.seconds is None:
+        steps = config.max_epochs * config.iterations_per_epoch
+    elif probed and budget.step_estimate > 0:
+        steps = int(budget.seconds / budget.step_estimate)
+    else:
+        return "default"
+    choice = "standard" if steps <= LIGHT_AUGMENT_MAX_STEPS else "default"
+    log.info("augmentation '%s' (auto: about %d steps expected; light set up to %d)", choice, steps,
+             LIGHT_AUGMENT_MAX_STEPS)
+    return choice
 
 
 # --------------------------------------------------------------------------------------------- the loop
@@ -197,6 +221,7 @@ class _State:
     epoch: int = 0  # epochs completed
     step: int = 0
     elapsed: float = 0.0  # training seconds of earlier (resumed) sessions
+    augment: str | None = None  # resolved augmentation (kept across a resume)
 
 
 def _checkpoint_state(model, optimizer, scaler, schedule, stopper, state, plan, config) -> dict[str, Any]:
@@ -209,6 +234,7 @@ def _checkpoint_state(model, optimizer, scaler, schedule, stopper, state, plan, 
         "epoch": state.epoch,
         "step": state.step,
         "elapsed": state.elapsed,
+        "augment": state.augment,
         "best_metric": stopper.best,
         "plan": plan.to_dict(),
         "model_name": plan.model,
@@ -325,7 +351,7 @@ def _train_segmentation(
             scaler.load_state_dict(ckpt["scaler"])
         schedule.load_state_dict(ckpt["scheduler"])
         stopper.load_state_dict(ckpt["early_stopping"])
-        state = _State(int(ckpt["epoch"]), int(ckpt["step"]), float(ckpt.get("elapsed", 0.0)))
+        state = _State(int(ckpt["epoch"]), int(ckpt["step"]), float(ckpt.get("elapsed", 0.0)), ckpt.get("augment"))
         restore_rng(ckpt["rng"])
         log.info("resuming %s after epoch %d (step %d)", run_dir, state.epoch, state.step)
 
@@ -334,6 +360,10 @@ def _train_segmentation(
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    eager_model = train_model
+    compile_pending = compile_requested(config.compile)  # compiled lazily, on the first step
+    if compile_pending:
+        train_model = maybe_compile(train_model, True)
 
     callbacks = CallbackList([])
     if dist_info.is_main:
@@ -348,6 +378,13 @@ def _train_segmentation(
         budget, model, optimizer, plan, val_cases, device, config.val_overlap) is not None
     if config.final_tta:
         budget.tta_factor = 2**plan.spatial_dims
+    if state.augment is None:  # a resumed run keeps its augmentation
+        state.augment = resolve_augment(config, budget, probed)
+        if dist_info.enabled:  # every rank the same: the light set only if every rank's estimate chose it
+            votes = torch.tensor([float(state.augment != "standard")], device=device)
+            distributed.all_reduce_sum(votes)
+            if config.augment == "auto" and votes.item() > 0:
+                state.augment = "default"
     stop_reason = "epochs"
     last_val: dict[str, float] = {}
     steps_since_val = 0
@@ -381,7 +418,8 @@ def _train_segmentation(
             progress = budget.progress() if config.epochs is None else epoch / config.max_epochs
             lr = base_lr * schedule.factor(epoch, progress)
             _set_lr(optimizer, lr)
-            loader = _make_loader(plan, train_cases, config, seed_epoch(config.seed, epoch, dist_info.rank))
+            loader = _make_loader(plan, train_cases, config, seed_epoch(config.seed, epoch, dist_info.rank),
+                                  state.augment)
             callbacks.on_epoch_start(epoch, config.iterations_per_epoch)
             train_model.train()
             losses = []
@@ -393,12 +431,18 @@ def _train_segmentation(
                         break
                     t0 = time.monotonic()
                     image, label = next(batches)
-                    loss = _train_step(train_model, model, image.to(device), label.to(device),
-                                       (loss_fn, deep_loss_fn), optimizer, scaler, dtype, config.grad_clip)
+                    step_args = (image.to(device), label.to(device), (loss_fn, deep_loss_fn), optimizer, scaler,
+                                 dtype, config.grad_clip)
+                    compiling, compile_pending = compile_pending, False
+                    if compiling:
+                        train_model, loss = _first_compiled_step(train_model, eager_model, model, step_args)
+                    else:
+                        loss = _train_step(train_model, model, *step_args)
                     losses.append(loss)
                     state.step += 1
                     steps_since_val += 1
-                    budget.record_step(time.monotonic() - t0)
+                    if not compiling:  # the compile time is no step time
+                        budget.record_step(time.monotonic() - t0)
                     if budget.val_time is None and budget.seconds is not None and not probed:
                         # A step is about 2.5 forward passes of its batch: cost a validation window from it.
                         per_voxel = budget.step_time / 2.5 / (plan.batch_size * math.prod(plan.patch_size))
@@ -489,6 +533,24 @@ def _train_step(
     scaler.step(optimizer)
     scaler.update()
     return float(loss.detach())
+
+
+def _first_compiled_step(
+    compiled: nn.Module, eager: nn.Module, model: nn.Module, step_args: tuple
+) -> tuple[nn.Module, float]:
+    """The first training step through ``torch.compile`` (which compiles); if compiling fails, the same step
+    runs eagerly and training goes on without compiling. Returns (the network to train with, the loss)."""
+    t0 = time.monotonic()
+    try:
+        loss = _train_step(compiled, model, *step_args)
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - inductor/dynamo failures have many types (no compiler, ...)
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        log.warning("torch.compile failed (%s: %s); training goes on without it", type(err).__name__, first_line)
+        return eager, _train_step(eager, model, *step_args)
+    log.info("torch.compile: the first step took %.1fs, compiling included", time.monotonic() - t0)
+    return compiled, loss
 
 
 def _mean_across_ranks(values: list[float], device: torch.device) -> float:
