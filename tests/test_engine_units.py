@@ -113,3 +113,23 @@ def test_early_stopping():
     assert not es.update(0.4, 2) and not es.should_stop
     assert not es.update(float("nan"), 3) and es.should_stop
     assert es.best == 0.5 and es.best_epoch == 1
+
+
+def test_auto_augmentation_follows_the_expected_number_of_steps():
+    """"auto": the light "standard" set for short runs, nnU-Net's "default" set for long ones; explicit wins."""
+    from medzoo.engine.budget import Budget
+    from medzoo.engine.trainer import LIGHT_AUGMENT_MAX_STEPS, resolve_augment
+
+    no_budget = Budget(None, 0.0)
+    assert resolve_augment(TrainConfig(epochs=50), no_budget, False) == "standard"  # 2500 steps
+    long_run = TrainConfig(epochs=LIGHT_AUGMENT_MAX_STEPS // 50 + 1)
+    assert resolve_augment(long_run, no_budget, False) == "default"
+    assert resolve_augment(TrainConfig(epochs=50, augment="strong"), no_budget, False) == "strong"
+    budget = Budget(1800.0, 0.0)
+    budget.step_estimate = 0.5  # 3600 steps in 30 minutes
+    assert resolve_augment(TrainConfig(time_budget="30m"), budget, True) == "standard"
+    budget.step_estimate = 0.1  # 18000 steps
+    assert resolve_augment(TrainConfig(time_budget="30m"), budget, True) == "default"
+    assert resolve_augment(TrainConfig(time_budget="30m"), budget, False) == "default"  # no probe: no guess
+    with pytest.raises(ConfigError, match="augment must be one of"):
+        TrainConfig(augment="heavy")
