@@ -314,3 +314,24 @@ def test_compiled_training_matches_eager(phantom, cache, tmp_path, monkeypatch):
             return [float(r["train_loss"]) for r in csv.DictReader(f)]
 
     np.testing.assert_allclose(losses(tmp_path / "c"), losses(tmp_path / "e"), rtol=1e-3)
+
+
+def test_resolved_augmentation_is_stored_and_kept_on_resume(phantom, cache, tmp_path, monkeypatch):
+    import medzoo.engine.trainer as trainer
+
+    seen = []
+    real = trainer._make_loader
+    monkeypatch.setattr(trainer, "_make_loader", lambda *a: seen.append(a[4]) or real(*a))
+    run = tmp_path / "r"
+    train(_config(phantom, run, cache, epochs=1, log_images=False))
+    ckpt = load_checkpoint(run / "checkpoint_last.pt")
+    assert seen == ["standard"] and ckpt["augment"] == "standard"  # auto, 2 steps: the light set
+    # a run resumed from a checkpoint older than the setting goes on with nnU-Net's set, as it was trained
+    del ckpt["augment"]
+    torch.save(ckpt, run / "checkpoint_last.pt")
+    config = TrainConfig.load(run / "config.json")
+    config.epochs = 2
+    config.save(run / "config.json")
+    seen.clear()
+    train(TrainConfig.load(run / "config.json"), resume=True)
+    assert seen == ["default"]

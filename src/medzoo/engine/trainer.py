@@ -351,7 +351,9 @@ def _train_segmentation(
             scaler.load_state_dict(ckpt["scaler"])
         schedule.load_state_dict(ckpt["scheduler"])
         stopper.load_state_dict(ckpt["early_stopping"])
-        state = _State(int(ckpt["epoch"]), int(ckpt["step"]), float(ckpt.get("elapsed", 0.0)), ckpt.get("augment"))
+        # checkpoints written before the augment setting existed were trained with nnU-Net's set
+        state = _State(int(ckpt["epoch"]), int(ckpt["step"]), float(ckpt.get("elapsed", 0.0)),
+                       ckpt.get("augment", "default"))
         restore_rng(ckpt["rng"])
         log.info("resuming %s after epoch %d (step %d)", run_dir, state.epoch, state.step)
 
