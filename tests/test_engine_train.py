@@ -335,3 +335,27 @@ def test_resolved_augmentation_is_stored_and_kept_on_resume(phantom, cache, tmp_
     seen.clear()
     train(TrainConfig.load(run / "config.json"), resume=True)
     assert seen == ["default"]
+
+
+def test_amp_dtype_choice(monkeypatch):
+    """fp32 on CPU whatever is asked; on CUDA bf16 where supported (auto), else fp16; "none" turns it off."""
+    from medzoo.engine.trainer import amp_dtype
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert all(amp_dtype(TrainConfig(amp=a), cpu) is None for a in ("auto", "bf16", "fp16", "none"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert amp_dtype(TrainConfig(amp="auto"), gpu) == torch.bfloat16
+    assert amp_dtype(TrainConfig(amp="fp16"), gpu) == torch.float16
+    assert amp_dtype(TrainConfig(amp="none"), gpu) is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert amp_dtype(TrainConfig(amp="auto"), gpu) == torch.float16
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_training_on_cuda(phantom, cache, tmp_path, amp):
+    """Mixed precision on a GPU: the run finishes with finite weights and a validation score."""
+    result = train(_config(phantom, tmp_path / amp, cache, device="cuda", amp=amp, log_images=False))
+    assert result.steps == 4 and 0.0 <= result.final_metrics["val_dice_mean"] <= 1.0
+    weights = load_checkpoint(tmp_path / amp / "checkpoint_last.pt")["model"]
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
