@@ -219,19 +219,11 @@ def calibrate_budget(budget: Budget, model: nn.Module, optimizer: torch.optim.Op
     return window
 
 
-def _any_rank(local: bool, dist_info: distributed.DistInfo, device: torch.device) -> bool:
-    """Whether ``local`` holds on at least one rank (itself when not distributed)."""
-    flag = torch.tensor([1.0 if local else 0.0], device=device)
-    if dist_info.enabled:
-        distributed.all_reduce_sum(flag)
-    return bool(flag.item() > 0)
-
-
 def stop_now(budget: Budget, dist_info: distributed.DistInfo, device: torch.device) -> bool:
     """Budget check, agreed across ranks (any rank out of time stops them all)."""
     if budget.seconds is None:
         return False
-    return _any_rank(budget.exhausted(), dist_info, device)
+    return distributed.any_rank(budget.exhausted(), dist_info, device)
 
 
 def validation_due(budget: Budget, fraction: float | None, dist_info: distributed.DistInfo,
@@ -242,18 +234,18 @@ def validation_due(budget: Budget, fraction: float | None, dist_info: distribute
     if budget.seconds is None or not fraction:
         return True
     over = budget.val_total + budget.validation_seconds() > fraction * budget.elapsed()
-    return not _any_rank(over, dist_info, device)
+    return not distributed.any_rank(over, dist_info, device)
 
 
 def final_validation_factor(budget: Budget, dist_info: distributed.DistInfo, device: torch.device) -> int:
     """The final validation's cost factor: ``tta_factor`` (mirroring) when it fits on every rank, else 1."""
     factor = budget.final_factor()
     fits = factor > 1 and budget.can_validate(factor)
-    return budget.tta_factor if not _any_rank(not fits, dist_info, device) else 1
+    return budget.tta_factor if not distributed.any_rank(not fits, dist_info, device) else 1
 
 
 def validation_fits(budget: Budget, dist_info: distributed.DistInfo, device: torch.device, factor: int = 1) -> bool:
     """Whether a validation (``factor`` times a plain one) still fits in the budget, agreed across ranks."""
     if budget.seconds is None:
         return True
-    return not _any_rank(not budget.can_validate(factor), dist_info, device)
+    return not distributed.any_rank(not budget.can_validate(factor), dist_info, device)

@@ -76,6 +76,14 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def any_rank(local: bool, info: DistInfo, device: torch.device) -> bool:
+    """Whether ``local`` holds on at least one rank (itself when not distributed)."""
+    flag = torch.tensor([1.0 if local else 0.0], device=device)
+    if info.enabled:
+        all_reduce_sum(flag)
+    return bool(flag.item() > 0)
+
+
 def barrier() -> None:
     """Wait for every rank (no-op without a process group)."""
     if dist.is_available() and dist.is_initialized():

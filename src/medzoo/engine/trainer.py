@@ -382,11 +382,9 @@ def _train_segmentation(
         budget.tta_factor = 2**plan.spatial_dims
     if state.augment is None:  # a resumed run keeps its augmentation
         state.augment = resolve_augment(config, budget, probed)
-        if dist_info.enabled:  # every rank the same: the light set only if every rank's estimate chose it
-            votes = torch.tensor([float(state.augment != "standard")], device=device)
-            distributed.all_reduce_sum(votes)
-            if config.augment == "auto" and votes.item() > 0:
-                state.augment = "default"
+        # every rank the same: the light set only if every rank's estimate chose it
+        if config.augment == "auto" and distributed.any_rank(state.augment != "standard", dist_info, device):
+            state.augment = "default"
     stop_reason = "epochs"
     last_val: dict[str, float] = {}
     steps_since_val = 0
