@@ -35,6 +35,13 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 _TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    """A yes/no environment variable: ``default`` when unset or not a recognised yes/no word."""
+    value = os.environ.get(name, "").strip().lower()
+    return True if value in _TRUE else False if value in _FALSE else default
 
 
 def available_cores() -> int:
@@ -70,7 +77,7 @@ def compile_requested(compile: bool | None = None) -> bool:
     """Whether to compile: the explicit argument if given, else the ``MEDZOO_COMPILE`` environment variable."""
     if compile is not None:
         return bool(compile)
-    return os.environ.get("MEDZOO_COMPILE", "").strip().lower() in _TRUE
+    return _env_flag("MEDZOO_COMPILE", False)
 
 
 def maybe_compile(model: nn.Module, compile: bool | None = None, **options) -> nn.Module:
@@ -121,7 +128,7 @@ def tune_malloc(enable: bool | None = None) -> bool:
     """
     global _malloc_tuned
     if enable is None:
-        enable = os.environ.get("MEDZOO_TUNE_MALLOC", "1").strip().lower() not in {"0", "false", "no", "off"}
+        enable = _env_flag("MEDZOO_TUNE_MALLOC", True)
     if not enable:
         return False
     if _malloc_tuned:
