@@ -190,7 +190,7 @@ def _make_loader(plan: Plan, cases: list, config: TrainConfig, seed: int, augmen
     )
 
 
-LIGHT_AUGMENT_MAX_STEPS = 10_000  # "auto" augmentation: the light set up to this many steps (measured to 1500)
+LIGHT_AUGMENT_MAX_STEPS = 10_000  # "auto": the light set up to this many steps (measured better up to 3500)
 
 
 def resolve_augment(config: TrainConfig, budget: Budget, probed: bool) -> str:
