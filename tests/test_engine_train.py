@@ -338,17 +338,63 @@ def test_resolved_augmentation_is_stored_and_kept_on_resume(phantom, cache, tmp_
 
 
 def test_amp_dtype_choice(monkeypatch):
-    """fp32 on CPU whatever is asked; on CUDA bf16 where supported (auto), else fp16; "none" turns it off."""
+    """CPU: bf16 with "auto" only where the CPU has native bf16, with "bf16" always, never fp16; CUDA: bf16
+    where supported (auto), else fp16; "none" turns it off everywhere."""
+    import medzoo.engine.trainer as trainer
     from medzoo.engine.trainer import amp_dtype
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert all(amp_dtype(TrainConfig(amp=a), cpu) is None for a in ("auto", "bf16", "fp16", "none"))
+    for native in (True, False):
+        monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda native=native: native)
+        assert amp_dtype(TrainConfig(amp="auto"), cpu) == (torch.bfloat16 if native else None)
+        assert amp_dtype(TrainConfig(amp="bf16"), cpu) == torch.bfloat16
+        assert amp_dtype(TrainConfig(amp="fp16"), cpu) is None
+        assert amp_dtype(TrainConfig(amp="none"), cpu) is None
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert amp_dtype(TrainConfig(amp="auto"), gpu) == torch.bfloat16
     assert amp_dtype(TrainConfig(amp="fp16"), gpu) == torch.float16
     assert amp_dtype(TrainConfig(amp="none"), gpu) is None
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert amp_dtype(TrainConfig(amp="auto"), gpu) == torch.float16
+
+
+def test_cpu_bf16_guard_keeps_fp32_for_networks_with_tiny_feature_maps():
+    """bf16 stays for a network whose smallest conv input is large enough, and falls back to fp32 (None) when a
+    convolution sees fewer than BF16_MIN_CONV_VOXELS voxels; CUDA and fp32 pass through untouched."""
+    from types import SimpleNamespace
+
+    from medzoo.engine.trainer import cpu_bf16_guard
+    from medzoo.models import create_model
+    from medzoo.perf import BF16_MIN_CONV_VOXELS, smallest_conv_input
+
+    two_stages = create_model("dynunet", in_channels=1, num_classes=3, spatial_dims=3, features=[4, 8])
+    deep = create_model("dynunet", in_channels=1, num_classes=3, spatial_dims=3, features=[4, 8, 8, 8])
+    assert smallest_conv_input(two_stages, (1, 1, 16, 16, 16)) == 8**3
+    assert smallest_conv_input(deep, (1, 1, 16, 16, 16)) == 2**3 < BF16_MIN_CONV_VOXELS
+    plan = SimpleNamespace(in_channels=1, patch_size=(16, 16, 16), model="dynunet")
+    cpu = torch.device("cpu")
+    assert cpu_bf16_guard(torch.bfloat16, two_stages, plan, cpu) == torch.bfloat16
+    assert cpu_bf16_guard(torch.bfloat16, deep, plan, cpu) is None
+    assert cpu_bf16_guard(None, deep, plan, cpu) is None
+    assert cpu_bf16_guard(torch.bfloat16, deep, plan, torch.device("cuda")) == torch.bfloat16
+    assert deep.training  # the probe leaves the mode as it was
+    assert all(p.device.type == "cpu" for p in deep.parameters())  # and the weights where they were
+
+
+def test_bf16_training_on_cpu(phantom, cache, tmp_path, caplog):
+    """``amp="bf16"`` on the CPU: steps and validations autocast to bf16, the loss is finite, and the saved
+    weights stay fp32 and finite."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="medzoo")
+    out = tmp_path / "bf16"
+    result = train(_config(phantom, out, cache, model="dynunet", model_kwargs={"features": [4, 8]}, amp="bf16",
+                           log_images=False))
+    assert "precision: bfloat16 autocast" in caplog.text
+    assert result.steps == 4 and 0.0 <= result.final_metrics["val_dice_mean"] <= 1.0
+    weights = load_checkpoint(out / "checkpoint_last.pt")["model"]
+    floats = [w for w in weights.values() if w.is_floating_point()]
+    assert floats and all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in floats)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -36,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--augment", choices=["auto", "standard", "default", "strong", "none"], default="auto",
                    help="training augmentation (auto: the light 'standard' set for runs of up to 10k steps, "
                         "nnU-Net's 'default' set beyond)")
-    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default="auto")
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default="auto",
+                   help="autocast precision; auto: bf16 on CUDA and on CPUs with native bf16, else fp32 (default)")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
     p.add_argument("--no-final-tta", action="store_true",
                    help="final validation without mirroring test-time augmentation (default: with, when it "

@@ -45,7 +45,15 @@ from medzoo.engine.schedules import Schedule, create_schedule
 from medzoo.engine.splits import load_splits, make_splits, save_splits
 from medzoo.engine.validation import ValidationResult, validate
 from medzoo.errors import CheckpointError, ConfigError, DataError
-from medzoo.perf import compile_requested, maybe_compile, release_memory, tune_malloc
+from medzoo.perf import (
+    BF16_MIN_CONV_VOXELS,
+    compile_requested,
+    cpu_has_native_bf16,
+    maybe_compile,
+    release_memory,
+    smallest_conv_input,
+    tune_malloc,
+)
 from medzoo.planning.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -92,12 +100,44 @@ def build_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.op
 
 
 def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: None (fp32) on CPU or with amp "none"; bf16 / fp16 on CUDA."""
-    if device.type != "cuda" or config.amp == "none":
+    """Autocast dtype of the training steps and validations (None: fp32).
+
+    CUDA: bf16 where supported, else fp16 ("auto"), or as asked. CPU: bf16 with "bf16", and with "auto" on a
+    CPU with native bf16 instructions (:func:`medzoo.perf.cpu_has_native_bf16`, where it is about twice as
+    fast); fp16 is not used on CPU (fp32 instead, with a warning). "none": always fp32.
+    """
+    if config.amp == "none" or device.type not in ("cuda", "cpu"):
+        return None
+    if device.type == "cpu":
+        if config.amp == "fp16":
+            log.warning("amp fp16 is for CUDA; training in fp32 on the CPU (use --amp bf16 or auto)")
+            return None
+        if config.amp == "bf16" or cpu_has_native_bf16():
+            return torch.bfloat16
         return None
     if config.amp == "fp16" or (config.amp == "auto" and not torch.cuda.is_bf16_supported()):
         return torch.float16
     return torch.bfloat16
+
+
+def cpu_bf16_guard(dtype: torch.dtype | None, model: nn.Module, plan: Plan, device: torch.device
+                   ) -> torch.dtype | None:
+    """``dtype``, or None (fp32) for bf16 on the CPU when a convolution of ``model`` sees fewer than
+    :data:`medzoo.perf.BF16_MIN_CONV_VOXELS` voxels of a patch (oneDNN's bf16 backward can return NaN there)."""
+    if dtype != torch.bfloat16 or device.type != "cpu":
+        return dtype
+    smallest = smallest_conv_input(model, (1, plan.in_channels, *plan.patch_size), device)
+    if smallest is not None and smallest < BF16_MIN_CONV_VOXELS:
+        log.warning("training in fp32, not bf16: a convolution of %s sees only %d voxels of a %s patch (bf16 "
+                    "needs %d; oneDNN's bf16 backward is unreliable below that)", plan.model, smallest,
+                    "x".join(map(str, plan.patch_size)), BF16_MIN_CONV_VOXELS)
+        return None
+    return dtype
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    """``torch.autocast`` to ``dtype`` on ``device``'s type; a disabled one for None (fp32)."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def apply_transfer(model: nn.Module, config: TrainConfig) -> None:
@@ -337,7 +377,9 @@ def _train_segmentation(
         plateau_patience=config.plateau_patience,
     )
     stopper = EarlyStopping(config.patience)
-    dtype = amp_dtype(config, device)
+    dtype = cpu_bf16_guard(amp_dtype(config, device), model, plan, device)
+    log.info("precision: %s (amp '%s' on %s)", "fp32" if dtype is None else f"{str(dtype)[6:]} autocast",
+             config.amp, device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     loss_fn = create_loss(config.loss)
     deep_loss_fn = DeepSupervisionLoss(loss_fn)  # used when the network returns a list in train mode
@@ -376,8 +418,9 @@ def _train_segmentation(
     callbacks.on_train_start(run_dir, state.epoch)
 
     budget = Budget(config.budget_seconds, start - state.elapsed)
-    probed = budget.seconds is not None and calibrate_budget(
-        budget, model, optimizer, plan, val_cases, device, config.val_overlap) is not None
+    with _autocast(device, dtype):  # priced in the precision the steps and validations will run in
+        probed = budget.seconds is not None and calibrate_budget(
+            budget, model, optimizer, plan, val_cases, device, config.val_overlap) is not None
     if config.final_tta:
         budget.tta_factor = 2**plan.spatial_dims
     if state.augment is None:  # a resumed run keeps its augmentation
@@ -396,8 +439,9 @@ def _train_segmentation(
         mirror = tuple(range(plan.spatial_dims)) if factor > 1 else None
         if mirror:
             log.info("final validation with mirroring test-time augmentation (as `medzoo predict --tta`)")
-        result = validate(model, val_cases, plan, device, overlap=config.val_overlap,
-                          keep_example=config.log_images and dist_info.is_main, mirror_axes=mirror)
+        with _autocast(device, dtype):
+            result = validate(model, val_cases, plan, device, overlap=config.val_overlap,
+                              keep_example=config.log_images and dist_info.is_main, mirror_axes=mirror)
         seconds = time.monotonic() - t0
         budget.val_time = seconds / factor
         budget.val_total += seconds
@@ -515,14 +559,17 @@ def _train_step(
     logits (deep supervision); a model's ``auxiliary_loss()`` (e.g. the VAE branch) is added.
     """
     loss_fn, deep_loss_fn = losses
-    with torch.autocast(image.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with _autocast(image.device, dtype):
         out = train_model(image)
-        loss = deep_loss_fn(list(out), label) if isinstance(out, (list, tuple)) else loss_fn(out, label)
         aux = getattr(model, "auxiliary_loss", None)
-        if callable(aux):
-            extra = aux()
-            if extra is not None:
-                loss = loss + extra
+        extra = aux() if callable(aux) else None
+    # the loss in fp32 whatever the network computed in: softmax and Dice sums lose too much in bf16
+    if isinstance(out, (list, tuple)):
+        loss = deep_loss_fn([o.float() for o in out], label)
+    else:
+        loss = loss_fn(out.float(), label)
+    if extra is not None:
+        loss = loss + extra.float()
     if not torch.isfinite(loss):
         raise ConfigError(f"training loss became {loss.item()}; lower the learning rate (--lr) or use --amp none")
     optimizer.zero_grad(set_to_none=True)
