@@ -11,22 +11,28 @@ Workloads:
     ``hippocampus``: 2x1x40x56x40, the network nnU-Net plans for Task04_Hippocampus (4 stages 32..256,
     from :func:`medzoo.models.dynunet.dynunet_config_for`); 40 is not a multiple of 16, so 5 stages cannot take it.
 
+Where the CPU has native bf16 (or with ``--bf16``) both networks are also timed with bf16 autocast, against a
+bf16 conv peak too.
+
 Two comparisons:
     *same process*: both networks (and the conv peak) interleaved in one process, with glibc's default
     malloc: the kernels and the Python around them, nothing else.
     *as shipped* (on unless ``--no-processes``): each side in its own fresh process, interleaved process by
     process, the way each library runs: medzoo with :func:`medzoo.perf.tune_malloc` (what ``medzoo train``
-    calls), dynamic-network-architectures with glibc's defaults (what nnU-Net runs with), and for fairness
-    dynamic-network-architectures with the same malloc setting. The conv peak is measured in a tuned process
+    calls) and bf16 autocast where the CPU has native bf16 (``amp="auto"``; also timed in fp32),
+    dynamic-network-architectures in fp32 with glibc's defaults (what nnU-Net runs with: its trainer
+    autocasts only on CUDA), and for fairness dynamic-network-architectures with the same malloc setting. The conv peak is measured in a tuned process
     too: with glibc's defaults a 64^3 activation (32 MiB) is unmapped when freed and faulted in again page by
     page on the next call, which costs a quarter of a 64^3 step and would understate the peak.
 
-Run: ``python -m benchmarks.training_step [--quick] [--reps N] [--threads N] [--compile] [--no-processes]``.
+Run: ``python -m benchmarks.training_step [--quick] [--reps N] [--threads N] [--compile] [--[no-]bf16]
+[--no-processes]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import subprocess
 import sys
@@ -102,14 +108,17 @@ def build_pair(cfg: dict[str, Any], in_channels: int = 1, num_classes: int = 3) 
     return ours, peer
 
 
-def make_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    """One training step (forward, cross-entropy, backward, SGD nesterov 0.99) as a zero-argument callable."""
+def make_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None = None
+              ) -> Callable[[], None]:
+    """One training step (forward, cross-entropy, backward, SGD nesterov 0.99) as a zero-argument callable;
+    with ``dtype`` the forward autocasts to it and the loss is taken in fp32 (as ``medzoo train`` does)."""
     net.train()
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
 
     def step() -> None:
-        out = net(x)
-        loss = nn.functional.cross_entropy(out, y)
+        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = net(x)
+        loss = nn.functional.cross_entropy(out.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -117,11 +126,11 @@ def make_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], 
     return step
 
 
-def conv_peak_workload(quick: bool) -> tuple[Callable[[], Any], float]:
-    """The reference conv (32->32, 3x3x3 on 64^3; 8 channels on 16^3 with --quick) and its FLOPs."""
+def conv_peak_workload(quick: bool, dtype: torch.dtype = torch.float32) -> tuple[Callable[[], Any], float]:
+    """The reference conv (32->32, 3x3x3 on 64^3; 8 channels on 16^3 with --quick) in ``dtype``, and its FLOPs."""
     ch, size = (8, 16) if quick else (32, 64)
-    conv = nn.Conv3d(ch, ch, 3, padding=1, bias=False)
-    x = torch.randn(1, ch, size, size, size)
+    conv = nn.Conv3d(ch, ch, 3, padding=1, bias=False).to(dtype)
+    x = torch.randn(1, ch, size, size, size, dtype=dtype)
 
     def run() -> None:
         with torch.no_grad():
@@ -130,12 +139,25 @@ def conv_peak_workload(quick: bool) -> tuple[Callable[[], Any], float]:
     return run, 2.0 * ch * ch * 27 * size**3
 
 
-# Process-level sides of the "as shipped" comparison: name -> (what runs, glibc malloc tuned as medzoo does)
-SHIPPED_SIDES = {"medzoo": ("medzoo", True), "dna": ("dna", False), "dna_tuned_malloc": ("dna", True),
-                 "conv_peak": ("conv_peak", True)}
+# Process-level sides of the "as shipped" comparison: name -> (what runs, glibc malloc tuned as medzoo does,
+# precision). "medzoo" runs as `medzoo train` does: tuned malloc, bf16 autocast where the CPU has native bf16
+# (amp "auto"); nnU-Net's trainer autocasts only on CUDA, so on a CPU it trains in fp32.
+SHIPPED_SIDES = {"medzoo": ("medzoo", True, "auto"), "medzoo_fp32": ("medzoo", True, "fp32"),
+                 "dna": ("dna", False, "fp32"), "dna_tuned_malloc": ("dna", True, "fp32"),
+                 "conv_peak": ("conv_peak", True, "fp32")}
 
 
-def _child(what: str, index: int, steps: int, quick: bool, tune: bool, warmup: int) -> list[float]:
+def _amp(precision: str) -> torch.dtype | None:
+    """Autocast dtype of a precision name: "auto" as `medzoo train` on a CPU, "bf16", or "fp32" (None)."""
+    from medzoo.perf import cpu_has_native_bf16
+
+    if precision == "bf16" or (precision == "auto" and cpu_has_native_bf16()):
+        return torch.bfloat16
+    return None
+
+
+def _child(what: str, index: int, steps: int, quick: bool, tune: bool, warmup: int, precision: str = "fp32"
+           ) -> list[float]:
     """Run in a fresh process: ``steps`` timed calls of one side of workload ``index``."""
     if tune:
         from medzoo.perf import tune_malloc
@@ -152,7 +174,7 @@ def _child(what: str, index: int, steps: int, quick: bool, tune: bool, warmup: i
         ours, peer = build_pair(cfg)
         if what == "dna" and peer is None:
             raise SystemExit("dynamic-network-architectures is not installed")
-        fn = make_step(ours if what == "medzoo" else peer, x, y)
+        fn = make_step(ours if what == "medzoo" else peer, x, y, _amp(precision))
     for _ in range(max(1, warmup)):
         fn()
     return [time_call(fn) for _ in range(steps)]
@@ -162,13 +184,14 @@ def shipped(index: int, rounds: int, steps: int, quick: bool, threads: int, warm
             ) -> dict[str, list[float]]:
     """Per-call seconds of each side in :data:`SHIPPED_SIDES`, one fresh process per side and round, the
     order rotating each round."""
-    names = [n for n, (what, _) in SHIPPED_SIDES.items() if with_dna or what != "dna"]
+    names = [n for n, (what, _, _) in SHIPPED_SIDES.items() if with_dna or what != "dna"]
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
-            what, tune = SHIPPED_SIDES[name]
+            what, tune, precision = SHIPPED_SIDES[name]
             cmd = [sys.executable, "-m", "benchmarks.training_step", "--child", what, "--workload", str(index),
-                   "--steps", str(steps), "--threads", str(threads), "--warmup", str(warmup)]
+                   "--steps", str(steps), "--threads", str(threads), "--warmup", str(warmup),
+                   "--precision", precision]
             cmd += (["--quick"] if quick else []) + (["--tune-malloc"] if tune else [])
             out = subprocess.run(cmd, capture_output=True, text=True, check=True,
                                  cwd=Path(__file__).resolve().parent.parent)
@@ -187,11 +210,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workload", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=3, help=argparse.SUPPRESS)
     parser.add_argument("--tune-malloc", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time both networks with bf16 autocast (default: where the CPU has native bf16)")
     args = parser.parse_args(argv)
     threads = apply_threads(args.threads)
     if args.child:
-        print(json.dumps(_child(args.child, args.workload, args.steps, args.quick, args.tune_malloc, args.warmup)))
+        print(json.dumps(_child(args.child, args.workload, args.steps, args.quick, args.tune_malloc, args.warmup,
+                                args.precision)))
         return {}
+    if args.bf16 is None:
+        args.bf16 = _amp("auto") is not None
     reps = reps_for(args, default=5, quick=2)
     gen = torch.Generator().manual_seed(0)
     rows = []
@@ -205,6 +234,11 @@ def main(argv: list[str] | None = None) -> dict:
         work = {"medzoo": make_step(ours, x, y), "conv_peak": peak_fn}
         if peer is not None:
             work["dna"] = make_step(peer, x, y)
+        if args.bf16:
+            work["medzoo_bf16"] = make_step(copy.deepcopy(ours), x, y, torch.bfloat16)
+            work["conv_peak_bf16"] = conv_peak_workload(args.quick, torch.bfloat16)[0]
+            if peer is not None:
+                work["dna_bf16"] = make_step(copy.deepcopy(peer), x, y, torch.bfloat16)
         compile_s = float("nan")
         if args.compile:
             compiled = torch.compile(ours, dynamic=False)
@@ -227,6 +261,18 @@ def main(argv: list[str] | None = None) -> dict:
             "conv_peak_gflops": peak,
             "medzoo_pct_peak": 100.0 * flops / med["medzoo"] / 1e9 / peak,
         }
+        if args.bf16:
+            bf16_peak = peak_flops / med["conv_peak_bf16"] / 1e9
+            row.update({
+                "medzoo_bf16_s": med["medzoo_bf16"],
+                "dna_bf16_s": med.get("dna_bf16", float("nan")),
+                "bf16_speedup_vs_dna_bf16": ratio(med.get("dna_bf16", float("nan")), med["medzoo_bf16"]),
+                "bf16_speedup_vs_dna_fp32": ratio(med.get("dna", float("nan")), med["medzoo_bf16"]),
+                "bf16_speedup_vs_fp32": ratio(med["medzoo"], med["medzoo_bf16"]),
+                "conv_peak_bf16_gflops": bf16_peak,
+                "medzoo_bf16_pct_fp32_peak": 100.0 * flops / med["medzoo_bf16"] / 1e9 / peak,
+                "medzoo_bf16_pct_bf16_peak": 100.0 * flops / med["medzoo_bf16"] / 1e9 / bf16_peak,
+            })
         if args.compile:
             row["compiled_s"] = med["medzoo_compiled"]
             row["compile_time_s"] = compile_s
@@ -240,7 +286,10 @@ def main(argv: list[str] | None = None) -> dict:
             pmed = {k: median(v) for k, v in proc.items()}
             shipped_peak = peak_flops / pmed["conv_peak"] / 1e9
             row.update({
+                "shipped_medzoo_precision": "bf16" if _amp("auto") is not None else "fp32",
                 "shipped_medzoo_s": pmed["medzoo"],
+                "shipped_medzoo_fp32_s": pmed["medzoo_fp32"],
+                "shipped_fp32_speedup_vs_dna": ratio(pmed.get("dna", float("nan")), pmed["medzoo_fp32"]),
                 "shipped_dna_s": pmed.get("dna", float("nan")),
                 "shipped_speedup_vs_dna": ratio(pmed.get("dna", float("nan")), pmed["medzoo"]),
                 "shipped_speedup_vs_dna_tuned_malloc": ratio(pmed.get("dna_tuned_malloc", float("nan")),
@@ -252,13 +301,21 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(row)
     results = {"benchmark": NAME, "environment": environment(), "threads": threads, "reps": reps, "rows": rows,
                "note": "ratios are peer/medzoo (>1: medzoo faster); columns without a prefix: peers timed interleaved in "
-                       "the same process (glibc malloc defaults); shipped_*: one fresh process per side and round, "
-                       "medzoo with medzoo.perf.tune_malloc(), dna with glibc's defaults (and dna_tuned_malloc "
-                       "with the same setting as medzoo)"}
+                       "the same process (glibc malloc defaults), fp32, and *_bf16 the same with bf16 autocast; "
+                       "shipped_*: one fresh process per side and round, medzoo as `medzoo train` runs it "
+                       "(medzoo.perf.tune_malloc(), bf16 autocast where the CPU has native bf16: "
+                       "shipped_medzoo_precision; shipped_medzoo_fp32 in fp32), dna as nnU-Net runs it on a CPU "
+                       "(fp32, glibc's defaults; dna_tuned_malloc with medzoo's malloc setting); *_pct_peak "
+                       "against the fp32 conv peak"}
     cols = ["workload", "medzoo_s", "dna_s", "speedup_vs_dna", "medzoo_gflops", "dna_gflops", "conv_peak_gflops",
             "medzoo_pct_peak"] + (["compiled_s", "compile_time_s", "compiled_speedup_vs_eager"] if args.compile else [])
+    if args.bf16:
+        cols += ["medzoo_bf16_s", "dna_bf16_s", "bf16_speedup_vs_dna_bf16", "bf16_speedup_vs_dna_fp32",
+                 "bf16_speedup_vs_fp32", "conv_peak_bf16_gflops", "medzoo_bf16_pct_fp32_peak",
+                 "medzoo_bf16_pct_bf16_peak"]
     if args.processes:
-        cols += ["shipped_medzoo_s", "shipped_dna_s", "shipped_speedup_vs_dna", "shipped_speedup_vs_dna_tuned_malloc",
+        cols += ["shipped_medzoo_precision", "shipped_medzoo_s", "shipped_medzoo_fp32_s", "shipped_dna_s",
+                 "shipped_speedup_vs_dna", "shipped_fp32_speedup_vs_dna", "shipped_speedup_vs_dna_tuned_malloc",
                  "shipped_conv_peak_gflops", "shipped_medzoo_pct_peak"]
     print(f"== {NAME}: one training step (fwd + bwd + SGD), medians of {reps}, {threads} threads")
     print(format_table(rows, cols))

@@ -358,27 +358,34 @@ def test_amp_dtype_choice(monkeypatch):
     assert amp_dtype(TrainConfig(amp="auto"), gpu) == torch.float16
 
 
-def test_cpu_bf16_guard_keeps_fp32_for_networks_with_tiny_feature_maps():
-    """bf16 stays for a network whose smallest conv input is large enough, and falls back to fp32 (None) when a
-    convolution sees fewer than BF16_MIN_CONV_VOXELS voxels; CUDA and fp32 pass through untouched."""
+def test_cpu_bf16_guard_keeps_fp32_for_tiny_feature_maps_and_narrow_networks():
+    """bf16 stays for a network whose convolutions see enough voxels; fp32 (None) when one sees fewer than
+    BF16_MIN_CONV_VOXELS, and, for amp "auto", when the network is narrower than BF16_MIN_CONV_WIDTH. CUDA and
+    fp32 pass through untouched; the census runs on shapes only and leaves the model as it was."""
     from types import SimpleNamespace
 
     from medzoo.engine.trainer import cpu_bf16_guard
     from medzoo.models import create_model
-    from medzoo.perf import BF16_MIN_CONV_VOXELS, smallest_conv_input
+    from medzoo.perf import BF16_MIN_CONV_VOXELS, BF16_MIN_CONV_WIDTH, conv_census
 
-    two_stages = create_model("dynunet", in_channels=1, num_classes=3, spatial_dims=3, features=[4, 8])
-    deep = create_model("dynunet", in_channels=1, num_classes=3, spatial_dims=3, features=[4, 8, 8, 8])
-    assert smallest_conv_input(two_stages, (1, 1, 16, 16, 16)) == 8**3
-    assert smallest_conv_input(deep, (1, 1, 16, 16, 16)) == 2**3 < BF16_MIN_CONV_VOXELS
+    def net(features):
+        return create_model("dynunet", in_channels=1, num_classes=3, spatial_dims=3, features=features)
+
+    narrow, deep, wide = net([4, 8]), net([4, 8, 8, 8]), net([16, 32])
+    census = conv_census(narrow, (1, 1, 16, 16, 16))
+    assert census.smallest_input == 8**3 and 1 < census.mean_width < BF16_MIN_CONV_WIDTH
+    assert conv_census(deep, (1, 1, 16, 16, 16)).smallest_input == 2**3 < BF16_MIN_CONV_VOXELS
+    assert conv_census(wide, (1, 1, 16, 16, 16)).mean_width >= BF16_MIN_CONV_WIDTH
+    assert conv_census(torch.nn.Linear(2, 2), (1, 2)).smallest_input is None
     plan = SimpleNamespace(in_channels=1, patch_size=(16, 16, 16), model="dynunet")
     cpu = torch.device("cpu")
-    assert cpu_bf16_guard(torch.bfloat16, two_stages, plan, cpu) == torch.bfloat16
+    assert cpu_bf16_guard(torch.bfloat16, narrow, plan, cpu) == torch.bfloat16  # asked for: kept
+    assert cpu_bf16_guard(torch.bfloat16, narrow, plan, cpu, auto=True) is None
+    assert cpu_bf16_guard(torch.bfloat16, wide, plan, cpu, auto=True) == torch.bfloat16
     assert cpu_bf16_guard(torch.bfloat16, deep, plan, cpu) is None
     assert cpu_bf16_guard(None, deep, plan, cpu) is None
     assert cpu_bf16_guard(torch.bfloat16, deep, plan, torch.device("cuda")) == torch.bfloat16
-    assert deep.training  # the probe leaves the mode as it was
-    assert all(p.device.type == "cpu" for p in deep.parameters())  # and the weights where they were
+    assert deep.training and all(p.device.type == "cpu" for p in deep.parameters())
 
 
 def test_bf16_training_on_cpu(phantom, cache, tmp_path, caplog):

@@ -47,11 +47,12 @@ from medzoo.engine.validation import ValidationResult, validate
 from medzoo.errors import CheckpointError, ConfigError, DataError
 from medzoo.perf import (
     BF16_MIN_CONV_VOXELS,
+    BF16_MIN_CONV_WIDTH,
     compile_requested,
+    conv_census,
     cpu_has_native_bf16,
     maybe_compile,
     release_memory,
-    smallest_conv_input,
     tune_malloc,
 )
 from medzoo.planning.plan import Plan
@@ -120,17 +121,26 @@ def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def cpu_bf16_guard(dtype: torch.dtype | None, model: nn.Module, plan: Plan, device: torch.device
-                   ) -> torch.dtype | None:
-    """``dtype``, or None (fp32) for bf16 on the CPU when a convolution of ``model`` sees fewer than
-    :data:`medzoo.perf.BF16_MIN_CONV_VOXELS` voxels of a patch (oneDNN's bf16 backward can return NaN there)."""
+def cpu_bf16_guard(dtype: torch.dtype | None, model: nn.Module, plan: Plan, device: torch.device,
+                   auto: bool = False) -> torch.dtype | None:
+    """``dtype``, or None (fp32) where bf16 on the CPU is unsafe or, with ``auto`` (amp "auto"), not worth it.
+
+    Unsafe: a convolution of ``model`` sees fewer than :data:`medzoo.perf.BF16_MIN_CONV_VOXELS` voxels of a
+    patch (oneDNN's bf16 backward can return NaN there). Not worth it: its convolutions are narrower than
+    :data:`medzoo.perf.BF16_MIN_CONV_WIDTH` channels on average (:func:`medzoo.perf.conv_census`). The rule
+    reads shapes only, so the same run always gets the same precision.
+    """
     if dtype != torch.bfloat16 or device.type != "cpu":
         return dtype
-    smallest = smallest_conv_input(model, (1, plan.in_channels, *plan.patch_size), device)
-    if smallest is not None and smallest < BF16_MIN_CONV_VOXELS:
+    census = conv_census(model, (1, plan.in_channels, *plan.patch_size), device)
+    if census.smallest_input is not None and census.smallest_input < BF16_MIN_CONV_VOXELS:
         log.warning("training in fp32, not bf16: a convolution of %s sees only %d voxels of a %s patch (bf16 "
-                    "needs %d; oneDNN's bf16 backward is unreliable below that)", plan.model, smallest,
-                    "x".join(map(str, plan.patch_size)), BF16_MIN_CONV_VOXELS)
+                    "needs %d; oneDNN's bf16 backward is unreliable below that)", plan.model,
+                    census.smallest_input, "x".join(map(str, plan.patch_size)), BF16_MIN_CONV_VOXELS)
+        return None
+    if auto and census.mean_width < BF16_MIN_CONV_WIDTH:
+        log.info("training in fp32: %s's convolutions are %.1f channels wide on average, too narrow to gain from "
+                 "bf16 (from %d)", plan.model, census.mean_width, BF16_MIN_CONV_WIDTH)
         return None
     return dtype
 
@@ -377,7 +387,7 @@ def _train_segmentation(
         plateau_patience=config.plateau_patience,
     )
     stopper = EarlyStopping(config.patience)
-    dtype = cpu_bf16_guard(amp_dtype(config, device), model, plan, device)
+    dtype = cpu_bf16_guard(amp_dtype(config, device), model, plan, device, auto=config.amp == "auto")
     log.info("precision: %s (amp '%s' on %s)", "fp32" if dtype is None else f"{str(dtype)[6:]} autocast",
              config.amp, device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
