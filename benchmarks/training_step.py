@@ -148,12 +148,12 @@ SHIPPED_SIDES = {"medzoo": ("medzoo", True, "auto"), "medzoo_fp32": ("medzoo", T
 
 
 def _amp(precision: str) -> torch.dtype | None:
-    """Autocast dtype of a precision name: "auto" as `medzoo train` on a CPU, "bf16", or "fp32" (None)."""
-    from medzoo.perf import cpu_has_native_bf16
+    """Autocast dtype of a precision name on the CPU: "auto" (the trainer's rule, :func:`amp_dtype`), "bf16",
+    or "fp32" (None)."""
+    from medzoo.engine.config import TrainConfig
+    from medzoo.engine.trainer import amp_dtype
 
-    if precision == "bf16" or (precision == "auto" and cpu_has_native_bf16()):
-        return torch.bfloat16
-    return None
+    return amp_dtype(TrainConfig(amp="none" if precision == "fp32" else precision), torch.device("cpu"))
 
 
 def _child(what: str, index: int, steps: int, quick: bool, tune: bool, warmup: int, precision: str = "fp32"

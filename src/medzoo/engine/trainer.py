@@ -388,7 +388,7 @@ def _train_segmentation(
     )
     stopper = EarlyStopping(config.patience)
     dtype = cpu_bf16_guard(amp_dtype(config, device), model, plan, device, auto=config.amp == "auto")
-    log.info("precision: %s (amp '%s' on %s)", "fp32" if dtype is None else f"{str(dtype)[6:]} autocast",
+    log.info("precision: %s (amp '%s' on %s)", "fp32" if dtype is None else f"{str(dtype).removeprefix('torch.')} autocast",
              config.amp, device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     loss_fn = create_loss(config.loss)
