@@ -168,6 +168,18 @@ def count_flops(fn: Callable[[], Any]) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ memory
+def own_peak_rss_mb() -> float:
+    """Peak resident memory (VmHWM, MiB) of this process so far; NaN where /proc is missing."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return float("nan")
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
 def peak_rss_mb_subprocess(code: str, timeout: float = 600.0) -> float:
     """Peak resident memory (VmHWM, MiB) of a fresh Python process running ``code``.
 

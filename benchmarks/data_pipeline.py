@@ -30,7 +30,10 @@ skipped with a message when absent; MSD data licence CC-BY-SA 4.0) and 160x192x1
 Also measured: one "epoch" reading every hippocampus case (image + label, full arrays) from the NIfTI files
 (medzoo.data.loading.load_case) versus from the cache (memory-mapped .npy, copied into memory).
 
-Run: ``python -m benchmarks.data_pipeline [--quick] [--reps N]``; writes ``benchmarks/results/data_pipeline.json``.
+With ``--memory``, each side also draws the same batches in a fresh process of its own, and its peak resident
+memory (VmHWM) is reported.
+
+Run: ``python -m benchmarks.data_pipeline [--quick] [--reps N] [--memory]``; writes ``benchmarks/results/data_pipeline.json``.
 Ratios are ``peer seconds / medzoo seconds`` for the same number of patches (> 1: medzoo faster).
 """
 
@@ -51,6 +54,7 @@ from benchmarks.common import (
     format_table,
     interleaved,
     make_parser,
+    peak_rss_mb_subprocess,
     ratio,
     reps_for,
     summarize,
@@ -209,6 +213,46 @@ def throughput_rows(label, cases, patch_size, batch_size, batches, reps, warmup)
     return [row]
 
 
+MEMORY_SIDES = ("medzoo", "torchio", "monai")
+
+
+def memory_child(side: str, data_root: str, n_cases: int, channels: int, classes: int, cache_dir: str,
+                 patch: tuple[int, ...], batch: int, batches: int) -> None:
+    """In a fresh process: open the (already built) cache, draw ``batches`` batches from one side's stream.
+
+    The caller reads the process's peak resident memory: that side's own cost for the same patches.
+    """
+    from medzoo.data.cache import build_cache
+    from medzoo.data.layouts import load_dataset
+    from medzoo.planning.plan import Plan
+
+    info = load_dataset(data_root)
+    info.cases = info.cases[:n_cases]
+    plan = Plan(model="unet3d", in_channels=channels, num_classes=classes, normalization=["zscore"] * channels)
+    cached = build_cache(info, plan, cache_dir, progress=False)
+    if side == "medzoo":
+        loader = medzoo_stream(cached, patch, batch, 0)
+        draw = lambda: next(loader)  # noqa: E731
+    else:
+        draw = {"torchio": torchio_stream, "monai": monai_stream}[side](cached, patch, batch)
+        if draw is None:
+            raise SystemExit(f"{side} is not installed")
+    for _ in range(batches):
+        draw()
+
+
+def memory_row(label: str, data_root: Path, n_cases: int, channels: int, classes: int, cache_dir: Path,
+               patch: tuple[int, ...], batch: int, batches: int) -> dict[str, Any]:
+    """Peak RSS (MiB) of each side drawing the same batches, one fresh process each (``--memory``)."""
+    row: dict[str, Any] = {"workload": f"{label} peak RSS", "patch": "x".join(map(str, patch)), "batch": batch}
+    for side in MEMORY_SIDES:
+        code = (f"from benchmarks.data_pipeline import memory_child\n"
+                f"memory_child({side!r}, {str(data_root)!r}, {n_cases}, {channels}, {classes}, "
+                f"{str(cache_dir)!r}, {tuple(patch)!r}, {batch}, {batches})")
+        row[f"{side}_peak_rss_mb"] = peak_rss_mb_subprocess(code)
+    return row
+
+
 def epoch_rows(info, cached, reps) -> list[dict[str, Any]]:
     """Read every case fully: from NIfTI (load_case, + z-score) vs from the cache (memmaps -> memory)."""
     from medzoo.data.loading import load_case
@@ -247,6 +291,8 @@ def epoch_rows(info, cached, reps) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> dict:
     parser = make_parser(NAME, __doc__.splitlines()[0])
     parser.add_argument("--hippo-cases", type=int, default=40, help="hippocampus cases used (default 40)")
+    parser.add_argument("--memory", action="store_true",
+                        help="also the peak RSS of each side drawing the same batches (one fresh process each)")
     args = parser.parse_args(argv)
     threads = apply_threads(args.threads if args.threads is not None else 1)
     try:  # TorchIO resamples with SimpleITK: the same thread budget
@@ -279,6 +325,9 @@ def main(argv: list[str] | None = None) -> dict:
             patch = (24, 32, 24) if args.quick else (40, 56, 40)
             rows += throughput_rows("hippocampus", cached, patch, 4 if args.quick else 8,
                                     batches=2 if args.quick else 6, reps=reps, warmup=args.warmup)
+            if args.memory:
+                rows.append(memory_row("hippocampus", root, n, 1, 3, tmp / "hippo_cache", patch,
+                                       4 if args.quick else 8, batches=2 if args.quick else 12))
         else:
             msg = f"hippocampus data not found at {root} (set MEDZOO_HIPPOCAMPUS_DIR)"
             print(f"skipping hippocampus: {msg}")
@@ -291,9 +340,13 @@ def main(argv: list[str] | None = None) -> dict:
         patch = (32, 32, 32) if args.quick else (96, 96, 96)
         rows += throughput_rows(f"phantom {'x'.join(map(str, shape))}", pcached, patch, 2,
                                 batches=2 if args.quick else 8, reps=reps, warmup=args.warmup)
+        if args.memory:
+            rows.append(memory_row(f"phantom {'x'.join(map(str, shape))}", ph, 2, 2, 4, tmp / "phantom_cache",
+                                   patch, 2, batches=2 if args.quick else 8))
     cols = ["workload", "patch", "batch", "medzoo_patches_s", "medzoo_thread1_patches_s",
             "medzoo_process1_patches_s", "torchio_patches_s", "torchio_spv8_patches_s", "monai_patches_s",
-            "x_torchio", "x_torchio_thread1", "x_torchio_spv8", "x_monai", "nifti_s", "nifti_preprocess_s", "cache_s", "x_cache_vs_nifti", "x_cache_vs_nifti_preprocess",
+            "x_torchio", "x_torchio_thread1", "x_torchio_spv8", "x_monai", "medzoo_peak_rss_mb",
+            "torchio_peak_rss_mb", "monai_peak_rss_mb", "nifti_s", "nifti_preprocess_s", "cache_s", "x_cache_vs_nifti", "x_cache_vs_nifti_preprocess",
             "skipped"]
     print(f"threads: {threads}; {SAME_WORK}")
     print(format_table([{k: v for k, v in r.items() if k != "seconds" or not isinstance(v, dict)} for r in rows],

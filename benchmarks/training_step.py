@@ -53,6 +53,7 @@ from benchmarks.common import (
     make_parser,
     markdown_table,
     median,
+    own_peak_rss_mb,
     ratio,
     reps_for,
     time_call,
@@ -157,8 +158,9 @@ def _amp(precision: str) -> torch.dtype | None:
 
 
 def _child(what: str, index: int, steps: int, quick: bool, tune: bool, warmup: int, precision: str = "fp32"
-           ) -> list[float]:
-    """Run in a fresh process: ``steps`` timed calls of one side of workload ``index``."""
+           ) -> dict[str, Any]:
+    """Run in a fresh process: ``steps`` timed calls of one side of workload ``index``; returns
+    ``{"times": seconds per call, "peak_rss_mb": the process's peak resident memory}``."""
     if tune:
         from medzoo.perf import tune_malloc
 
@@ -174,18 +176,22 @@ def _child(what: str, index: int, steps: int, quick: bool, tune: bool, warmup: i
         ours, peer = build_pair(cfg)
         if what == "dna" and peer is None:
             raise SystemExit("dynamic-network-architectures is not installed")
-        fn = make_step(ours if what == "medzoo" else peer, x, y, _amp(precision))
+        net = ours if what == "medzoo" else peer
+        del ours, peer  # only this side's network stays in memory (its peak RSS is reported)
+        fn = make_step(net, x, y, _amp(precision))
     for _ in range(max(1, warmup)):
         fn()
-    return [time_call(fn) for _ in range(steps)]
+    times = [time_call(fn) for _ in range(steps)]
+    return {"times": times, "peak_rss_mb": own_peak_rss_mb()}
 
 
 def shipped(index: int, rounds: int, steps: int, quick: bool, threads: int, warmup: int, with_dna: bool
-            ) -> dict[str, list[float]]:
+            ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Per-call seconds of each side in :data:`SHIPPED_SIDES`, one fresh process per side and round, the
-    order rotating each round."""
+    order rotating each round; and each side's largest peak resident memory (MiB) over its processes."""
     names = [n for n, (what, _, _) in SHIPPED_SIDES.items() if with_dna or what != "dna"]
     times: dict[str, list[float]] = {n: [] for n in names}
+    peak_rss: dict[str, float] = dict.fromkeys(names, 0.0)
     for r in range(rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
             what, tune, precision = SHIPPED_SIDES[name]
@@ -195,8 +201,10 @@ def shipped(index: int, rounds: int, steps: int, quick: bool, threads: int, warm
             cmd += (["--quick"] if quick else []) + (["--tune-malloc"] if tune else [])
             out = subprocess.run(cmd, capture_output=True, text=True, check=True,
                                  cwd=Path(__file__).resolve().parent.parent)
-            times[name] += json.loads(out.stdout.strip().splitlines()[-1])
-    return times
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            times[name] += result["times"]
+            peak_rss[name] = max(peak_rss[name], result["peak_rss_mb"])
+    return times, peak_rss
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -281,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.processes:
             index = workloads(args.quick).index(cfg)
             rounds = args.rounds or (1 if args.quick else 3)
-            proc = shipped(index, rounds, 2 if args.quick else 3, args.quick, threads, args.warmup,
+            proc, proc_rss = shipped(index, rounds, 2 if args.quick else 3, args.quick, threads, args.warmup,
                            with_dna=peer is not None)
             pmed = {k: median(v) for k, v in proc.items()}
             shipped_peak = peak_flops / pmed["conv_peak"] / 1e9
@@ -296,7 +304,11 @@ def main(argv: list[str] | None = None) -> dict:
                                                              pmed["medzoo"]),
                 "shipped_conv_peak_gflops": shipped_peak,
                 "shipped_medzoo_pct_peak": 100.0 * flops / pmed["medzoo"] / 1e9 / shipped_peak,
+                "shipped_medzoo_peak_rss_mb": proc_rss["medzoo"],
+                "shipped_medzoo_fp32_peak_rss_mb": proc_rss["medzoo_fp32"],
+                "shipped_dna_peak_rss_mb": proc_rss.get("dna", float("nan")),
                 "shipped_times": proc,
+                "shipped_peak_rss_mb": proc_rss,
             })
         rows.append(row)
     results = {"benchmark": NAME, "environment": environment(), "threads": threads, "reps": reps, "rows": rows,
@@ -316,7 +328,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.processes:
         cols += ["shipped_medzoo_precision", "shipped_medzoo_s", "shipped_medzoo_fp32_s", "shipped_dna_s",
                  "shipped_speedup_vs_dna", "shipped_fp32_speedup_vs_dna", "shipped_speedup_vs_dna_tuned_malloc",
-                 "shipped_conv_peak_gflops", "shipped_medzoo_pct_peak"]
+                 "shipped_conv_peak_gflops", "shipped_medzoo_pct_peak", "shipped_medzoo_peak_rss_mb",
+                 "shipped_medzoo_fp32_peak_rss_mb", "shipped_dna_peak_rss_mb"]
     print(f"== {NAME}: one training step (fwd + bwd + SGD), medians of {reps}, {threads} threads")
     print(format_table(rows, cols))
     results["markdown"] = markdown_table(rows, cols)

@@ -53,7 +53,7 @@ def test_profile_groups() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["training_step", "models", "profile", "time_to_dice"])
+@pytest.mark.parametrize("name", ["training_step", "models", "profile", "time_to_dice", "layouts"])
 def test_module_quick(name: str, tmp_path) -> None:
     import importlib
 

@@ -1,0 +1,160 @@
+"""Memory layout: ``channels_last_3d`` against PyTorch's default (contiguous NCDHW), op by op and for a whole step.
+
+medzoo trains in the default layout. This benchmark keeps that choice honest: it times, interleaved in one
+process, each piece of a U-Net training step in both layouts and in each precision the trainer can pick
+(fp32; bf16 autocast where the CPU has native bf16, or with ``--bf16``):
+
+* ``conv``: forward + backward of single 3x3x3 convolutions as they occur in nnU-Net's 64^3 network
+  (32->32 and 64->32 at 64^3, the stride-2 32->64 downsampling, 64->64 at 32^3);
+* ``norm``: instance norm + leaky ReLU, forward + backward, on a 1x32x64^3 map, with PyTorch's
+  ``instance_norm`` in both layouts and the two channels-last alternatives (``batch_norm`` in training mode,
+  the same maths for a batch of 1, and ``group_norm`` with one channel per group);
+* ``step``: the whole training step of nnU-Net's 5-stage network at 1x1x64^3 (module and input converted).
+
+Each row gives the median seconds and ``speedup`` = default-layout seconds / this row's seconds (> 1: faster
+than the default layout). Run: ``python -m benchmarks.layouts [--quick] [--reps N] [--threads N] [--[no-]bf16]
+[--no-step]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmarks.common import (
+    apply_threads,
+    environment,
+    format_table,
+    interleaved,
+    make_parser,
+    markdown_table,
+    median,
+    ratio,
+    reps_for,
+    write_results,
+)
+
+NAME = "layouts"
+CL = torch.channels_last_3d
+
+
+def _to_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    return t.contiguous(memory_format=CL) if layout == "channels_last" else t.contiguous()
+
+
+def conv_case(cin: int, cout: int, size: int, stride: int, layout: str, dtype: torch.dtype
+              ) -> Callable[[], None]:
+    """Forward + backward of one 3x3x3 conv (bias, padding 1) on ``1 x cin x size^3`` in ``layout``."""
+    gen = torch.Generator().manual_seed(0)
+    conv = nn.Conv3d(cin, cout, 3, stride=stride, padding=1).to(dtype)
+    if layout == "channels_last":
+        conv = conv.to(memory_format=CL)
+    x = _to_layout(torch.randn(1, cin, size, size, size, generator=gen, dtype=dtype), layout).requires_grad_()
+    grad = _to_layout(torch.randn_like(conv(x)), layout)
+
+    def run() -> None:
+        conv(x).backward(grad)
+
+    return run
+
+
+def norm_case(channels: int, size: int, variant: str, dtype: torch.dtype) -> Callable[[], None]:
+    """Instance norm (affine) + leaky ReLU, forward + backward, as ``variant``: ``instance_norm`` in the default
+    layout or channels-last, or channels-last ``batch_norm`` / ``group_norm`` (equal maths for a batch of 1)."""
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.ones(channels, requires_grad=True)
+    bias = torch.zeros(channels, requires_grad=True)
+    layout = "default" if variant == "instance_norm" else "channels_last"
+    x = _to_layout(torch.randn(1, channels, size, size, size, generator=gen, dtype=dtype), layout)
+    x.requires_grad_()
+    grad = torch.randn_like(x)
+    norms: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "instance_norm": lambda t: F.instance_norm(t, weight=weight, bias=bias, eps=1e-5),
+        "instance_norm CL": lambda t: F.instance_norm(t, weight=weight, bias=bias, eps=1e-5),
+        "batch_norm CL": lambda t: F.batch_norm(t, None, None, weight, bias, True, 0.0, 1e-5),
+        "group_norm CL": lambda t: F.group_norm(t, channels, weight, bias, 1e-5),
+    }
+    norm = norms[variant]
+
+    def run() -> None:
+        F.leaky_relu(norm(x), 0.01).backward(grad)
+
+    return run
+
+
+def step_case(quick: bool, layout: str, dtype: torch.dtype | None) -> Callable[[], None]:
+    """One training step of nnU-Net's network (benchmarks.training_step's first workload) in ``layout``."""
+    from benchmarks.training_step import build_pair, make_step, workloads
+
+    cfg = workloads(quick)[0]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(*cfg["shape"], generator=gen)
+    y = torch.randint(0, 3, (cfg["shape"][0], *cfg["shape"][2:]), generator=gen)
+    net = copy.deepcopy(build_pair(cfg)[0])
+    if layout == "channels_last":
+        net = net.to(memory_format=CL)
+    return make_step(net, _to_layout(x, layout), y, dtype)
+
+
+def cases(quick: bool, dtype: torch.dtype, with_step: bool) -> list[tuple[str, str, Callable[[], None]]]:
+    """(workload, variant, callable) for one precision; the first variant of a workload is its baseline."""
+    convs = [(8, 8, 16, 1), (8, 16, 16, 2)] if quick else [(32, 32, 64, 1), (64, 32, 64, 1), (32, 64, 64, 2),
+                                                           (64, 64, 32, 1)]
+    out: list[tuple[str, str, Callable[[], None]]] = []
+    for cin, cout, size, stride in convs:
+        name = f"conv {cin}->{cout} {size}^3" + (f" stride {stride}" if stride > 1 else "")
+        for layout in ("default", "channels_last"):
+            out.append((name, layout, conv_case(cin, cout, size, stride, layout, dtype)))
+    channels, size = (8, 16) if quick else (32, 64)
+    for variant in ("instance_norm", "instance_norm CL", "batch_norm CL", "group_norm CL"):
+        out.append((f"norm+lrelu {channels}x{size}^3", variant, norm_case(channels, size, variant, dtype)))
+    if with_step:
+        autocast = None if dtype == torch.float32 else dtype
+        for layout in ("default", "channels_last"):
+            out.append(("step nnU-Net net" + (" 16^3" if quick else " 64^3"), layout,
+                        step_case(quick, layout, autocast)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = make_parser(NAME, __doc__.splitlines()[0])
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time bf16 (default: where the CPU has native bf16)")
+    parser.add_argument("--no-step", action="store_true", help="skip the whole-step rows")
+    args = parser.parse_args(argv)
+    threads = apply_threads(args.threads)
+    reps = reps_for(args, default=5, quick=2)
+    from medzoo.perf import cpu_has_native_bf16
+
+    with_bf16 = cpu_has_native_bf16() if args.bf16 is None else args.bf16
+    dtypes = [torch.float32] + ([torch.bfloat16] if with_bf16 else [])
+    rows: list[dict[str, Any]] = []
+    for dtype in dtypes:
+        precision = "fp32" if dtype == torch.float32 else "bf16"
+        todo = cases(args.quick, dtype, with_step=not args.no_step)
+        # Ops in bf16 are timed on bf16 tensors; the step in bf16 runs under autocast like the trainer.
+        times = interleaved({f"{w} | {v}": fn for w, v, fn in todo}, reps=reps, warmup=max(1, args.warmup))
+        baseline: dict[str, float] = {}
+        for workload, variant, _ in todo:
+            seconds = median(times[f"{workload} | {variant}"])
+            baseline.setdefault(workload, seconds)
+            rows.append({"workload": workload, "precision": precision, "variant": variant, "median_s": seconds,
+                         "speedup": ratio(baseline[workload], seconds)})
+    cols = ["workload", "precision", "variant", "median_s", "speedup"]
+    print(f"== {NAME}: channels_last_3d vs the default layout, {threads} threads, {reps} reps "
+          "(speedup > 1: faster than the default layout)")
+    print(format_table(rows, cols))
+    results = {"benchmark": NAME, "environment": environment(), "threads": threads, "reps": reps, "rows": rows,
+               "markdown": markdown_table(rows, cols)}
+    print(f"wrote {write_results(NAME, results, args.out)}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
