@@ -230,7 +230,8 @@ def _prepare_data(config: TrainConfig, run_dir: Path, resume: bool, info_dist: d
     return _Data(plan, train_cases, val_cases)
 
 
-def _make_loader(plan: Plan, cases: list, config: TrainConfig, seed: int, augment: str = "default"):
+def _make_loader(plan: Plan, cases: list, config: TrainConfig, seed: int, augment: str):
+    """The training patch loader of one epoch, with the augmentation :func:`resolve_augment` chose."""
     from medzoo.data.loader import PatchLoader
 
     return PatchLoader(
