@@ -59,29 +59,39 @@ def _logits(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, (list, tuple)) else out
 
 
-def make_forward(model: nn.Module, x: torch.Tensor):
+def _autocast(x: torch.Tensor, dtype: torch.dtype | None):
+    return torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def make_forward(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None = None):
+    """Inference forward pass (no grad) as a zero-argument callable; ``dtype``: autocast to it."""
     model.eval()
 
     def fwd() -> None:
-        with torch.no_grad():
+        with torch.no_grad(), _autocast(x, dtype):
             model(x)
 
     return fwd
 
 
-def make_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+def make_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None = None):
+    """One SGD training step (cross-entropy, plus the model's auxiliary loss) as a zero-argument callable;
+    ``dtype``: autocast the forward to it, loss in fp32, fp16 with a ``GradScaler``."""
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    scaler = torch.amp.GradScaler(x.device.type, enabled=dtype == torch.float16)
 
     def step() -> None:
         model.train()
-        out = _logits(model(x))
-        loss = nn.functional.cross_entropy(out, y)
+        with _autocast(x, dtype):
+            out = _logits(model(x))
+        loss = nn.functional.cross_entropy(out.float(), y)
         aux = model.auxiliary_loss() if hasattr(model, "auxiliary_loss") else None
         if aux is not None:
-            loss = loss + aux
+            loss = loss + aux.float()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
 
     return step
 

@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +117,10 @@ def _untrained(features: tuple[int, ...]) -> torch.nn.Module:
     return medzoo.create_model("unet3d", in_channels=1, num_classes=NUM_CLASSES, features=features)
 
 
-def trained_net(shape, features, steps: int, patch: int, cache_dir: Path | None) -> tuple[torch.nn.Module, dict]:
-    """The benchmark network, trained on phantom seed 1 patches (cached by settings)."""
+def trained_net(shape, features, steps: int, patch: int, cache_dir: Path | None, device: str = "cpu"
+                ) -> tuple[torch.nn.Module, dict]:
+    """The benchmark network, trained on phantom seed 1 patches on ``device`` (cached by settings); returned
+    on the CPU in eval mode."""
     key = hashlib.sha1(json.dumps([list(shape), list(features), steps, patch, 2]).encode()).hexdigest()[:10]
     cache = None if cache_dir is None else Path(cache_dir) / f"{NAME}_net_{key}.pt"
     net = _untrained(features)
@@ -132,6 +135,7 @@ def trained_net(shape, features, steps: int, patch: int, cache_dir: Path | None)
     x = np.where(mask, (x - x[mask].mean()) / x[mask].std(), 0).astype(np.float32)
     y = label.array[0].astype(np.int64)
     rng = np.random.default_rng(0)
+    net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     net.train()
     started = time.perf_counter()
@@ -142,14 +146,14 @@ def trained_net(shape, features, steps: int, patch: int, cache_dir: Path | None)
             sl = tuple(slice(a, a + patch) for a in lo)
             xs.append(x[sl])
             ys.append(y[sl])
-        xb = torch.from_numpy(np.stack(xs))[:, None]
-        yb = torch.from_numpy(np.stack(ys))
+        xb = torch.from_numpy(np.stack(xs))[:, None].to(device)
+        yb = torch.from_numpy(np.stack(ys)).to(device)
         loss = torch.nn.functional.cross_entropy(net(xb), yb)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    info.update(cached=False, train_seconds=time.perf_counter() - started, final_loss=float(loss))
-    net.eval()
+    info.update(cached=False, train_seconds=time.perf_counter() - started, final_loss=float(loss.detach()))
+    net.cpu().eval()
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save(net.state_dict(), cache)
@@ -167,7 +171,14 @@ def dice_between(a: np.ndarray, b: np.ndarray, classes: int) -> dict[str, float]
 
 
 # -------------------------------------------------------------------------------------------------- core
-def core(net, shape, patch, batch, reps, warmup) -> dict[str, Any]:
+def core(net, shape, patch, batch, reps, warmup, device: str = "cpu", dtype: torch.dtype | None = None,
+         sync: Callable[[Callable[[], Any]], Callable[[], Any]] | None = None) -> dict[str, Any]:
+    """The same network and input through both sliding windows, interleaved.
+
+    ``device``: where the network and the volume live. ``dtype``: autocast both to it (then the outputs are
+    compared, not required to match). ``sync`` wraps each timed call (the GPU benchmark passes one that
+    synchronizes CUDA around it).
+    """
     from monai.inferers import sliding_window_inference
 
     from medzoo.inference import sliding_window
@@ -175,36 +186,41 @@ def core(net, shape, patch, batch, reps, warmup) -> dict[str, Any]:
     image, _ = head_phantom(0, shape)
     raw = torch.from_numpy(image.array)[None]
     nz = raw != 0
-    x = torch.where(nz, (raw - raw[nz].mean()) / raw[nz].std(), torch.zeros(()))
+    x = torch.where(nz, (raw - raw[nz].mean()) / raw[nz].std(), torch.zeros(())).to(device)
+    net = net.to(device)
     kw = {"overlap": 0.5}
-    with torch.inference_mode():
-        ref = sliding_window_inference(x, patch, batch, net, mode="gaussian", sigma_scale=0.125, **kw)
-    ours = sliding_window(x, net, patch, blend="gaussian", batch_size=batch, **kw)
-    max_diff = float((ours - ref).abs().max())
-    labels_equal = bool(torch.equal(ours.argmax(1), ref.argmax(1)))
-    assert max_diff < 1e-4, f"blended outputs differ by {max_diff}"
-    assert labels_equal, "label maps differ"
+
+    def amp():
+        return torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
     def run_monai():
-        with torch.inference_mode():
-            sliding_window_inference(x, patch, batch, net, mode="gaussian", sigma_scale=0.125, **kw)
+        with torch.inference_mode(), amp():
+            return sliding_window_inference(x, patch, batch, net, mode="gaussian", sigma_scale=0.125, **kw)
 
-    times = interleaved(
-        {"medzoo": lambda: sliding_window(x, net, patch, blend="gaussian", batch_size=batch, **kw),
-         "monai": run_monai},
-        reps=reps, warmup=warmup,
-    )  # fmt: skip
+    def run_medzoo():
+        with amp():
+            return sliding_window(x, net, patch, blend="gaussian", batch_size=batch, **kw)
+
+    ref, ours = run_monai().float(), run_medzoo()
+    max_diff = float((ours - ref).abs().max())
+    labels_equal = bool(torch.equal(ours.argmax(1), ref.argmax(1)))
+    agreement = float((ours.argmax(1) == ref.argmax(1)).float().mean())
+    if dtype is None:
+        assert max_diff < 1e-4, f"blended outputs differ by {max_diff}"
+        assert labels_equal, "label maps differ"
+    wrap = sync or (lambda fn: fn)
+    times = interleaved({"medzoo": wrap(run_medzoo), "monai": wrap(run_monai)}, reps=reps, warmup=warmup)
     m, p = summarize(times["medzoo"]), summarize(times["monai"])
     return {
         "workload": f"core sliding window {'x'.join(map(str, shape))} patch {patch[0]} batch {batch}",
         "medzoo_s": m["median"], "monai_s": p["median"], "ratio_monai_over_medzoo": ratio(p["median"], m["median"]),
-        "max_abs_diff": max_diff, "labels_identical": labels_equal,
+        "max_abs_diff": max_diff, "labels_identical": labels_equal, "label_agreement": agreement,
     }  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- end to end
-def _child(side: str, folder: Path, patch: tuple[int, ...], batch: int) -> dict[str, Any]:
-    """One end-to-end prediction in this (fresh) process; returns seconds and peak RSS."""
+def _child(side: str, folder: Path, patch: tuple[int, ...], batch: int, device: str = "cpu") -> dict[str, Any]:
+    """One end-to-end prediction on ``device`` in this (fresh) process; returns seconds and peak RSS."""
     import re
 
     if side.startswith("medzoo"):
@@ -221,8 +237,8 @@ def _child(side: str, folder: Path, patch: tuple[int, ...], batch: int) -> dict[
                 assert not isinstance(model, torch.nn.Module), "the network did not export; auto fell back"
                 (folder / "auto_backend.txt").write_text(type(model).__name__)
                 return
-            report = predict(folder / "run", folder / "in" / "case.nii.gz", out, progress=False, device="cpu",
-                             backend=backend)  # fmt: skip
+            report = predict(folder / "run", folder / "in" / "case.nii.gz", out, progress=False, device=device,
+                             backend=backend, amp="none" if side == "medzoo_fp32" else "auto")  # fmt: skip
             assert report.ok, report.failed
     else:
         from monai.inferers import sliding_window_inference
@@ -232,38 +248,47 @@ def _child(side: str, folder: Path, patch: tuple[int, ...], batch: int) -> dict[
 
         net = create_model("unet3d", **json.loads((folder / "net.json").read_text()))
         net.load_state_dict(torch.load(folder / "net.pt", weights_only=True))
-        net.eval()
+        net.to(device).eval()
+        amp_dtype = None
+        if side == "monai_amp":  # MONAI under the autocast medzoo picks on this device
+            from medzoo.perf import cuda_amp_dtype
+
+            amp_dtype = cuda_amp_dtype("auto") if torch.device(device).type == "cuda" else torch.bfloat16
 
         def run():
             loader = LoadImage(image_only=True, ensure_channel_first=True)
             norm = NormalizeIntensity(nonzero=True, channel_wise=True)
-            saver = SaveImage(output_dir=str(folder / "monai"), output_postfix="", separate_folder=False,
+            saver = SaveImage(output_dir=str(folder / side), output_postfix="", separate_folder=False,
                               output_dtype=np.uint8, resample=False, print_log=False)  # fmt: skip
             img = loader(str(folder / "in" / "case.nii.gz"))
             cropper = CropForeground(select_fn=lambda x: x > 0, margin=0, allow_smaller=True)
             start, end = cropper.compute_bounding_box(img)
             box = tuple(slice(int(a), int(b)) for a, b in zip(start, end))
-            x = norm(cropper.crop_pad(img, start, end))
-            with torch.inference_mode():
+            x = norm(cropper.crop_pad(img, start, end)).to(device)
+            with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=amp_dtype or torch.float32,
+                                                         enabled=amp_dtype is not None):
                 logits = sliding_window_inference(x[None], patch, batch, net, overlap=0.5, mode="gaussian",
                                                   sigma_scale=0.125)  # fmt: skip
             labels = torch.zeros_like(img, dtype=torch.uint8)  # MetaTensor: keeps the image's affine
-            labels[(slice(None), *box)] = logits[0].argmax(0, keepdim=True).to(torch.uint8)
+            labels[(slice(None), *box)] = logits[0].argmax(0, keepdim=True).to(torch.uint8).cpu()
             saver(labels)
 
     started = time.perf_counter()
     run()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     status = Path("/proc/self/status").read_text()
     rss = int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024.0
     return {"seconds": seconds, "peak_rss_mb": rss}
 
 
-def _spawn(side: str, folder: Path, patch, batch, threads: int) -> dict[str, Any]:
+def _spawn(side: str, folder: Path, patch, batch, threads: int, device: str = "cpu") -> dict[str, Any]:
     root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "benchmarks.sliding_window", "--child", side, "--child-dir", str(folder),
-           "--child-patch", ",".join(map(str, patch)), "--batch", str(batch), "--threads", str(threads)]  # fmt: skip
+           "--child-patch", ",".join(map(str, patch)), "--batch", str(batch), "--threads", str(threads),
+           "--child-device", device]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, env=env, timeout=1800)
     for line in proc.stdout.splitlines():
         if line.startswith("CHILD "):
@@ -271,7 +296,12 @@ def _spawn(side: str, folder: Path, patch, batch, threads: int) -> dict[str, Any
     raise RuntimeError(f"{side} end-to-end run failed (rc={proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
-def end_to_end(net, features, shape, patch, batch, reps, threads) -> dict[str, Any]:
+def end_to_end(net, features, shape, patch, batch, reps, threads, device: str = "cpu",
+               sides: Sequence[str] | None = None) -> dict[str, Any]:
+    """File in, file out, each side in fresh processes on ``device``. On the CPU: medzoo's default backend,
+    ONNX Runtime and PyTorch against MONAI. On a GPU: medzoo's default (PyTorch under autocast) and medzoo in
+    fp32 (``amp="none"``) against MONAI in fp32 and MONAI under the same autocast. Labels are compared with
+    MONAI's fp32 map. ``sides`` overrides the list (the first is medzoo's default, one is "monai")."""
     from medzoo.engine.checkpoint import save_checkpoint
     from medzoo.io.readers import read_volume, write_volume
     from medzoo.planning.plan import Plan
@@ -292,13 +322,19 @@ def end_to_end(net, features, shape, patch, batch, reps, threads) -> dict[str, A
     torch.save(net.state_dict(), tmp / "net.pt")
     (tmp / "net.json").write_text(json.dumps(net_kwargs))
 
-    export = _spawn("medzoo_export", tmp, patch, batch, threads)
-    sides = ["medzoo", "medzoo_onnxruntime", "medzoo_torch", "monai"]
+    if torch.device(device).type == "cpu":
+        export_s = _spawn("medzoo_export", tmp, patch, batch, threads)["seconds"]
+        sides = list(sides or ["medzoo", "medzoo_onnxruntime", "medzoo_torch", "monai"])
+    else:  # a GPU runs PyTorch (resolve_backend), nothing to export
+        export_s = float("nan")
+        (tmp / "auto_backend.txt").write_text("torch")
+        sides = list(sides or ["medzoo", "medzoo_fp32", "monai", "monai_amp"])
     results: dict[str, list[dict]] = {side: [] for side in sides}
     for r in range(reps):  # interleaved, rotating who goes first
         for side in sides[r % len(sides):] + sides[: r % len(sides)]:
-            results[side].append(_spawn(side, tmp, patch, batch, threads))
-    labels = {side: np.asarray(read_volume(tmp / side / "case.nii.gz").array[0]) for side in sides[:-1]}
+            results[side].append(_spawn(side, tmp, patch, batch, threads, device))
+    ours_sides = [side for side in sides if side.startswith("medzoo")]
+    labels = {side: np.asarray(read_volume(tmp / side / "case.nii.gz").array[0]) for side in ours_sides}
     theirs = np.asarray(read_volume(next((tmp / "monai").glob("*.nii.gz"))).array[0])
     ours = labels["medzoo"]
     written = read_volume(tmp / "medzoo" / "case.nii.gz")
@@ -306,17 +342,18 @@ def end_to_end(net, features, shape, patch, batch, reps, threads) -> dict[str, A
     sec = {side: median([x["seconds"] for x in results[side]]) for side in sides}
     return {
         "workload": f"end to end head phantom {'x'.join(map(str, shape))} patch {patch[0]} batch {batch}",
+        "device": device,
         "medzoo_backend": (tmp / "auto_backend.txt").read_text(),
         **{f"{side}_s": sec[side] for side in sides},
         "ratio_monai_over_medzoo": ratio(sec["monai"], sec["medzoo"]),
-        "ratio_monai_over_medzoo_onnxruntime": ratio(sec["monai"], sec["medzoo_onnxruntime"]),
-        "ratio_monai_over_medzoo_torch": ratio(sec["monai"], sec["medzoo_torch"]),
-        "export_s": export["seconds"],
+        **{f"ratio_monai_over_{side}": ratio(sec["monai"], sec[side]) for side in ours_sides[1:]},
+        **({"ratio_monai_amp_over_medzoo": ratio(sec["monai_amp"], sec["medzoo"])} if "monai_amp" in sec else {}),
+        "export_s": export_s,
         **{f"{side}_runs_s": [round(x["seconds"], 2) for x in results[side]] for side in sides},
         **{f"{side}_peak_rss_mb": max(x["peak_rss_mb"] for x in results[side]) for side in sides},
         "label_agreement": float((ours == theirs).mean()),
         "label_agreement_nonzero": float((ours == theirs)[inside].mean()),
-        **{f"voxels_differing_{side}": int((labels[side] != theirs).sum()) for side in sides[:-1]},
+        **{f"voxels_differing_{side}": int((labels[side] != theirs).sum()) for side in ours_sides},
         "dice_medzoo_vs_monai": dice_between(ours, theirs, NUM_CLASSES),
         "dice_medzoo_vs_truth": dice_between(ours, truth.array[0], NUM_CLASSES),
         "dice_monai_vs_truth": dice_between(theirs, truth.array[0], NUM_CLASSES),
@@ -332,15 +369,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=4, help="windows per forward pass (both libraries)")
     parser.add_argument("--train-steps", type=int, default=200, help="training steps of the benchmark net")
     parser.add_argument("--skip-core", action="store_true", help="only the end-to-end comparison")
-    parser.add_argument("--child", choices=["medzoo", "medzoo_onnxruntime", "medzoo_torch", "medzoo_export", "monai"],
+    parser.add_argument("--child", choices=["medzoo", "medzoo_onnxruntime", "medzoo_torch", "medzoo_fp32",
+                                            "medzoo_export", "monai", "monai_amp"],
                         help=argparse_hidden())
     parser.add_argument("--child-dir", type=Path, help=argparse_hidden())
     parser.add_argument("--child-patch", help=argparse_hidden())
+    parser.add_argument("--child-device", default="cpu", help=argparse_hidden())
     args = parser.parse_args(argv)
     threads = apply_threads(args.threads)
     if args.child:
         patch = tuple(int(p) for p in args.child_patch.split(","))
-        print("CHILD " + json.dumps(_child(args.child, args.child_dir, patch, args.batch)), flush=True)
+        print("CHILD " + json.dumps(_child(args.child, args.child_dir, patch, args.batch, args.child_device)),
+              flush=True)
         return {}
     reps = reps_for(args, default=3, quick=1)
     features = tuple(int(f) for f in args.features.split(","))

@@ -112,17 +112,20 @@ def build_pair(cfg: dict[str, Any], in_channels: int = 1, num_classes: int = 3) 
 def make_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None = None
               ) -> Callable[[], None]:
     """One training step (forward, cross-entropy, backward, SGD nesterov 0.99) as a zero-argument callable;
-    with ``dtype`` the forward autocasts to it and the loss is taken in fp32 (as ``medzoo train`` does)."""
+    with ``dtype`` the forward autocasts to it and the loss is taken in fp32 (as ``medzoo train`` does), and
+    fp16 scales the loss with a ``GradScaler`` (as ``medzoo train`` and nnU-Net do on CUDA)."""
     net.train()
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
+    scaler = torch.amp.GradScaler(x.device.type, enabled=dtype == torch.float16)
 
     def step() -> None:
         with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             out = net(x)
         loss = nn.functional.cross_entropy(out.float(), y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
 
     return step
 

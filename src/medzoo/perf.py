@@ -96,6 +96,18 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+def cuda_amp_dtype(amp: str) -> torch.dtype | None:
+    """Autocast dtype on a CUDA GPU for an ``amp`` mode ("auto", "bf16", "fp16", "none"; None means fp32).
+
+    "auto": bf16 where the GPU supports it (Ampere and later: fp32's range, no loss scaling needed), else fp16.
+    """
+    if amp == "none":
+        return None
+    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
 # oneDNN's bf16 convolution backward (torch 2.13, AVX512-BF16) now and then returns NaN weight gradients when
 # the input is tiny (seen at 2x2x2 and 2x3x2 voxels, never at 27 or more in 150 tries each): such networks train
 # in fp32 on the CPU.

@@ -31,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="auto (default): on the CPU OpenVINO, else ONNX Runtime (the run's network exported once "
                         "and cached in RUN/.medzoo_cache), PyTorch on a GPU; torch | onnxruntime | openvino "
                         "force one")
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default="auto",
+                   help="autocast precision of a PyTorch network: auto (default: bf16, else fp16, on a GPU; fp32 "
+                        "on the CPU), bf16, fp16 (GPU), none (fp32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -42,7 +45,7 @@ def run(ns: argparse.Namespace) -> int:
         ns.model, ns.input, ns.output, checkpoint=ns.checkpoint, device=ns.device, tta=ns.tta,
         overlap=ns.overlap, batch_size=ns.batch_size, save_probabilities=ns.save_probabilities,
         keep_largest=ns.keep_largest, fill_holes=ns.fill_holes, min_size=ns.min_size, backend=ns.backend,
-        progress=not ns.no_progress, layout=ns.layout, layout_options=dict(ns.layout_option),
+        progress=not ns.no_progress, layout=ns.layout, layout_options=dict(ns.layout_option), amp=ns.amp,
     )  # fmt: skip
     print(f"wrote {len(report.written)} label map(s) to {ns.output} in {report.seconds:.1f} s")
     for name, reason in report.failed:

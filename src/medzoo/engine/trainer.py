@@ -51,6 +51,7 @@ from medzoo.perf import (
     compile_requested,
     conv_census,
     cpu_has_native_bf16,
+    cuda_amp_dtype,
     maybe_compile,
     release_memory,
     tune_malloc,
@@ -116,9 +117,7 @@ def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
         if config.amp == "bf16" or cpu_has_native_bf16():
             return torch.bfloat16
         return None
-    if config.amp == "fp16" or (config.amp == "auto" and not torch.cuda.is_bf16_supported()):
-        return torch.float16
-    return torch.bfloat16
+    return cuda_amp_dtype(config.amp)
 
 
 def cpu_bf16_guard(dtype: torch.dtype | None, model: nn.Module, plan: Plan, device: torch.device,

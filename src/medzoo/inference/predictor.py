@@ -81,6 +81,8 @@ class Predictor:
         skip_empty: skip windows whose preprocessed input is zero in every channel (their voxels are
             labelled background; labels where the input is non-zero are unchanged). None (default): on
             when the plan crops to the non-zero region (which already declares the air background).
+        amp: autocast precision of a PyTorch network (see :func:`inference_amp_dtype`): "auto" (default:
+            bf16, else fp16, on a GPU; fp32 on the CPU), "bf16", "fp16" or "none" (fp32).
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class Predictor:
         progress: bool = False,
         slices_per_step: int = 32,
         skip_empty: bool | None = None,
+        amp: str = "auto",
     ) -> None:
         from medzoo.transforms.preprocess import Preprocessor
 
@@ -115,6 +118,7 @@ class Predictor:
         self.progress = progress
         self.slices_per_step = max(1, int(slices_per_step))
         self.skip_empty = bool(plan.crop_to_nonzero) if skip_empty is None else bool(skip_empty)
+        self.amp_dtype = inference_amp_dtype(amp, self.device, model)
         self.preprocessor = Preprocessor(plan)
         if plan.spatial_dims not in (2, 3):
             raise ConfigError(f"plan.spatial_dims must be 2 or 3, got {plan.spatial_dims}")
@@ -216,11 +220,13 @@ class Predictor:
     def _sliding(self, x: torch.Tensor, probabilities: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, C, *S) on CPU -> labels (B, *S) uint8 and float16 probabilities (B, K, *S) on CPU."""
         x = x.to(self.device) if self.device.type != "cpu" else x
-        labels, probs = sliding_window_argmax(
-            x, self.model, self.plan.patch_size, overlap=self.overlap, blend=self.blend,
-            batch_size=self.batch_size, mirror_axes=self.mirror_axes, return_probabilities=probabilities,
-            progress=self.progress, device=self.device, skip_empty=self.skip_empty,
-        )  # fmt: skip
+        dtype = self.amp_dtype
+        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            labels, probs = sliding_window_argmax(
+                x, self.model, self.plan.patch_size, overlap=self.overlap, blend=self.blend,
+                batch_size=self.batch_size, mirror_axes=self.mirror_axes, return_probabilities=probabilities,
+                progress=self.progress, device=self.device, skip_empty=self.skip_empty,
+            )  # fmt: skip
         return labels.cpu(), None if probs is None else probs.cpu()
 
     def _run_network(self, x: torch.Tensor, probabilities: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -252,6 +258,35 @@ class Predictor:
         if probs is not None:
             probs = probs.movedim(1, axis + 1)
         return labels, probs
+
+
+def inference_amp_dtype(amp: str, device: torch.device, model: Any) -> torch.dtype | None:
+    """Autocast dtype of the network during prediction (None: fp32).
+
+    A GPU ("auto"): bf16 where supported, else fp16, as ``medzoo train`` does (the blending, softmax and
+    argmax stay fp32). The CPU: fp32 unless "bf16" is asked for, since the default CPU backends run an fp32
+    export checked against PyTorch. A network that is not a PyTorch module (an ONNX Runtime or OpenVINO
+    export) always runs as exported, in fp32.
+
+    Raises:
+        ConfigError: ``amp`` is not one of "auto", "bf16", "fp16", "none".
+    """
+    from medzoo.engine.config import AMP_MODES
+    from medzoo.perf import cuda_amp_dtype
+
+    if amp not in AMP_MODES:
+        raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got '{amp}'")
+    if amp == "none":
+        return None
+    if not isinstance(model, torch.nn.Module):
+        if amp != "auto":
+            log.warning("amp %s applies to the torch backend; the exported network runs in fp32", amp)
+        return None
+    if device.type == "cuda":
+        return cuda_amp_dtype(amp)
+    if amp == "fp16":
+        log.warning("amp fp16 is for CUDA; predicting in fp32 on the CPU (use amp bf16)")
+    return torch.bfloat16 if amp == "bf16" and device.type == "cpu" else None
 
 
 def context_stack(vol: torch.Tensor, indices: range | Sequence[int], context: int) -> torch.Tensor:
@@ -401,6 +436,7 @@ def predict(
     progress: bool = True,
     layout: str | None = None,
     layout_options: dict[str, Any] | None = None,
+    amp: str = "auto",
 ) -> PredictionReport:
     """Predict every scan of a file or folder with a trained run (or an exported model).
 
@@ -423,6 +459,8 @@ def predict(
         layout: read ``input_path`` as a dataset folder in this layout (``"auto"`` detects it) and predict
             its test cases (all cases when it lists none), see :func:`collect_layout_cases`.
         layout_options: options of that layout.
+        amp: autocast precision of a PyTorch network: "auto" (bf16, else fp16, on a GPU; fp32 on the CPU),
+            "bf16", "fp16" or "none" (see :func:`inference_amp_dtype`).
 
     Returns:
         A :class:`PredictionReport`; failures are listed there (and logged), the other cases still run.
@@ -442,7 +480,7 @@ def predict(
     post = PostProcess(keep_largest=keep_largest, fill_holes=fill_holes, min_size=min_size)
     predictor = Predictor(
         model, plan, device=device if device is not None else _device_of(model), mirror_axes=axes,
-        overlap=overlap, batch_size=batch_size, postprocess=post if post.active else None,
+        overlap=overlap, batch_size=batch_size, postprocess=post if post.active else None, amp=amp,
     )  # fmt: skip
     inputs = {p.resolve() for c in cases for p in c.paths}
     for c in cases:
