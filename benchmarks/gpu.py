@@ -5,6 +5,8 @@ fp32 against autocast (fp16 with a ``GradScaler``, as nnU-Net trains on CUDA, an
 --amp auto`` picks on a GPU that supports it), achieved TFLOP/s against the GPU's own convolution peak in the
 same precision, and peak GPU memory.
 
+"fp32" is PyTorch's default on CUDA, where cuDNN convolutions may use TF32 (``torch.backends.cudnn.allow_tf32``).
+
 Timing: each timed call is bracketed by ``torch.cuda.synchronize``; every side runs with
 ``torch.backends.cudnn.benchmark = True`` (as ``medzoo train`` and nnU-Net set it) and the warm-up calls let
 cuDNN pick its algorithms first. Peers are timed interleaved in the same process, as everywhere in
@@ -279,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True
-    reps = reps_for(args, default=10 if device.type == "cuda" else 3, quick=1)
+    reps = reps_for(args, default=8 if device.type == "cuda" else 3, quick=1)
     rows: list[dict[str, Any]] = []
     if "training_step" in wanted:
         rows += training_rows(device, args.quick, reps, args.warmup)

@@ -203,19 +203,19 @@ def test_init_from_and_freeze(phantom, cache, tmp_path):
     assert not all(torch.equal(after[k], source[k]) for k in dec)  # trained further
 
 
-@pytest.mark.slow
-def test_ddp_two_cpu_processes(phantom, tmp_path):
+def _ddp_run(phantom, tmp_path, processes: int, device: str) -> None:
+    """Train 2 epochs of 3 steps with ``processes`` DDP ranks on ``device`` (gloo on the CPU, NCCL on GPUs)."""
     script = tmp_path / "ddp_train.py"
     script.write_text(textwrap.dedent(f'''
         from medzoo.engine.config import TrainConfig
         from medzoo.engine.trainer import train
         train(TrainConfig(data={str(phantom)!r}, out={str(tmp_path / "ddp")!r}, model="unet3d",
                           model_kwargs={{"features": [4, 8]}}, epochs=2, iterations_per_epoch=3, batch_size=2,
-                          patch_size=(16, 16, 16), progress=False, device="cpu", num_workers=0, folds=1))
+                          patch_size=(16, 16, 16), progress=False, device={device!r}, num_workers=0, folds=1))
     '''))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-                           str(script)], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+                           "--standalone", str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "ddp"
     ckpt = load_checkpoint(run / "checkpoint_last.pt")
@@ -225,6 +225,16 @@ def test_ddp_two_cpu_processes(phantom, tmp_path):
     assert len(rows) == 2 and 0.0 <= float(rows[-1]["val_dice_mean"]) <= 1.0
     model, _ = load_model_from_run(run)
     assert not any(k.startswith("module.") for k in model.state_dict())
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(phantom, tmp_path):
+    _ddp_run(phantom, tmp_path, 2, "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_ddp_nccl_one_process_per_gpu(phantom, tmp_path):
+    _ddp_run(phantom, tmp_path, torch.cuda.device_count(), "cuda")
 
 
 def test_validation_time_fraction_spaces_out_slow_validations():
