@@ -422,3 +422,36 @@ def test_amp_training_on_cuda(phantom, cache, tmp_path, amp):
     assert result.steps == 4 and 0.0 <= result.final_metrics["val_dice_mean"] <= 1.0
     weights = load_checkpoint(tmp_path / amp / "checkpoint_last.pt")["model"]
     assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_memory_format_rules():
+    from medzoo.perf import training_memory_format
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert training_memory_format("auto", "unet3d", 3, cpu) == torch.channels_last_3d  # its card asks for it
+    assert training_memory_format("auto", "unet2d", 2, cpu) == torch.channels_last
+    assert training_memory_format("auto", "segresnet", 3, cpu) is None  # group norm: slower channels-last
+    assert training_memory_format("auto", "unet3d", 3, gpu) is None  # not measured on GPUs
+    assert training_memory_format("auto", "not_a_model", 3, cpu) is None
+    assert training_memory_format("channels_last", "segresnet", 3, gpu) == torch.channels_last_3d
+    assert training_memory_format("contiguous", "unet3d", 3, cpu) is None
+    with pytest.raises(ConfigError, match="memory_format"):
+        TrainConfig(data="d", out="o", memory_format="nhwc")
+
+
+def test_channels_last_training_matches_contiguous(phantom, cache, tmp_path, caplog):
+    """The same seed and batches in both layouts give the same weights up to float rounding."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="medzoo.engine.trainer")
+    weights = {}
+    for fmt in ("channels_last", "contiguous"):
+        train(_config(phantom, tmp_path / fmt, cache, epochs=1, iterations_per_epoch=3, amp="none",
+                      memory_format=fmt, log_images=False))
+        weights[fmt] = load_checkpoint(tmp_path / fmt / "checkpoint_last.pt")["model"]
+    assert "memory format: channels_last_3d" in caplog.text and "memory format: contiguous" in caplog.text
+    assert weights["channels_last"].keys() == weights["contiguous"].keys()
+    for key, value in weights["contiguous"].items():
+        torch.testing.assert_close(weights["channels_last"][key], value, atol=2e-4, rtol=1e-3, msg=key)
+    model, _ = load_model_from_run(tmp_path / "channels_last")  # loads into a default-layout network
+    assert all(p.is_contiguous() for p in model.parameters())

@@ -14,6 +14,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("poly", "cosine", "step", "plateau", "constant")
 TASKS = ("segment", "classify")
 AMP_MODES = ("auto", "bf16", "fp16", "none")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 AUGMENTS = ("auto", "standard", "default", "strong", "none")
 DEFAULT_LR = {"sgd": 1e-2, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3}
 
@@ -51,6 +52,11 @@ class TrainConfig:
         amp: autocast precision of training steps and validations: "auto" (CUDA: bf16 if supported, else
             fp16; CPU: bf16 where the CPU has native bf16 instructions, about 1.9x faster steps there, else
             fp32), "bf16", "fp16" (CUDA only) or "none" (fp32). Weights, optimizer and loss stay fp32.
+        memory_format: memory layout of the network's weights and input batches: "channels_last"
+            (``channels_last_3d`` for 3D networks), "contiguous" (PyTorch's default) or "auto": channels-last on
+            the CPU for the networks whose card says it trains faster so (``ModelCard.channels_last``; e.g. the
+            hippocampus U-Net step 1.30x in bf16, 1.18x in fp32), else contiguous. Results are the same up to
+            floating-point rounding.
         val_every: validate every N epochs (and always after the last one).
         val_time_fraction: under a ``time_budget``, skip an intermediate validation that would bring the time
             spent validating above this fraction of the time so far (None or 0: never skip). Keeps slow
@@ -105,6 +111,7 @@ class TrainConfig:
     loss: str = "dice_ce"
     augment: str = "auto"
     amp: str = "auto"
+    memory_format: str = "auto"
     val_every: int = 1
     val_time_fraction: float | None = 0.05
     val_overlap: float = 0.5
@@ -140,6 +147,8 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got '{self.optimizer}'"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got '{self.schedule}'"),
             (self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}, got '{self.amp}'"),
+            (self.memory_format in MEMORY_FORMATS,
+             f"memory_format must be one of {MEMORY_FORMATS}, got '{self.memory_format}'"),
             (self.augment in AUGMENTS, f"augment must be one of {AUGMENTS}, got '{self.augment}'"),
             (self.epochs is None or self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.iterations_per_epoch >= 1, "iterations_per_epoch must be >= 1"),

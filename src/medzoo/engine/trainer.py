@@ -54,6 +54,7 @@ from medzoo.perf import (
     cuda_amp_dtype,
     maybe_compile,
     release_memory,
+    training_memory_format,
     tune_malloc,
 )
 from medzoo.planning.plan import Plan
@@ -374,6 +375,10 @@ def _train_segmentation(
 
     seed_everything(config.seed)  # same initial weights on every rank and every run
     model = build_model(plan).to(device)
+    memory_format = training_memory_format(config.memory_format, plan.model, plan.spatial_dims, device)
+    if memory_format is not None:
+        model = model.to(memory_format=memory_format)
+    log.info("memory format: %s", "contiguous" if memory_format is None else str(memory_format).removeprefix("torch."))
     if not resume:
         apply_transfer(model, config)
     elif config.freeze:
@@ -485,7 +490,8 @@ def _train_segmentation(
                         break
                     t0 = time.monotonic()
                     image, label = next(batches)
-                    step_args = (image.to(device), label.to(device), (loss_fn, deep_loss_fn), optimizer, scaler,
+                    image = image.to(device, memory_format=memory_format or torch.contiguous_format)
+                    step_args = (image, label.to(device), (loss_fn, deep_loss_fn), optimizer, scaler,
                                  dtype, config.grad_clip)
                     compiling, compile_pending = compile_pending, False
                     if compiling:

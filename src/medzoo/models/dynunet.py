@@ -11,8 +11,9 @@ With ``conv_bias=True`` (nnU-Net's default plans) the network computes exactly w
 parameters come in the same order with the same shapes (tested), so weights can be copied one to one.
 
 Speed notes (measured on CPU, see ``benchmarks/``): the conv bias in front of an instance norm is cancelled by
-the norm, so ``conv_bias=False`` gives the same function with less work; activations run in place; the encoder
-keeps no extra copies of the skips.
+the norm, so ``conv_bias=False`` gives the same function with less work; norm and activation run fused and in
+place in either memory layout (:func:`medzoo.models.layers.norm.instance_norm_act`); the encoder keeps no extra
+copies of the skips.
 
 Example:
     >>> import medzoo
@@ -29,16 +30,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medzoo.errors import InputSizeError, ModelError
 from medzoo.models.layers.factories import Conv, ConvTranspose
+from medzoo.models.layers.norm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, instance_norm_act
 from medzoo.models.registry import ModelCard, register_model
 
 __all__ = ["DynUNet", "DynUNetConfig", "dynunet_config_for", "instance_norm_act"]
 
-_NORMS = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
+_NORMS = {1: InstanceNorm1d, 2: InstanceNorm2d, 3: InstanceNorm3d}
 
 
 def _per_axis(value: int | Sequence[int], spatial_dims: int, what: str) -> tuple[int, ...]:
@@ -79,38 +80,6 @@ class ConvNormAct(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return instance_norm_act(self.conv(x), self.norm.weight, self.norm.bias, self.norm.eps,
                                  self.negative_slope)
-
-
-def instance_norm_act(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5,
-    negative_slope: float | None = 0.01,
-) -> torch.Tensor:
-    """Instance norm (affine) followed by an in-place leaky ReLU, without autograd copies.
-
-    Same values as ``LeakyReLU(inplace=True)(InstanceNorm(affine=True)(x))``, but faster in training: the
-    norm runs as one batch norm over the ``(1, B*C, *S)`` view, and the activation is applied in place to
-    that result *before* it is reshaped. ``nn.InstanceNorm`` returns a view, and an in-place activation on a
-    view makes autograd record a ``CopySlices`` node that copies the whole feature map in the backward pass;
-    here there is no view yet, so no copy (measured on a loaded 2-core CPU: norm + activation
-    forward+backward 1.4-1.9x faster; the whole training step gains 0-6% on an idle machine, where memory
-    bandwidth is not contended).
-
-    Shapes: (B, C, *S) -> (B, C, *S). ``negative_slope=None`` skips the activation. Under ONNX export the
-    plain ``instance_norm`` + ``leaky_relu`` ops are traced instead (the batch-norm view needs a fixed batch
-    size there).
-    """
-    if torch.onnx.is_in_onnx_export():
-        y = F.instance_norm(x, weight=weight, bias=bias, eps=eps)
-        return y if negative_slope is None else F.leaky_relu(y, negative_slope)
-    b, c = x.shape[:2]
-    if b == 1:
-        w, bb = weight, bias
-    else:
-        w, bb = weight.repeat(b), bias.repeat(b)
-    y = F.batch_norm(x.reshape(1, b * c, *x.shape[2:]), None, None, w, bb, True, 0.0, eps)
-    if negative_slope is not None:
-        F.leaky_relu_(y, negative_slope)
-    return y.view(x.shape)
 
 
 class ResidualBlock(nn.Module):
@@ -390,6 +359,7 @@ def dynunet_config_for(
     min_size=16,
     typical_patch=(128, 128, 128),
     tiny_kwargs={"features": (4, 8, 16)},
+    channels_last=True,  # CPU training step 1.49-1.62x (bf16) / 1.06-1.14x (fp32), hippocampus and 64^3 plans
 ))
 def dynunet(*, in_channels: int, num_classes: int, spatial_dims: int = 3, **kwargs) -> DynUNet:
     """nnU-Net's dynamic U-Net; see :class:`DynUNet` for the arguments."""

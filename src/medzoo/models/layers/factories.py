@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from medzoo.errors import ModelError
+from medzoo.models.layers.norm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 
 Conv: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 ConvTranspose: dict[int, type[nn.Module]] = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
@@ -22,7 +23,7 @@ AdaptiveAvgPool: dict[int, type[nn.Module]] = {
 }
 Dropout: dict[int, type[nn.Module]] = {1: nn.Dropout, 2: nn.Dropout2d, 3: nn.Dropout3d}
 _BatchNorm = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-_InstanceNorm = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
+_InstanceNorm = {1: InstanceNorm1d, 2: InstanceNorm2d, 3: InstanceNorm3d}  # fast in both memory layouts
 
 
 def _check_dims(spatial_dims: int) -> None:

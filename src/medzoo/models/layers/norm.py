@@ -1,0 +1,143 @@
+"""Instance normalisation that is fast on the CPU in both memory layouts, with an optional fused leaky ReLU.
+
+PyTorch's ``instance_norm`` runs one batch norm over the ``(1, B*C, *S)`` view of its input and returns a
+view of that. Two things make that slow in training on the CPU:
+
+* an in-place activation on that view makes autograd record a ``CopySlices`` node, which copies the whole
+  feature map again in the backward pass;
+* a ``channels_last_3d`` input cannot be viewed as ``(1, B*C, *S)``, so it is copied to the default layout
+  and back (measured: 0.33-0.5x the speed of the default layout). ``channels_last_3d`` is what makes oneDNN's
+  convolutions fast on CPUs with AMX (bf16 convolutions 1.6-2.1x, fp32 1.2-2x, ``python -m benchmarks.layouts``),
+  so the norm between them must not undo it.
+
+:func:`instance_norm_act` avoids both: a batch of one is a batch norm as it is (any layout); a larger batch
+runs one batch norm per sample, each writing its slice of one output tensor (so the output keeps the input's
+layout and is no view); the leaky ReLU is applied in place to that output. On CUDA tensors it runs the plain
+``(1, B*C, *S)`` batch norm.
+
+Example:
+    >>> y = instance_norm_act(x, norm.weight, norm.bias, 1e-5, 0.01)   # == leaky_relu(instance_norm(x))
+    >>> norm = InstanceNorm3d(32, affine=True)                          # drop-in for nn.InstanceNorm3d
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+__all__ = ["InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "instance_norm_act", "memory_format_of"]
+
+
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """``channels_last_3d`` / ``channels_last`` when ``x`` is laid out so (and not also plainly contiguous),
+    else ``contiguous_format``."""
+    if x.is_contiguous():
+        return torch.contiguous_format
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+class _PerSampleInstanceNorm(torch.autograd.Function):
+    """Instance norm of a (B, C, *S) CPU tensor as B batch norms of (1, C, *S), in place into one output
+    that keeps the input's memory layout; optionally a leaky ReLU (slope >= 0) in place on the result."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps: float, slope: float | None):  # noqa: D102 - see the class
+        x = x.contiguous(memory_format=memory_format_of(x))
+        out = torch.empty_like(x)
+        channels = x.shape[1]
+        means = torch.empty((x.shape[0], channels), dtype=torch.float32)
+        invstds = torch.empty_like(means)
+        for i in range(x.shape[0]):
+            torch.ops.aten.native_batch_norm.out(
+                x[i:i + 1], weight, bias, None, None, True, 0.0, eps,
+                out=out[i:i + 1], save_mean=means[i], save_invstd=invstds[i],
+            )  # fmt: skip
+        if slope is not None:
+            F.leaky_relu_(out, slope)
+        # the output is needed only to undo the fused activation; unsaved, a later in-place op may change it
+        ctx.save_for_backward(x, weight, out if slope is not None else None, means, invstds)
+        ctx.eps, ctx.slope = eps, slope
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # noqa: D102 - see the class
+        x, weight, out, means, invstds = ctx.saved_tensors
+        if ctx.slope is not None:
+            grad = torch.ops.aten.leaky_relu_backward(grad, out, ctx.slope, True)
+        grad = grad.contiguous(memory_format=memory_format_of(x))
+        want_x, want_w, want_b = ctx.needs_input_grad[:3]
+        dx = torch.empty_like(x) if want_x else None
+        dw = torch.zeros_like(weight) if want_w and weight is not None else None
+        db = torch.zeros_like(weight) if want_b and weight is not None else None
+        mask = [want_x, dw is not None, db is not None]
+        for i in range(x.shape[0]):
+            gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
+                grad[i:i + 1], x[i:i + 1], weight, None, None, means[i], invstds[i], True, ctx.eps, mask,
+            )  # fmt: skip
+            if dx is not None:
+                dx[i:i + 1].copy_(gx)
+            if dw is not None:
+                dw += gw
+            if db is not None:
+                db += gb
+        return dx, dw, db, None, None
+
+
+def instance_norm_act(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float = 1e-5,
+    negative_slope: float | None = 0.01,
+) -> torch.Tensor:
+    """Instance norm (affine when ``weight``/``bias`` are given), then an in-place leaky ReLU.
+
+    Same values as ``LeakyReLU(negative_slope, inplace=True)(InstanceNorm(affine=True)(x))``; see the module
+    docstring for why it is faster. The result is never a view and keeps ``x``'s memory layout on the CPU.
+    Under ONNX export the plain ``instance_norm`` + ``leaky_relu`` ops are traced instead.
+
+    Shapes: (B, C, *S) -> (B, C, *S). ``negative_slope=None`` skips the activation.
+    """
+    if torch.onnx.is_in_onnx_export():
+        y = F.instance_norm(x, weight=weight, bias=bias, eps=eps)
+        return y if negative_slope is None else F.leaky_relu(y, negative_slope)
+    b, c = x.shape[:2]
+    fused = negative_slope is None or negative_slope >= 0  # in place needs a slope that keeps the sign
+    if b > 1 and x.device.type == "cpu":
+        y = _PerSampleInstanceNorm.apply(x, weight, bias, eps, negative_slope if fused else None)
+        return y if fused else F.leaky_relu(y, negative_slope)
+    if b == 1:  # a batch norm of one sample is its instance norm, in any layout
+        y = F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
+    else:
+        w = None if weight is None else weight.repeat(b)
+        bb = None if bias is None else bias.repeat(b)
+        y = F.batch_norm(x.reshape(1, b * c, *x.shape[2:]), None, None, w, bb, True, 0.0, eps)
+    if negative_slope is not None:
+        y = F.leaky_relu_(y, negative_slope) if fused else F.leaky_relu(y, negative_slope)
+    return y if b == 1 else y.view(x.shape)
+
+
+class _FastInstanceNorm:
+    """Forward of :class:`InstanceNorm3d` and its 1D/2D siblings (a mixin over ``nn.InstanceNormNd``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.track_running_stats or x.dim() != self._get_no_batch_dim() + 1:
+            return super().forward(x)  # running statistics, or an unbatched input: PyTorch's own path
+        self._check_input_dim(x)
+        return instance_norm_act(x, self.weight, self.bias, self.eps, None)
+
+
+class InstanceNorm1d(_FastInstanceNorm, nn.InstanceNorm1d):
+    """``nn.InstanceNorm1d`` computed by :func:`instance_norm_act` (same parameters and state dict)."""
+
+
+class InstanceNorm2d(_FastInstanceNorm, nn.InstanceNorm2d):
+    """``nn.InstanceNorm2d`` computed by :func:`instance_norm_act` (same parameters and state dict)."""
+
+
+class InstanceNorm3d(_FastInstanceNorm, nn.InstanceNorm3d):
+    """``nn.InstanceNorm3d`` computed by :func:`instance_norm_act` (same parameters and state dict)."""

@@ -1,0 +1,76 @@
+"""medzoo.models.layers.norm: the instance norm (+ fused leaky ReLU) that keeps the memory layout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from medzoo.models.layers.norm import InstanceNorm2d, InstanceNorm3d, instance_norm_act, memory_format_of
+
+CL3, CL2 = torch.channels_last_3d, torch.channels_last
+
+
+def _reference(x, weight, bias, slope):
+    y = nn.functional.instance_norm(x, weight=weight, bias=bias, eps=1e-5)
+    return y if slope is None else nn.functional.leaky_relu(y, slope)
+
+
+@pytest.mark.parametrize("shape, layout", [((1, 5, 6, 7, 4), CL3), ((3, 5, 6, 7, 4), CL3),
+                                           ((3, 5, 6, 7, 4), torch.contiguous_format), ((2, 4, 9, 7), CL2)])
+@pytest.mark.parametrize("slope, affine", [(0.01, True), (None, True), (-0.2, True), (0.01, False)])
+def test_matches_instance_norm_forward_and_backward_in_each_layout(shape, layout, slope, affine):
+    gen = torch.Generator().manual_seed(0)
+    c = shape[1]
+    w0, b0 = (torch.rand(c, generator=gen) + 0.5, torch.randn(c, generator=gen)) if affine else (None, None)
+    x0 = (torch.randn(*shape, generator=gen) * 3 + 1).contiguous(memory_format=layout)
+    g = torch.randn(*shape, generator=gen)
+
+    def run(fn):
+        x = x0.clone().requires_grad_(True)
+        w = None if w0 is None else w0.clone().requires_grad_(True)
+        b = None if b0 is None else b0.clone().requires_grad_(True)
+        y = fn(x * 1.0, w, b, slope)
+        (y * g).sum().backward()
+        return y, [t.grad for t in (x, w, b) if t is not None]
+
+    y, grads = run(lambda x, w, b, s: instance_norm_act(x, w, b, 1e-5, s))
+    y_ref, grads_ref = run(_reference)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    for got, want in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert memory_format_of(y) == memory_format_of(x0)  # the layout survives the norm
+    assert y._base is None  # not a view: an in-place activation after it records no CopySlices
+
+
+def test_bf16_input_keeps_dtype_and_layout():
+    x = torch.randn(2, 8, 5, 6, 7).to(torch.bfloat16).contiguous(memory_format=CL3).requires_grad_(True)
+    w, b = torch.ones(8, requires_grad=True), torch.zeros(8, requires_grad=True)
+    y = instance_norm_act(x, w, b, 1e-5, 0.01)
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=CL3)
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.float32 and torch.isfinite(w.grad).all()
+    ref = _reference(x.detach().float(), w.detach(), b.detach(), 0.01)
+    torch.testing.assert_close(y.detach().float(), ref, atol=0.05, rtol=0.02)  # bf16 rounding only
+
+
+def test_modules_are_drop_in_replacements():
+    ours, theirs = InstanceNorm3d(6, affine=True), nn.InstanceNorm3d(6, affine=True)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    with torch.no_grad():
+        theirs.weight.uniform_(0.5, 1.5)
+        theirs.bias.normal_()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 6, 5, 4, 3)
+    torch.testing.assert_close(ours(x), theirs(x))
+    torch.testing.assert_close(ours(x[0]), theirs(x[0]))  # an unbatched input takes PyTorch's path
+    tracked = InstanceNorm2d(3, affine=True, track_running_stats=True)
+    tracked(torch.randn(2, 3, 8, 8) + 2.0)
+    assert (tracked.running_mean > 0.1).all()  # running statistics: PyTorch's own path updates them
+    act = nn.LeakyReLU(0.01, inplace=True)
+    y = act(ours(x.requires_grad_(True)))
+    assert type(y.grad_fn).__name__ != "CopySlices"
+    y.sum().backward()  # the in-place activation after the norm leaves what its backward needs intact
+    assert torch.isfinite(x.grad).all()
+    cl = ours(x.detach().contiguous(memory_format=CL3))
+    assert cl.is_contiguous(memory_format=CL3) and not cl.is_contiguous()  # batched inputs take the fast path
