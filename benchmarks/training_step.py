@@ -16,12 +16,15 @@ bf16 conv peak too.
 
 Two comparisons:
     *same process*: both networks (and the conv peak) interleaved in one process, with glibc's default
-    malloc: the kernels and the Python around them, nothing else.
+    malloc: the kernels and the Python around them, nothing else; ``medzoo_cl*`` is medzoo's network in the
+    channels-last layout it trains in on the CPU, ``dna_cl_bf16`` the peer's converted the same way.
     *as shipped* (on unless ``--no-processes``): each side in its own fresh process, interleaved process by
     process, the way each library runs: medzoo with :func:`medzoo.perf.tune_malloc` (what ``medzoo train``
-    calls) and bf16 autocast where the CPU has native bf16 (``amp="auto"``; also timed in fp32),
+    calls), in its training layout (:func:`as_trained`) and with bf16 autocast where the CPU has native bf16
+    (``amp="auto"``; also timed in fp32),
     dynamic-network-architectures in fp32 with glibc's defaults (what nnU-Net runs with: its trainer
-    autocasts only on CUDA), and for fairness dynamic-network-architectures with the same malloc setting. The conv peak is measured in a tuned process
+    autocasts only on CUDA), and for fairness dynamic-network-architectures with the same malloc setting (in
+    fp32 and in bf16: the equal-precision ratios). The conv peak is measured in a tuned process
     too: with glibc's defaults a 64^3 activation (32 MiB) is unmapped when freed and faulted in again page by
     page on the next call, which costs a quarter of a 64^3 step and would understate the peak.
 
@@ -130,6 +133,23 @@ def make_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dty
     return step
 
 
+def as_trained(net: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+    """``net`` and ``x`` in the memory layout ``medzoo train`` uses for dynunet on this device
+    (:func:`medzoo.perf.training_memory_format`: channels-last on the CPU)."""
+    from medzoo.perf import training_memory_format
+
+    fmt = training_memory_format("auto", "dynunet", x.dim() - 2, x.device)
+    if fmt is None:
+        return net, x
+    return net.to(memory_format=fmt), x.contiguous(memory_format=fmt)
+
+
+def to_channels_last(net: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+    """``net`` and ``x`` converted to channels-last (3D: ``channels_last_3d``)."""
+    fmt = torch.channels_last_3d if x.dim() == 5 else torch.channels_last
+    return net.to(memory_format=fmt), x.contiguous(memory_format=fmt)
+
+
 def conv_peak_workload(quick: bool, dtype: torch.dtype = torch.float32) -> tuple[Callable[[], Any], float]:
     """The reference conv (32->32, 3x3x3 on 64^3; 8 channels on 16^3 with --quick) in ``dtype``, and its FLOPs."""
     ch, size = (8, 16) if quick else (32, 64)
@@ -148,7 +168,7 @@ def conv_peak_workload(quick: bool, dtype: torch.dtype = torch.float32) -> tuple
 # (amp "auto"); nnU-Net's trainer autocasts only on CUDA, so on a CPU it trains in fp32.
 SHIPPED_SIDES = {"medzoo": ("medzoo", True, "auto"), "medzoo_fp32": ("medzoo", True, "fp32"),
                  "dna": ("dna", False, "fp32"), "dna_tuned_malloc": ("dna", True, "fp32"),
-                 "conv_peak": ("conv_peak", True, "fp32")}
+                 "dna_bf16_tuned_malloc": ("dna", True, "bf16"), "conv_peak": ("conv_peak", True, "fp32")}
 
 
 def _amp(precision: str) -> torch.dtype | None:
@@ -181,6 +201,8 @@ def _child(what: str, index: int, steps: int, quick: bool, tune: bool, warmup: i
             raise SystemExit("dynamic-network-architectures is not installed")
         net = ours if what == "medzoo" else peer
         del ours, peer  # only this side's network stays in memory (its peak RSS is reported)
+        if what == "medzoo":  # in the layout medzoo trains it in
+            net, x = as_trained(net, x)
         fn = make_step(net, x, y, _amp(precision))
     for _ in range(max(1, warmup)):
         fn()
@@ -242,14 +264,17 @@ def main(argv: list[str] | None = None) -> dict:
         ours, peer = build_pair(cfg)
         flops = count_flops(make_step(ours, x, y))
         peak_fn, peak_flops = conv_peak_workload(args.quick)
-        work = {"medzoo": make_step(ours, x, y), "conv_peak": peak_fn}
+        work = {"medzoo": make_step(ours, x, y), "conv_peak": peak_fn,
+                "medzoo_cl": make_step(*to_channels_last(copy.deepcopy(ours), x), y)}
         if peer is not None:
             work["dna"] = make_step(peer, x, y)
         if args.bf16:
             work["medzoo_bf16"] = make_step(copy.deepcopy(ours), x, y, torch.bfloat16)
+            work["medzoo_cl_bf16"] = make_step(*to_channels_last(copy.deepcopy(ours), x), y, torch.bfloat16)
             work["conv_peak_bf16"] = conv_peak_workload(args.quick, torch.bfloat16)[0]
             if peer is not None:
                 work["dna_bf16"] = make_step(copy.deepcopy(peer), x, y, torch.bfloat16)
+                work["dna_cl_bf16"] = make_step(*to_channels_last(copy.deepcopy(peer), x), y, torch.bfloat16)
         compile_s = float("nan")
         if args.compile:
             compiled = torch.compile(ours, dynamic=False)
@@ -271,6 +296,9 @@ def main(argv: list[str] | None = None) -> dict:
             "dna_gflops": flops / med["dna"] / 1e9 if "dna" in med else float("nan"),
             "conv_peak_gflops": peak,
             "medzoo_pct_peak": 100.0 * flops / med["medzoo"] / 1e9 / peak,
+            "medzoo_cl_s": med["medzoo_cl"],
+            "cl_speedup_vs_dna": ratio(med.get("dna", float("nan")), med["medzoo_cl"]),
+            "medzoo_cl_pct_peak": 100.0 * flops / med["medzoo_cl"] / 1e9 / peak,
         }
         if args.bf16:
             bf16_peak = peak_flops / med["conv_peak_bf16"] / 1e9
@@ -278,6 +306,11 @@ def main(argv: list[str] | None = None) -> dict:
                 "medzoo_bf16_s": med["medzoo_bf16"],
                 "dna_bf16_s": med.get("dna_bf16", float("nan")),
                 "bf16_speedup_vs_dna_bf16": ratio(med.get("dna_bf16", float("nan")), med["medzoo_bf16"]),
+                "medzoo_cl_bf16_s": med["medzoo_cl_bf16"],
+                "dna_cl_bf16_s": med.get("dna_cl_bf16", float("nan")),
+                "cl_bf16_speedup_vs_dna_bf16": ratio(med.get("dna_bf16", float("nan")), med["medzoo_cl_bf16"]),
+                "cl_bf16_speedup_vs_dna_cl_bf16": ratio(med.get("dna_cl_bf16", float("nan")), med["medzoo_cl_bf16"]),
+                "medzoo_cl_bf16_pct_bf16_peak": 100.0 * flops / med["medzoo_cl_bf16"] / 1e9 / bf16_peak,
                 "bf16_speedup_vs_dna_fp32": ratio(med.get("dna", float("nan")), med["medzoo_bf16"]),
                 "bf16_speedup_vs_fp32": ratio(med["medzoo"], med["medzoo_bf16"]),
                 "conv_peak_bf16_gflops": bf16_peak,
@@ -305,6 +338,11 @@ def main(argv: list[str] | None = None) -> dict:
                 "shipped_speedup_vs_dna": ratio(pmed.get("dna", float("nan")), pmed["medzoo"]),
                 "shipped_speedup_vs_dna_tuned_malloc": ratio(pmed.get("dna_tuned_malloc", float("nan")),
                                                              pmed["medzoo"]),
+                # equal precision, both with medzoo's malloc setting: what is left is layout, norm and kernels
+                "shipped_fp32_speedup_vs_dna_tuned_malloc": ratio(pmed.get("dna_tuned_malloc", float("nan")),
+                                                                  pmed["medzoo_fp32"]),
+                "shipped_speedup_vs_dna_bf16_tuned_malloc": ratio(pmed.get("dna_bf16_tuned_malloc", float("nan")),
+                                                                  pmed["medzoo"]),
                 "shipped_conv_peak_gflops": shipped_peak,
                 "shipped_medzoo_pct_peak": 100.0 * flops / pmed["medzoo"] / 1e9 / shipped_peak,
                 "shipped_medzoo_peak_rss_mb": proc_rss["medzoo"],
@@ -323,14 +361,17 @@ def main(argv: list[str] | None = None) -> dict:
                        "(fp32, glibc's defaults; dna_tuned_malloc with medzoo's malloc setting); *_pct_peak "
                        "against the fp32 conv peak"}
     cols = ["workload", "medzoo_s", "dna_s", "speedup_vs_dna", "medzoo_gflops", "dna_gflops", "conv_peak_gflops",
-            "medzoo_pct_peak"] + (["compiled_s", "compile_time_s", "compiled_speedup_vs_eager"] if args.compile else [])
+            "medzoo_pct_peak", "medzoo_cl_s", "cl_speedup_vs_dna", "medzoo_cl_pct_peak"] + (["compiled_s", "compile_time_s", "compiled_speedup_vs_eager"] if args.compile else [])
     if args.bf16:
-        cols += ["medzoo_bf16_s", "dna_bf16_s", "bf16_speedup_vs_dna_bf16", "bf16_speedup_vs_dna_fp32",
+        cols += ["medzoo_bf16_s", "dna_bf16_s", "bf16_speedup_vs_dna_bf16", "medzoo_cl_bf16_s", "dna_cl_bf16_s",
+                 "cl_bf16_speedup_vs_dna_bf16", "cl_bf16_speedup_vs_dna_cl_bf16", "medzoo_cl_bf16_pct_bf16_peak",
+                 "bf16_speedup_vs_dna_fp32",
                  "bf16_speedup_vs_fp32", "conv_peak_bf16_gflops", "medzoo_bf16_pct_fp32_peak",
                  "medzoo_bf16_pct_bf16_peak"]
     if args.processes:
         cols += ["shipped_medzoo_precision", "shipped_medzoo_s", "shipped_medzoo_fp32_s", "shipped_dna_s",
                  "shipped_speedup_vs_dna", "shipped_fp32_speedup_vs_dna", "shipped_speedup_vs_dna_tuned_malloc",
+                 "shipped_fp32_speedup_vs_dna_tuned_malloc", "shipped_speedup_vs_dna_bf16_tuned_malloc",
                  "shipped_conv_peak_gflops", "shipped_medzoo_pct_peak", "shipped_medzoo_peak_rss_mb",
                  "shipped_medzoo_fp32_peak_rss_mb", "shipped_dna_peak_rss_mb"]
     print(f"== {NAME}: one training step (fwd + bwd + SGD), medians of {reps}, {threads} threads")
