@@ -1,15 +1,18 @@
 """Memory layout: ``channels_last_3d`` against PyTorch's default (contiguous NCDHW), op by op and for a whole step.
 
-medzoo trains in the default layout. This benchmark keeps that choice honest: it times, interleaved in one
-process, each piece of a U-Net training step in both layouts and in each precision the trainer can pick
+On the CPU ``medzoo train`` trains the networks whose card says so in channels-last
+(:func:`medzoo.perf.training_memory_format`). This benchmark keeps that choice honest: it times, interleaved in
+one process, each piece of a U-Net training step in both layouts and in each precision the trainer can pick
 (fp32; bf16 autocast where the CPU has native bf16, or with ``--bf16``):
 
 * ``conv``: forward + backward of single 3x3x3 convolutions as they occur in nnU-Net's 64^3 network
   (32->32 and 64->32 at 64^3, the stride-2 32->64 downsampling, 64->64 at 32^3);
-* ``norm``: instance norm + leaky ReLU, forward + backward, on a 1x32x64^3 map, with PyTorch's
-  ``instance_norm`` in both layouts and the two channels-last alternatives (``batch_norm`` in training mode,
-  the same maths for a batch of 1, and ``group_norm`` with one channel per group);
-* ``step``: the whole training step of nnU-Net's 5-stage network at 1x1x64^3 (module and input converted).
+* ``norm``: instance norm + leaky ReLU, forward + backward, on a 1x32x64^3 and a 2x32x40x56x40 map, with
+  PyTorch's ``instance_norm`` in both layouts, medzoo's layout-keeping ``instance_norm_act`` in channels-last,
+  and (batch of 1) the two channels-last alternatives (``batch_norm`` in training mode, the same maths for a
+  batch of 1, and ``group_norm`` with one channel per group);
+* ``step``: the whole training step of nnU-Net's 5-stage network at 1x1x64^3 (module and input converted;
+  medzoo's dynunet norm keeps the layout, so this is how ``medzoo train`` runs it on the CPU).
 
 Each row gives the median seconds and ``speedup`` = default-layout seconds / this row's seconds (> 1: faster
 than the default layout). Run: ``python -m benchmarks.layouts [--quick] [--reps N] [--threads N] [--[no-]bf16]
@@ -64,26 +67,35 @@ def conv_case(cin: int, cout: int, size: int, stride: int, layout: str, dtype: t
     return run
 
 
-def norm_case(channels: int, size: int, variant: str, dtype: torch.dtype) -> Callable[[], None]:
-    """Instance norm (affine) + leaky ReLU, forward + backward, as ``variant``: ``instance_norm`` in the default
-    layout or channels-last, or channels-last ``batch_norm`` / ``group_norm`` (equal maths for a batch of 1)."""
+NORM_VARIANTS = ("instance_norm", "instance_norm CL", "medzoo CL", "batch_norm CL", "group_norm CL")
+
+
+def norm_case(shape: tuple[int, ...], variant: str, dtype: torch.dtype) -> Callable[[], None]:
+    """Instance norm (affine) + leaky ReLU, forward + backward, on a (B, C, *S) map, as ``variant``:
+    ``instance_norm`` in the default layout or channels-last, medzoo's
+    :func:`~medzoo.models.layers.norm.instance_norm_act` in channels-last, or channels-last ``batch_norm`` /
+    ``group_norm`` (the same maths for a batch of 1 only)."""
+    from medzoo.models.layers.norm import instance_norm_act
+
     gen = torch.Generator().manual_seed(0)
+    channels = shape[1]
     weight = torch.ones(channels, requires_grad=True)
     bias = torch.zeros(channels, requires_grad=True)
     layout = "default" if variant == "instance_norm" else "channels_last"
-    x = _to_layout(torch.randn(1, channels, size, size, size, generator=gen, dtype=dtype), layout)
+    x = _to_layout(torch.randn(*shape, generator=gen, dtype=dtype), layout)
     x.requires_grad_()
     grad = torch.randn_like(x)
     norms: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-        "instance_norm": lambda t: F.instance_norm(t, weight=weight, bias=bias, eps=1e-5),
-        "instance_norm CL": lambda t: F.instance_norm(t, weight=weight, bias=bias, eps=1e-5),
-        "batch_norm CL": lambda t: F.batch_norm(t, None, None, weight, bias, True, 0.0, 1e-5),
-        "group_norm CL": lambda t: F.group_norm(t, channels, weight, bias, 1e-5),
+        "instance_norm": lambda t: F.leaky_relu(F.instance_norm(t, weight=weight, bias=bias, eps=1e-5), 0.01),
+        "instance_norm CL": lambda t: F.leaky_relu(F.instance_norm(t, weight=weight, bias=bias, eps=1e-5), 0.01),
+        "medzoo CL": lambda t: instance_norm_act(t, weight, bias, 1e-5, 0.01),
+        "batch_norm CL": lambda t: F.leaky_relu(F.batch_norm(t, None, None, weight, bias, True, 0.0, 1e-5), 0.01),
+        "group_norm CL": lambda t: F.leaky_relu(F.group_norm(t, channels, weight, bias, 1e-5), 0.01),
     }
     norm = norms[variant]
 
-    def run() -> None:
-        F.leaky_relu(norm(x), 0.01).backward(grad)
+    def run() -> None:  # every variant starts from a fresh copy, as a conv output (medzoo's runs in place)
+        norm(x * 1.0).backward(grad)
 
     return run
 
@@ -111,9 +123,10 @@ def cases(quick: bool, dtype: torch.dtype, with_step: bool) -> list[tuple[str, s
         name = f"conv {cin}->{cout} {size}^3" + (f" stride {stride}" if stride > 1 else "")
         for layout in ("default", "channels_last"):
             out.append((name, layout, conv_case(cin, cout, size, stride, layout, dtype)))
-    channels, size = (8, 16) if quick else (32, 64)
-    for variant in ("instance_norm", "instance_norm CL", "batch_norm CL", "group_norm CL"):
-        out.append((f"norm+lrelu {channels}x{size}^3", variant, norm_case(channels, size, variant, dtype)))
+    maps = [(1, 8, 16, 16, 16), (2, 8, 12, 14, 10)] if quick else [(1, 32, 64, 64, 64), (2, 32, 40, 56, 40)]
+    for shape in maps:
+        for variant in NORM_VARIANTS if shape[0] == 1 else ("instance_norm", "instance_norm CL", "medzoo CL"):
+            out.append((f"norm+lrelu {'x'.join(map(str, shape))}", variant, norm_case(shape, variant, dtype)))
     if with_step:
         autocast = None if dtype == torch.float32 else dtype
         for layout in ("default", "channels_last"):

@@ -5,7 +5,7 @@ Each budget is one fresh run with the trainer's defaults (the planner picks the 
 data (``$MEDZOO_HIPPOCAMPUS_DIR`` or ``../shared/data/Task04_Hippocampus``) or the trainer is missing.
 Long: only run with ``python -m benchmarks --only time_to_dice`` or ``--full``.
 
-Run: ``python -m benchmarks.time_to_dice [--budgets 5m,10m] [--quick]`` (``--quick``: 20 s, to check the wiring).
+Run: ``python -m benchmarks.time_to_dice [--budgets 5m,10m] [--memory-format contiguous] [--quick]`` (``--quick``: 20 s, to check the wiring).
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = make_parser(NAME, __doc__.splitlines()[0])
     parser.add_argument("--budgets", default="5m,10m", help="comma-separated time budgets")
     parser.add_argument("--runs-dir", type=Path, default=None, help="where run folders go (default: a temp dir)")
+    parser.add_argument("--memory-format", default="auto", choices=["auto", "channels_last", "contiguous"],
+                        help="the trainer's memory_format (A/B against the default)")
     args = parser.parse_args(argv)
     threads = apply_threads(args.threads)
     data = hippocampus_dir()
@@ -65,15 +67,16 @@ def main(argv: list[str] | None = None) -> dict:
         out = runs_dir / f"hippocampus_{budget}"
         start = time.perf_counter()
         try:
-            res = train(TrainConfig(data=str(data), out=str(out), time_budget=budget, progress=False))
+            res = train(TrainConfig(data=str(data), out=str(out), time_budget=budget, progress=False,
+                                    memory_format=args.memory_format))
         except Exception as err:  # noqa: BLE001 - report, do not crash the suite
             rows.append({"budget": budget, "skipped": f"{type(err).__name__}: {err}"[:300]})
             continue
-        row = {"budget": budget, "wall_s": time.perf_counter() - start, "epochs": res.epochs, "steps": res.steps,
+        row = {"budget": budget, "memory_format": args.memory_format, "wall_s": time.perf_counter() - start, "epochs": res.epochs, "steps": res.steps,
                "best_metric": res.best_metric, "best_epoch": res.best_epoch, "run_dir": str(res.run_dir)}
         row.update({f"final_{k}": v for k, v in res.final_metrics.items() if isinstance(v, (int, float))})
         rows.append(row)
-    cols = ["budget", "wall_s", "epochs", "steps", "best_metric"] + sorted(
+    cols = ["budget", "memory_format", "wall_s", "epochs", "steps", "best_metric"] + sorted(
         {k for r in rows for k in r if k.startswith("final_")}) + ["skipped"]
     print(f"== {NAME}: validation Dice after a time budget, {threads} threads, data {data}")
     print(format_table(rows, cols))

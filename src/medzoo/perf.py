@@ -260,6 +260,7 @@ def training_memory_format(setting: str, model_name: str, spatial_dims: int, dev
         spatial_dims: 2 (``torch.channels_last``) or 3 (``torch.channels_last_3d``); other dims: None.
         device: where it trains.
     """
+    from medzoo.errors import ModelError
     from medzoo.models.registry import get_card
 
     if setting == "contiguous" or spatial_dims not in (2, 3):
@@ -267,7 +268,7 @@ def training_memory_format(setting: str, model_name: str, spatial_dims: int, dev
     if setting == "auto":
         try:
             wanted = get_card(model_name).channels_last
-        except Exception:  # noqa: BLE001 - a model outside the registry: no card, no claim
+        except ModelError:  # a model outside the registry: no card, no claim
             wanted = False
         if not wanted or torch.device(device).type != "cpu":
             return None
