@@ -1,5 +1,9 @@
 """Where a training step's time goes: torch.profiler over a few steps of dynunet and unet3d.
 
+Each model is profiled twice: in fp32 and PyTorch's default layout, and as ``medzoo train`` runs it on this CPU
+(its memory format, :func:`medzoo.perf.training_memory_format`, and bf16 autocast where the CPU has native
+bf16).
+
 CPU self-time of every aten op is grouped as convolutions, normalisation, activations, copies (copy_, cat,
 contiguous, CopySlices ...), optimizer (SGD step) and other, and printed as a table (share of the step) and
 written to ``benchmarks/results/profile.json``.
@@ -42,16 +46,26 @@ def group_of(op: str) -> str:
     return "other"
 
 
-def profile_model(name: str, quick: bool, steps: int) -> dict[str, Any]:
-    """Profile ``steps`` training steps of a zoo model on one patch; return seconds per group and per step."""
+def profile_model(name: str, quick: bool, steps: int, as_trained: bool = False) -> dict[str, Any]:
+    """Profile ``steps`` training steps of a zoo model on one patch; return seconds per group and per step.
+    ``as_trained``: in the memory format and precision ``medzoo train`` uses on this CPU, else fp32 contiguous."""
+    import torch
+
     from benchmarks.models import build, make_train
+    from medzoo.perf import cpu_has_native_bf16, training_memory_format
 
     model, x, y = build(name, quick)
     if name == "dynunet" and not quick:
         from medzoo.models.dynunet import DynUNet
 
         model = DynUNet(1, 3, 3, features=(32, 64, 128, 256, 320))
-    step = make_train(model, x, y)
+    dtype, fmt = None, None
+    if as_trained:
+        dtype = torch.bfloat16 if cpu_has_native_bf16() else None
+        fmt = training_memory_format("auto", name, x.dim() - 2, x.device)
+        if fmt is not None:
+            model, x = model.to(memory_format=fmt), x.contiguous(memory_format=fmt)
+    step = make_train(model, x, y, dtype)
     step()  # warm-up (allocations, mkldnn primitive caches)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
@@ -66,6 +80,8 @@ def profile_model(name: str, quick: bool, steps: int) -> dict[str, Any]:
         top[evt.key] = top.get(evt.key, 0.0) + self_s
     total = sum(seconds.values()) or float("nan")
     row: dict[str, Any] = {"model": name, "patch": "x".join(str(s) for s in x.shape[2:]),
+                           "precision": "fp32" if dtype is None else "bf16",
+                           "layout": "contiguous" if fmt is None else str(fmt).removeprefix("torch."),
                            "step_s": total / steps}
     for g in GROUPS:
         row[f"{g}_pct"] = 100.0 * seconds[g] / total
@@ -80,12 +96,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     threads = apply_threads(args.threads)
     steps = args.steps or (1 if args.quick else 3)
-    rows = [profile_model(n, args.quick, steps) for n in args.models.split(",")]
-    cols = ["model", "patch", "step_s"] + [f"{g}_pct" for g in GROUPS]
+    rows = [profile_model(n, args.quick, steps, as_trained) for n in args.models.split(",")
+            for as_trained in (False, True)]
+    cols = ["model", "patch", "precision", "layout", "step_s"] + [f"{g}_pct" for g in GROUPS]
     print(f"== {NAME}: share of CPU self-time per op group over {steps} training step(s), {threads} threads")
     print(format_table(rows, cols))
     for row in rows:
-        print(f"  top ops {row['model']}: " + ", ".join(f"{k} {v:.3f}s" for k, v in row["top_ops"][:5]))
+        print(f"  top ops {row['model']} ({row['precision']}, {row['layout']}): "
+              + ", ".join(f"{k} {v:.3f}s" for k, v in row["top_ops"][:5]))
     results = {"benchmark": NAME, "environment": environment(), "threads": threads, "steps": steps, "rows": rows,
                "markdown": markdown_table(rows, cols)}
     print(f"wrote {write_results(NAME, results, args.out)}")
