@@ -179,3 +179,35 @@ def test_loader_process_workers_same_stream(cached):
             assert torch.equal(ya, yb)
     finally:
         b.close()
+
+
+def test_loader_threads_run_torch_on_one_thread_and_leave_the_others_alone(cached, monkeypatch):
+    """A loader thread's torch ops use one OpenMP thread (two full-width teams stall training on a small
+    machine); the training thread and threads started later keep the process's count."""
+    import threading
+
+    from medzoo.data.loader import PatchLoader
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+        original = PatchLoader.make_batch
+
+        def recording(self, index):
+            seen.append(torch.get_num_threads())
+            return original(self, index)
+
+        monkeypatch.setattr(PatchLoader, "make_batch", recording)
+        loader = PatchLoader(cached, (8, 8, 6), 2, seed=0, num_workers=1, augment="standard")
+        next(loader)
+        loader.close()
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+        later = []
+        thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert later == [2]
+    finally:
+        torch.set_num_threads(before)
