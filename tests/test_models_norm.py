@@ -74,3 +74,13 @@ def test_modules_are_drop_in_replacements():
     assert torch.isfinite(x.grad).all()
     cl = ours(x.detach().contiguous(memory_format=CL3))
     assert cl.is_contiguous(memory_format=CL3) and not cl.is_contiguous()  # batched inputs take the fast path
+
+
+def test_a_traced_network_takes_any_batch_size():
+    """torch.jit.trace (medzoo export --format torchscript) records the plain instance norm: traced at batch 1,
+    the graph still normalises each sample of a larger batch on its own."""
+    net = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), InstanceNorm3d(4, affine=True), nn.LeakyReLU(0.01, True)).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(net, torch.randn(1, 1, 6, 5, 4), check_trace=False)
+        x = torch.randn(3, 1, 6, 5, 4) * torch.tensor([1.0, 5.0, 0.2]).view(3, 1, 1, 1, 1)
+        torch.testing.assert_close(traced(x), net(x), atol=1e-5, rtol=1e-5)

@@ -98,11 +98,12 @@ def instance_norm_act(
 
     Same values as ``LeakyReLU(negative_slope, inplace=True)(InstanceNorm(affine=True)(x))``; see the module
     docstring for why it is faster. The result is never a view and keeps ``x``'s memory layout on the CPU.
-    Under ONNX export the plain ``instance_norm`` + ``leaky_relu`` ops are traced instead.
+    Under ONNX export and ``torch.jit.trace`` the plain ``instance_norm`` + ``leaky_relu`` ops are recorded
+    instead, so the graph takes any batch size (the fast paths depend on it).
 
     Shapes: (B, C, *S) -> (B, C, *S). ``negative_slope=None`` skips the activation.
     """
-    if torch.onnx.is_in_onnx_export():
+    if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():  # a graph that takes any batch size
         y = F.instance_norm(x, weight=weight, bias=bias, eps=eps)
         return y if negative_slope is None else F.leaky_relu(y, negative_slope)
     b, c = x.shape[:2]
