@@ -76,6 +76,7 @@ def test_modules_are_drop_in_replacements():
     assert cl.is_contiguous(memory_format=CL3) and not cl.is_contiguous()  # batched inputs take the fast path
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # instance_norm's own size check, as in export
 def test_a_traced_network_takes_any_batch_size():
     """torch.jit.trace (medzoo export --format torchscript) records the plain instance norm: traced at batch 1,
     the graph still normalises each sample of a larger batch on its own."""
