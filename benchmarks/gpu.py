@@ -221,6 +221,8 @@ def model_rows(device: torch.device, quick: bool, reps: int, warmup: int) -> lis
 
 # ------------------------------------------------------------------------------------------ sliding window
 def _sliding_window_setup(quick: bool, device: torch.device):
+    """The trained benchmark network of :mod:`benchmarks.sliding_window` and its settings, shared by the
+    ``sliding_window`` and ``predict`` sections: ``(net, features, shape, patch)``."""
     from benchmarks.common import RESULTS_DIR
     from benchmarks.sliding_window import trained_net
 
@@ -232,11 +234,12 @@ def _sliding_window_setup(quick: bool, device: torch.device):
     return net, features, shape, patch
 
 
-def sliding_window_rows(device: torch.device, quick: bool, reps: int, warmup: int) -> list[dict[str, Any]]:
-    """:func:`benchmarks.sliding_window.core` on ``device``, once per precision."""
+def sliding_window_rows(setup: tuple, device: torch.device, reps: int, warmup: int) -> list[dict[str, Any]]:
+    """:func:`benchmarks.sliding_window.core` on ``device``, once per precision (``setup``: see
+    :func:`_sliding_window_setup`)."""
     from benchmarks.sliding_window import core
 
-    net, _, shape, patch = _sliding_window_setup(quick, device)
+    net, _, shape, patch = setup
     rows = []
     for precision in precisions(device):
         row = core(net, shape, patch, 4, reps, max(2, warmup), device=str(device), dtype=DTYPES[precision],
@@ -245,13 +248,14 @@ def sliding_window_rows(device: torch.device, quick: bool, reps: int, warmup: in
     return rows
 
 
-def predict_rows(device: torch.device, quick: bool, reps: int, threads: int) -> list[dict[str, Any]]:
-    """:func:`benchmarks.sliding_window.end_to_end` on ``device`` (fp32: ``medzoo predict`` does not autocast)."""
+def predict_rows(setup: tuple, device: torch.device, reps: int, threads: int) -> list[dict[str, Any]]:
+    """:func:`benchmarks.sliding_window.end_to_end` on ``device``: ``medzoo predict`` with its default precision
+    (autocast on a GPU) and in fp32, against MONAI in fp32 and under the same autocast (one row)."""
     from benchmarks.sliding_window import end_to_end
 
-    net, features, shape, patch = _sliding_window_setup(quick, device)
+    net, features, shape, patch = setup
     row = end_to_end(net, features, shape, patch, 4, reps, threads, device=str(device))
-    return [{"section": "predict", "precision": "fp32", **row}]
+    return [{"section": "predict", "precision": "default", **row}]
 
 
 # --------------------------------------------------------------------------------------------------- main
@@ -287,15 +291,16 @@ def main(argv: list[str] | None = None) -> dict:
         rows += training_rows(device, args.quick, reps, args.warmup)
     if "models" in wanted:
         rows += model_rows(device, args.quick, reps, args.warmup)
-    for section in ("sliding_window", "predict"):
-        if section in wanted:
-            missing = _monai_missing()
-            if missing:
-                rows.append({"section": section, "skipped": missing})
-            elif section == "sliding_window":
-                rows += sliding_window_rows(device, args.quick, reps, args.warmup)
-            else:
-                rows += predict_rows(device, args.quick, max(1, reps // 4), torch.get_num_threads())
+    monai_sections = [s for s in ("sliding_window", "predict") if s in wanted]
+    missing = _monai_missing() if monai_sections else None
+    if missing:
+        rows += [{"section": section, "skipped": missing} for section in monai_sections]
+    elif monai_sections:
+        setup = _sliding_window_setup(args.quick, device)  # one network for both sections
+        if "sliding_window" in monai_sections:
+            rows += sliding_window_rows(setup, device, reps, args.warmup)
+        if "predict" in monai_sections:
+            rows += predict_rows(setup, device, max(1, reps // 4), torch.get_num_threads())
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     results = {"benchmark": NAME, "environment": {**environment(), "device": gpu}, "reps": reps, "rows": rows,
                "note": "ratios are peer/medzoo (>1: medzoo faster); *_pct_peak against a 3x3x3 conv in the same "

@@ -51,20 +51,19 @@ def profile_model(name: str, quick: bool, steps: int, as_trained: bool = False) 
     ``as_trained``: in the memory format and precision ``medzoo train`` uses on this CPU, else fp32 contiguous."""
     import torch
 
+    from benchmarks.common import in_training_layout
     from benchmarks.models import build, make_train
-    from medzoo.perf import cpu_has_native_bf16, training_memory_format
+    from medzoo.perf import cpu_has_native_bf16
 
     model, x, y = build(name, quick)
     if name == "dynunet" and not quick:
         from medzoo.models.dynunet import DynUNet
 
         model = DynUNet(1, 3, 3, features=(32, 64, 128, 256, 320))
-    dtype, fmt = None, None
+    dtype, layout = None, "contiguous"
     if as_trained:
         dtype = torch.bfloat16 if cpu_has_native_bf16() else None
-        fmt = training_memory_format("auto", name, x.dim() - 2, x.device)
-        if fmt is not None:
-            model, x = model.to(memory_format=fmt), x.contiguous(memory_format=fmt)
+        model, x, layout = in_training_layout(model, x, name)
     step = make_train(model, x, y, dtype)
     step()  # warm-up (allocations, mkldnn primitive caches)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -81,7 +80,7 @@ def profile_model(name: str, quick: bool, steps: int, as_trained: bool = False) 
     total = sum(seconds.values()) or float("nan")
     row: dict[str, Any] = {"model": name, "patch": "x".join(str(s) for s in x.shape[2:]),
                            "precision": "fp32" if dtype is None else "bf16",
-                           "layout": "contiguous" if fmt is None else str(fmt).removeprefix("torch."),
+                           "layout": layout,
                            "step_s": total / steps}
     for g in GROUPS:
         row[f"{g}_pct"] = 100.0 * seconds[g] / total

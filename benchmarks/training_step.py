@@ -20,7 +20,7 @@ Two comparisons:
     channels-last layout it trains in on the CPU, ``dna_cl_bf16`` the peer's converted the same way.
     *as shipped* (on unless ``--no-processes``): each side in its own fresh process, interleaved process by
     process, the way each library runs: medzoo with :func:`medzoo.perf.tune_malloc` (what ``medzoo train``
-    calls), in its training layout (:func:`as_trained`) and with bf16 autocast where the CPU has native bf16
+    calls), in its training layout (:func:`benchmarks.common.in_training_layout`) and with bf16 autocast where the CPU has native bf16
     (``amp="auto"``; also timed in fp32),
     dynamic-network-architectures in fp32 with glibc's defaults (what nnU-Net runs with: its trainer
     autocasts only on CUDA), and for fairness dynamic-network-architectures with the same malloc setting (in
@@ -52,6 +52,7 @@ from benchmarks.common import (
     count_flops,
     environment,
     format_table,
+    in_training_layout,
     interleaved,
     make_parser,
     markdown_table,
@@ -133,21 +134,10 @@ def make_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dty
     return step
 
 
-def as_trained(net: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
-    """``net`` and ``x`` in the memory layout ``medzoo train`` uses for dynunet on this device
-    (:func:`medzoo.perf.training_memory_format`: channels-last on the CPU)."""
-    from medzoo.perf import training_memory_format
-
-    fmt = training_memory_format("auto", "dynunet", x.dim() - 2, x.device)
-    if fmt is None:
-        return net, x
-    return net.to(memory_format=fmt), x.contiguous(memory_format=fmt)
-
-
-def to_channels_last(net: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
-    """``net`` and ``x`` converted to channels-last (3D: ``channels_last_3d``)."""
-    fmt = torch.channels_last_3d if x.dim() == 5 else torch.channels_last
-    return net.to(memory_format=fmt), x.contiguous(memory_format=fmt)
+def _channels_last(net: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+    """``net`` and ``x`` in channels-last, whatever the card says (to time either network in that layout)."""
+    net, x, _ = in_training_layout(net, x, "dynunet", setting="channels_last")
+    return net, x
 
 
 def conv_peak_workload(quick: bool, dtype: torch.dtype = torch.float32) -> tuple[Callable[[], Any], float]:
@@ -202,7 +192,7 @@ def _child(what: str, index: int, steps: int, quick: bool, tune: bool, warmup: i
         net = ours if what == "medzoo" else peer
         del ours, peer  # only this side's network stays in memory (its peak RSS is reported)
         if what == "medzoo":  # in the layout medzoo trains it in
-            net, x = as_trained(net, x)
+            net, x, _ = in_training_layout(net, x, "dynunet")
         fn = make_step(net, x, y, _amp(precision))
     for _ in range(max(1, warmup)):
         fn()
@@ -265,16 +255,16 @@ def main(argv: list[str] | None = None) -> dict:
         flops = count_flops(make_step(ours, x, y))
         peak_fn, peak_flops = conv_peak_workload(args.quick)
         work = {"medzoo": make_step(ours, x, y), "conv_peak": peak_fn,
-                "medzoo_cl": make_step(*to_channels_last(copy.deepcopy(ours), x), y)}
+                "medzoo_cl": make_step(*_channels_last(copy.deepcopy(ours), x), y)}
         if peer is not None:
             work["dna"] = make_step(peer, x, y)
         if args.bf16:
             work["medzoo_bf16"] = make_step(copy.deepcopy(ours), x, y, torch.bfloat16)
-            work["medzoo_cl_bf16"] = make_step(*to_channels_last(copy.deepcopy(ours), x), y, torch.bfloat16)
+            work["medzoo_cl_bf16"] = make_step(*_channels_last(copy.deepcopy(ours), x), y, torch.bfloat16)
             work["conv_peak_bf16"] = conv_peak_workload(args.quick, torch.bfloat16)[0]
             if peer is not None:
                 work["dna_bf16"] = make_step(copy.deepcopy(peer), x, y, torch.bfloat16)
-                work["dna_cl_bf16"] = make_step(*to_channels_last(copy.deepcopy(peer), x), y, torch.bfloat16)
+                work["dna_cl_bf16"] = make_step(*_channels_last(copy.deepcopy(peer), x), y, torch.bfloat16)
         compile_s = float("nan")
         if args.compile:
             compiled = torch.compile(ours, dynamic=False)
