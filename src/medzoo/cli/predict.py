@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from medzoo.cli.options import add_layout_options
+from medzoo.engine.config import AMP_MODES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="auto (default): on the CPU OpenVINO, else ONNX Runtime (the run's network exported once "
                         "and cached in RUN/.medzoo_cache), PyTorch on a GPU; torch | onnxruntime | openvino "
                         "force one")
-    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default="auto",
+    p.add_argument("--amp", choices=AMP_MODES, default="auto",
                    help="autocast precision of a PyTorch network: auto (default: bf16, else fp16, on a GPU; fp32 "
                         "on the CPU), bf16, fp16 (GPU), none (fp32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from medzoo.cli.options import add_layout_options, key_value
+from medzoo.engine.config import MEMORY_FORMATS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "nnU-Net's 'default' set beyond)")
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default="auto",
                    help="autocast precision; auto: bf16 on CUDA and on CPUs with native bf16, else fp32 (default)")
-    p.add_argument("--memory-format", choices=["auto", "channels_last", "contiguous"], default="auto",
+    p.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
                    help="memory layout of weights and batches; auto: channels-last on the CPU for networks that "
                         "train faster so (unet3d, unet2d, dynunet, ...), else contiguous (default)")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
@@ -84,7 +85,8 @@ def run(ns: argparse.Namespace) -> int:
             patch_size=tuple(ns.patch_size) if ns.patch_size else None, spatial_dims=ns.spatial_dims,
             context_slices=ns.context_slices, optimizer=ns.optimizer, lr=ns.lr, weight_decay=ns.weight_decay,
             schedule=ns.schedule, warmup_epochs=ns.warmup_epochs, grad_clip=ns.grad_clip or None,
-            loss=ns.loss, augment=ns.augment, amp=ns.amp, memory_format=ns.memory_format, val_every=ns.val_every, final_tta=not ns.no_final_tta,
+            loss=ns.loss, augment=ns.augment, amp=ns.amp, memory_format=ns.memory_format, val_every=ns.val_every,
+            final_tta=not ns.no_final_tta,
             max_val_cases=ns.max_val_cases,
             patience=ns.patience, fold=ns.fold, folds=ns.folds, seed=ns.seed, deterministic=ns.deterministic,
             compile=ns.compile,
