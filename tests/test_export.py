@@ -78,3 +78,53 @@ def test_dynunet_exports_with_a_dynamic_batch(tmp_path):
     for dynamic in (False, True):
         result = export_model(run_dir, "onnx", tmp_path / f"dyn_{dynamic}.onnx", dynamic_spatial=dynamic)
         assert result.dynamic_spatial == dynamic and result.max_abs_diff <= 1e-4
+
+
+class _FixedSizes(torch.nn.Module):
+    """A 1x1 conv whose output is reshaped with Python ints: right in eager mode for any input, but a trace (and
+    so ONNX) bakes in the spatial size, and with ``fixed_batch`` the batch size too. ``*inputs`` keeps
+    ``torch.jit.script`` out, so TorchScript traces."""
+
+    def __init__(self, fixed_batch: bool):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 2, 1)
+        self.fixed_batch = fixed_batch
+
+    def forward(self, *inputs):
+        x = inputs[0]
+        batch = int(x.shape[0]) if self.fixed_batch else x.shape[0]
+        return self.conv(x).reshape(batch, 2, *(int(s) for s in x.shape[2:]))
+
+
+def _fixed_plan():
+    from medzoo.planning.plan import Plan
+
+    return Plan(model="not_registered", in_channels=1, num_classes=2, patch_size=(8, 8, 4), normalization=["none"])
+
+
+@pytest.mark.parametrize("fixed_batch", [False, True])
+def test_torchscript_card_lists_only_the_axes_that_passed(tmp_path, fixed_batch, caplog):
+    # before, the card always listed "batch" as dynamic, even for a trace that only takes a batch of 1
+    from medzoo.export import export_network
+
+    result = export_network(_FixedSizes(fixed_batch).eval(), _fixed_plan(), tmp_path / "net.pt", "torchscript")
+    card = json.loads(result.card_path.read_text())
+    assert card["torchscript_method"] == "trace" and not result.dynamic_spatial
+    assert card["dynamic_axes"] == ([] if fixed_batch else ["batch"]) and result.dynamic_batch is not fixed_batch
+    assert ("only takes a batch of 1" in caplog.text) is fixed_batch
+    loaded = torch.jit.load(str(result.path))
+    assert loaded(torch.randn(1, 1, 8, 8, 4)).shape == (1, 2, 8, 8, 4)
+
+
+def test_onnx_fixed_size_fallback_checks_the_batch_axis(tmp_path):
+    from medzoo.errors import ModelError
+    from medzoo.export import export_network
+
+    plan = _fixed_plan()
+    result = export_network(_FixedSizes(fixed_batch=False).eval(), plan, tmp_path / "ok.onnx")
+    card = json.loads(result.card_path.read_text())
+    assert not result.dynamic_spatial and result.dynamic_batch and card["dynamic_axes"] == ["batch"]
+    # a graph that takes neither another size nor another batch is not written (before: written, card "batch")
+    with pytest.raises(ModelError, match="does not take a batch of 2"):
+        export_network(_FixedSizes(fixed_batch=True).eval(), plan, tmp_path / "bad.onnx")
+    assert not (tmp_path / "bad.onnx").exists() and not (tmp_path / "bad.json").exists()

@@ -6,8 +6,10 @@ and the check that was run. ``medzoo predict --backend onnxruntime --model model
 
 ONNX: opset 17 by default, batch and spatial axes dynamic when the exported graph accepts another size
 (checked by running a second, differently sized input through ONNX Runtime; otherwise the export is redone
-with fixed spatial axes and the card says so). TorchScript: ``torch.jit.script`` when the model scripts,
-else ``torch.jit.trace``.
+with fixed spatial axes, checked on a second batch at the patch size, and the card says so). TorchScript:
+``torch.jit.script`` when the model scripts, else ``torch.jit.trace``; the card's ``dynamic_axes`` lists only
+the axes a second input of that kind really passed through (a trace may fix the spatial size, and even the
+batch size).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,12 +48,15 @@ class ExportResult:
         card_path: its JSON card.
         max_abs_diff: largest |export - PyTorch| on the random check input.
         dynamic_spatial: whether spatial axes are dynamic (ONNX; TorchScript always is when scripted).
+        dynamic_batch: whether another batch size passed the check (always for ONNX, which is not written
+            otherwise; a TorchScript trace may have fixed it).
     """
 
     path: Path
     card_path: Path
     max_abs_diff: float
     dynamic_spatial: bool
+    dynamic_batch: bool = True
 
 
 def _example_input(plan: Plan, seed: int, grow: int = 0, batch: int = 1) -> torch.Tensor:
@@ -150,7 +156,19 @@ def export_network(
     x_other = _example_input(plan, seed + 1, grow=int(dynamic_spatial), batch=2)  # another batch (and size)
     want, want_other = _torch_out(model, x), _torch_out(model, x_other)
 
-    dynamic = True
+    def check_batch(run: Callable[[torch.Tensor], np.ndarray]) -> None:
+        """Raise unless ``run`` gives PyTorch's output for another batch at the patch size: what a graph with
+        fixed spatial axes must still take (the sliding window feeds batches of windows)."""
+        x_batch = x_other if not dynamic_spatial else _example_input(plan, seed + 1, batch=2)
+        want_batch = want_other if not dynamic_spatial else _torch_out(model, x_batch)
+        try:
+            got = run(x_batch)
+        except Exception as err:  # noqa: BLE001 - the runtime's own error, with its reason, in ours
+            raise ModelError(f"{path.name}: the exported graph does not take a batch of {x_batch.shape[0]} "
+                             f"({type(err).__name__}: {err}); not written") from err
+        _check(path.name, got, want_batch, atol)
+
+    dynamic, batch_dynamic = True, True
     if format == "onnx":
         def write(tmp: Path) -> None:
             nonlocal dynamic, diff
@@ -166,9 +184,10 @@ def export_network(
                 dynamic = False
                 _onnx_export(model, x, tmp, opset, dynamic=False)
                 diff = _check(path.name, _run_onnx(tmp, x), want, atol)
+                check_batch(lambda batch: _run_onnx(tmp, batch))  # the batch axis must still work
     else:
         def write(tmp: Path) -> None:
-            nonlocal dynamic, diff
+            nonlocal dynamic, batch_dynamic, diff
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 try:
@@ -181,8 +200,13 @@ def export_network(
             diff = _check(path.name, _torch_out(module, x), want, atol)
             try:
                 _check(path.name, _torch_out(module, x_other), want_other, atol)
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - a trace fixed the spatial size, and maybe the batch size too
                 dynamic = False
+                try:
+                    check_batch(lambda batch: _torch_out(module, batch))
+                except Exception as err:  # noqa: BLE001
+                    batch_dynamic = False
+                    log.warning("%s: the TorchScript module only takes a batch of 1 (%s)", path, err)
             extra["torchscript_method"] = method
             module.save(str(tmp))
 
@@ -198,7 +222,7 @@ def export_network(
         "patch_size": list(plan.patch_size),
         "input": {"name": INPUT_NAME, "shape": ["batch", plan.in_channels, *plan.patch_size]},
         "output": {"name": OUTPUT_NAME, "shape": ["batch", plan.num_classes, *plan.patch_size]},
-        "dynamic_axes": ["batch", "spatial"] if dynamic else ["batch"],
+        "dynamic_axes": (["batch"] if batch_dynamic else []) + (["spatial"] if dynamic else []),
         "opset": opset if format == "onnx" else None,
         "check": {"max_abs_diff": diff, "atol": atol, "seed": seed},
         "plan": plan.to_dict(),
@@ -207,7 +231,7 @@ def export_network(
     }
     card_file = atomic_write_text(path.with_suffix(".json"), json.dumps(card, indent=2))
     log.info("exported %s (%s, max |diff| %.2e) and %s", path, format, diff, card_file.name)
-    return ExportResult(path, card_file, diff, dynamic)
+    return ExportResult(path, card_file, diff, dynamic, batch_dynamic)
 
 
 def export_model(
