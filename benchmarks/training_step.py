@@ -265,14 +265,18 @@ def main(argv: list[str] | None = None) -> dict:
             if peer is not None:
                 work["dna_bf16"] = make_step(copy.deepcopy(peer), x, y, torch.bfloat16)
                 work["dna_cl_bf16"] = make_step(*_channels_last(copy.deepcopy(peer), x), y, torch.bfloat16)
-        compile_s = float("nan")
-        if args.compile:
-            compiled = torch.compile(ours, dynamic=False)
-            step_c = make_step(compiled, x, y)
-            start = time.perf_counter()
-            step_c()
-            compile_s = time.perf_counter() - start
-            work["medzoo_compiled"] = step_c
+        compile_s: dict[str, float] = {}
+        if args.compile:  # compiled in the default layout and in the one medzoo trains in (bf16 too with --bf16)
+            variants = {"medzoo_compiled": (copy.deepcopy(ours), x, None),
+                        "medzoo_cl_compiled": (*_channels_last(copy.deepcopy(ours), x), None)}
+            if args.bf16:
+                variants["medzoo_cl_bf16_compiled"] = (*_channels_last(copy.deepcopy(ours), x), torch.bfloat16)
+            for key, (net, inp, dtype) in variants.items():
+                step_c = make_step(torch.compile(net, dynamic=False), inp, y, dtype)
+                start = time.perf_counter()
+                step_c()
+                compile_s[key] = time.perf_counter() - start
+                work[key] = step_c
         times = interleaved(work, reps=reps, warmup=args.warmup)
         med = {k: median(v) for k, v in times.items()}
         peak = peak_flops / med["conv_peak"] / 1e9
@@ -309,8 +313,12 @@ def main(argv: list[str] | None = None) -> dict:
             })
         if args.compile:
             row["compiled_s"] = med["medzoo_compiled"]
-            row["compile_time_s"] = compile_s
+            row["compile_time_s"] = sum(compile_s.values())
             row["compiled_speedup_vs_eager"] = ratio(med["medzoo"], med["medzoo_compiled"])
+            row["cl_compiled_speedup_vs_cl_eager"] = ratio(med["medzoo_cl"], med["medzoo_cl_compiled"])
+            if args.bf16:
+                row["cl_bf16_compiled_speedup_vs_cl_bf16_eager"] = ratio(med["medzoo_cl_bf16"],
+                                                                         med["medzoo_cl_bf16_compiled"])
         row["times"] = {k: v for k, v in times.items()}
         if args.processes:
             index = workloads(args.quick).index(cfg)
@@ -351,13 +359,14 @@ def main(argv: list[str] | None = None) -> dict:
                        "(fp32, glibc's defaults; dna_tuned_malloc with medzoo's malloc setting); *_pct_peak "
                        "against the fp32 conv peak"}
     cols = ["workload", "medzoo_s", "dna_s", "speedup_vs_dna", "medzoo_gflops", "dna_gflops", "conv_peak_gflops",
-            "medzoo_pct_peak", "medzoo_cl_s", "cl_speedup_vs_dna", "medzoo_cl_pct_peak"] + (["compiled_s", "compile_time_s", "compiled_speedup_vs_eager"] if args.compile else [])
+            "medzoo_pct_peak", "medzoo_cl_s", "cl_speedup_vs_dna", "medzoo_cl_pct_peak"] + (["compiled_s", "compile_time_s", "compiled_speedup_vs_eager",
+                                                       "cl_compiled_speedup_vs_cl_eager"] if args.compile else [])
     if args.bf16:
         cols += ["medzoo_bf16_s", "dna_bf16_s", "bf16_speedup_vs_dna_bf16", "medzoo_cl_bf16_s", "dna_cl_bf16_s",
                  "cl_bf16_speedup_vs_dna_bf16", "cl_bf16_speedup_vs_dna_cl_bf16", "medzoo_cl_bf16_pct_bf16_peak",
                  "bf16_speedup_vs_dna_fp32",
                  "bf16_speedup_vs_fp32", "conv_peak_bf16_gflops", "medzoo_bf16_pct_fp32_peak",
-                 "medzoo_bf16_pct_bf16_peak"]
+                 "medzoo_bf16_pct_bf16_peak"] + (["cl_bf16_compiled_speedup_vs_cl_bf16_eager"] if args.compile else [])
     if args.processes:
         cols += ["shipped_medzoo_precision", "shipped_medzoo_s", "shipped_medzoo_fp32_s", "shipped_dna_s",
                  "shipped_speedup_vs_dna", "shipped_fp32_speedup_vs_dna", "shipped_speedup_vs_dna_tuned_malloc",

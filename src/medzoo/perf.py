@@ -5,11 +5,15 @@ What was measured (``python -m benchmarks``; numbers in ``benchmarks/README.md``
 * Threads: torch's intra-op pool should match the cores this process may use (``os.sched_getaffinity``), and
   the inter-op pool is kept small (1): U-Net training has no independent ops to overlap on CPU, and extra
   inter-op threads only compete with the data-loader workers.
-* ``torch.compile`` is off by default: on 2 CPU cores it makes a hippocampus training step about 1.08x faster
-  after about 15 s of compiling, which pays only in long runs; switch it on with ``medzoo train --compile``,
-  ``TrainConfig(compile=True)``, ``maybe_compile(model, True)`` or ``MEDZOO_COMPILE=1``.
+* ``torch.compile`` is off by default. In PyTorch's default layout it made a hippocampus training step about
+  1.08x faster after about 15 s of compiling, but the eager channels-last step (below) is faster than any
+  compiled variant measured on the 2-core AMX CPU: compiled channels-last steps were 0.96x the eager ones in
+  bf16 and 0.98x in fp32 (``python -m benchmarks.training_step --compile`` measures it on yours). Switch it on
+  with ``medzoo train --compile``, ``TrainConfig(compile=True)``, ``maybe_compile(model, True)`` or
+  ``MEDZOO_COMPILE=1``, e.g. on a GPU.
 * bf16 autocast: on a CPU with native bf16 instructions (AVX512-BF16 or AMX; :func:`cpu_has_native_bf16`)
-  a 3D convolution runs about 1.9x faster in bf16 than in fp32, and a whole U-Net training step 1.8-1.9x, so
+  a 3D convolution runs about 1.9x (AVX512-BF16) to 2.5x (AMX) faster in bf16 than in fp32, and a whole U-Net
+  training step 1.7-1.9x, so
   ``medzoo train`` autocasts to bf16 there by default (``--amp none`` keeps fp32). Where bf16 is emulated it is
   slower than fp32 and is not used.
 * ``channels_last_3d``: on a CPU with AMX (Sapphire Rapids) oneDNN's 3D convolutions run 1.6-2.1x faster in
