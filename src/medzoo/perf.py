@@ -6,12 +6,12 @@ What was measured (``python -m benchmarks``; numbers in ``benchmarks/README.md``
   the inter-op pool is kept small (1): U-Net training has no independent ops to overlap on CPU, and extra
   inter-op threads only compete with the data-loader workers.
 * ``torch.compile`` is off by default. In PyTorch's default layout it made a hippocampus training step about
-  1.08x faster after about 15 s of compiling, but the eager channels-last step (below) is faster than any
-  compiled variant measured on the 2-core AMX CPU: compiled channels-last steps of nnU-Net's network were 0.98x the
-  eager ones on hippocampus patches (fp32 and bf16) and 1.08-1.11x at 1x1x64^3, after 18-58 s of compiling
-  (``python -m benchmarks.training_step --compile`` measures it on yours). Switch it on
-  with ``medzoo train --compile``, ``TrainConfig(compile=True)``, ``maybe_compile(model, True)`` or
-  ``MEDZOO_COMPILE=1``, e.g. on a GPU.
+  1.08x faster after about 15 s of compiling, but the eager channels-last step (below) is faster than that,
+  and compiling the channels-last step of nnU-Net's network gained nothing on hippocampus patches (0.98x, fp32
+  and bf16) and 1.08-1.11x at 1x1x64^3, after 18-58 s of compiling, on the 2-core AMX CPU
+  (``python -m benchmarks.training_step --compile`` measures it on yours). Switch it on with
+  ``medzoo train --compile``, ``TrainConfig(compile=True)``, ``maybe_compile(model, True)`` or
+  ``MEDZOO_COMPILE=1``.
 * bf16 autocast: on a CPU with native bf16 instructions (AVX512-BF16 or AMX; :func:`cpu_has_native_bf16`)
   a 3D convolution runs about 1.9x (AVX512-BF16) to 2.5x (AMX) faster in bf16 than in fp32, and a whole U-Net
   training step 1.7-1.9x, so

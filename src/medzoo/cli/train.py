@@ -54,8 +54,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower)")
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the training steps (MEDZOO_COMPILE=1 does the same; on the 2-core "
-                        "development CPU the eager channels-last step was faster: `python -m "
-                        "benchmarks.training_step --compile` measures yours)")
+                        "development CPU it gained nothing on hippocampus patches and about 1.1x at 64^3 after "
+                        "up to a minute of compiling: `python -m benchmarks.training_step --compile` measures "
+                        "yours)")
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
     p.add_argument("--init-from", metavar="CKPT", help="initialise matching weights from a checkpoint")
