@@ -111,6 +111,7 @@ def test_torchscript_card_lists_only_the_axes_that_passed(tmp_path, fixed_batch,
     card = json.loads(result.card_path.read_text())
     assert card["torchscript_method"] == "trace" and not result.dynamic_spatial
     assert card["dynamic_axes"] == ([] if fixed_batch else ["batch"]) and result.dynamic_batch is not fixed_batch
+    assert card["input"]["shape"] == [1 if fixed_batch else "batch", 1, 8, 8, 4]
     assert ("only takes a batch of 1" in caplog.text) is fixed_batch
     loaded = torch.jit.load(str(result.path))
     assert loaded(torch.randn(1, 1, 8, 8, 4)).shape == (1, 2, 8, 8, 4)

@@ -213,6 +213,7 @@ def export_network(
     diff = float("nan")
     extra: dict[str, Any] = {}
     atomic_write(path, write)
+    batch_axis: str | int = "batch" if batch_dynamic else 1
     card = {
         "format": format,
         "file": path.name,
@@ -220,8 +221,8 @@ def export_network(
         "labels": {str(k): v for k, v in plan.labels.items()},
         "modalities": list(plan.modalities),
         "patch_size": list(plan.patch_size),
-        "input": {"name": INPUT_NAME, "shape": ["batch", plan.in_channels, *plan.patch_size]},
-        "output": {"name": OUTPUT_NAME, "shape": ["batch", plan.num_classes, *plan.patch_size]},
+        "input": {"name": INPUT_NAME, "shape": [batch_axis, plan.in_channels, *plan.patch_size]},
+        "output": {"name": OUTPUT_NAME, "shape": [batch_axis, plan.num_classes, *plan.patch_size]},
         "dynamic_axes": (["batch"] if batch_dynamic else []) + (["spatial"] if dynamic else []),
         "opset": opset if format == "onnx" else None,
         "check": {"max_abs_diff": diff, "atol": atol, "seed": seed},
