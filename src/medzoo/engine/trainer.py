@@ -241,7 +241,7 @@ def _make_loader(plan: Plan, cases: list, config: TrainConfig, seed: int, augmen
     )
 
 
-LIGHT_AUGMENT_MAX_STEPS = 10_000  # "auto": the light set up to this many steps (measured better up to 3500)
+LIGHT_AUGMENT_MAX_STEPS = 10_000  # "auto": the light set up to this many steps (better up to 3500; level at 13k)
 
 
 def resolve_augment(config: TrainConfig, budget: Budget, probed: bool) -> str:
