@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from medzoo.cli.options import add_layout_options, key_value
-from medzoo.engine.config import MEMORY_FORMATS
+from medzoo.engine.config import AMP_MODES, AUGMENTS, MEMORY_FORMATS, OPTIMIZERS, SCHEDULES, TASKS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last checkpoint")
     p.add_argument("--layout", help="dataset layout (default: auto-detect)")
     add_layout_options(p)
-    p.add_argument("--task", choices=["segment", "classify"], default="segment")
+    p.add_argument("--task", choices=TASKS, default="segment")
     p.add_argument("--model", help="network name (see `medzoo models`; default: the planner's choice)")
     p.add_argument("--model-arg", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="network argument override (value read as JSON if possible), repeatable")
@@ -27,17 +27,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patch-size", type=int, nargs="+", metavar="N")
     p.add_argument("--spatial-dims", type=int, choices=[2, 3], help="force 2D (slices) or 3D training")
     p.add_argument("--context-slices", type=int, default=0, help="2D: neighbouring slices per side as channels")
-    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw", "rmsprop"], default="adamw")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
     p.add_argument("--lr", type=float, help="learning rate (default per optimizer)")
     p.add_argument("--weight-decay", type=float, default=3e-5)
-    p.add_argument("--schedule", choices=["poly", "cosine", "step", "plateau", "constant"], default="poly")
+    p.add_argument("--schedule", choices=SCHEDULES, default="poly")
     p.add_argument("--warmup-epochs", type=int, default=0)
     p.add_argument("--grad-clip", type=float, default=12.0, help="max gradient norm (0: off)")
     p.add_argument("--loss", default="dice_ce")
-    p.add_argument("--augment", choices=["auto", "standard", "default", "strong", "none"], default="auto",
+    p.add_argument("--augment", choices=AUGMENTS, default="auto",
                    help="training augmentation (auto: the light 'standard' set for runs of up to 10k steps, "
                         "nnU-Net's 'default' set beyond)")
-    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default="auto",
+    p.add_argument("--amp", choices=AMP_MODES, default="auto",
                    help="autocast precision; auto: bf16 on CUDA and on CPUs with native bf16, else fp32 (default)")
     p.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
                    help="memory layout of weights and batches; auto: channels-last on the CPU for networks that "
