@@ -430,7 +430,8 @@ def test_memory_format_rules():
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert training_memory_format("auto", "unet3d", 3, cpu) == torch.channels_last_3d  # its card asks for it
     assert training_memory_format("auto", "unet2d", 2, cpu) == torch.channels_last
-    assert training_memory_format("auto", "segresnet", 3, cpu) is None  # group norm: slower channels-last
+    assert training_memory_format("auto", "segresnet", 3, cpu) == torch.channels_last_3d  # group norm kept fast
+    assert training_memory_format("auto", "vnet", 3, cpu) is None  # measured slower in channels-last
     assert training_memory_format("auto", "unet3d", 3, gpu) is None  # not measured on GPUs
     assert training_memory_format("auto", "not_a_model", 3, cpu) is None
     assert training_memory_format("channels_last", "segresnet", 3, gpu) == torch.channels_last_3d

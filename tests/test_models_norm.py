@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from medzoo.models.layers.norm import InstanceNorm2d, InstanceNorm3d, instance_norm_act, memory_format_of
+from medzoo.models.layers.factories import make_norm
+from medzoo.models.layers.norm import GroupNorm, InstanceNorm2d, InstanceNorm3d, instance_norm_act, memory_format_of
 
 CL3, CL2 = torch.channels_last_3d, torch.channels_last
 
@@ -85,3 +87,51 @@ def test_a_traced_network_takes_any_batch_size():
         traced = torch.jit.trace(net, torch.randn(1, 1, 6, 5, 4), check_trace=False)
         x = torch.randn(3, 1, 6, 5, 4) * torch.tensor([1.0, 5.0, 0.2]).view(3, 1, 1, 1, 1)
         torch.testing.assert_close(traced(x), net(x), atol=1e-5, rtol=1e-5)
+
+
+class _GroupNormInputs(TorchDispatchMode):
+    """Records the memory layout of every input ``native_group_norm`` (forward) receives."""
+
+    def __init__(self):
+        super().__init__()
+        self.layouts = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket is torch.ops.aten.native_group_norm:
+            self.layouts.append(memory_format_of(args[0]))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("shape, layout", [((2, 8, 6, 7, 5), CL3), ((3, 6, 9, 7), CL2)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_group_norm_matches_pytorch_and_keeps_the_layout(shape, layout, dtype):
+    """Same values and gradients as nn.GroupNorm; a channels-last bf16 map is normalised in the default layout
+    (PyTorch's channels-last bf16 backward is the slow one) and comes back channels-last."""
+    gen = torch.Generator().manual_seed(0)
+    c = shape[1]
+    ours, theirs = GroupNorm(2, c), nn.GroupNorm(2, c)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    with torch.no_grad():
+        theirs.weight.uniform_(0.5, 1.5, generator=gen)
+        theirs.bias.normal_(generator=gen)
+    ours.load_state_dict(theirs.state_dict())
+    x0 = (torch.randn(*shape, generator=gen) * 3 + 1).to(dtype).contiguous(memory_format=layout)
+    g = torch.randn(*shape, generator=gen).to(dtype)
+
+    def run(norm):
+        norm.zero_grad()
+        x = x0.clone().requires_grad_(True)
+        with _GroupNormInputs() as seen:
+            y = norm(x)
+        (y.float() * g.float()).sum().backward()
+        return y, [x.grad, norm.weight.grad, norm.bias.grad], seen.layouts
+
+    y, grads, layouts = run(ours)
+    y_ref, grads_ref, _ = run(theirs)
+    assert y.dtype == dtype and memory_format_of(y) == layout
+    assert layouts == [layout if dtype == torch.float32 else torch.contiguous_format]
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 0.05, "rtol": 0.02}
+    torch.testing.assert_close(y.float(), y_ref.float(), **tol)
+    for got, want in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(got.float(), want.float(), **tol)
+    assert isinstance(make_norm("group", len(shape) - 2, c), GroupNorm)
