@@ -8,7 +8,13 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from medzoo.models.layers.factories import make_norm
-from medzoo.models.layers.norm import GroupNorm, InstanceNorm2d, InstanceNorm3d, instance_norm_act, memory_format_of
+from medzoo.models.layers.norm import (
+    GroupNorm,
+    InstanceNorm2d,
+    InstanceNorm3d,
+    instance_norm_act,
+    memory_format_of,
+)
 
 CL3, CL2 = torch.channels_last_3d, torch.channels_last
 
