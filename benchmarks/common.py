@@ -170,6 +170,23 @@ def conv3d_peak(
     return {"gflops": flops / best / 1e9, "seconds": best, "flops": flops}
 
 
+def conv_peak_workload(quick: bool, dtype: Any = None) -> tuple[Callable[[], Any], float]:
+    """The reference conv (32->32, 3x3x3 on 64^3; 8 channels on 16^3 with --quick) in ``dtype`` (a
+    ``torch.dtype``; None: fp32), forward only, and its FLOPs."""
+    import torch
+
+    dtype = dtype or torch.float32
+    ch, size = (8, 16) if quick else (32, 64)
+    conv = torch.nn.Conv3d(ch, ch, 3, padding=1, bias=False).to(dtype)
+    x = torch.randn(1, ch, size, size, size, dtype=dtype)
+
+    def run() -> None:
+        with torch.no_grad():
+            conv(x)
+
+    return run, 2.0 * ch * ch * 27 * size**3
+
+
 def count_flops(fn: Callable[[], Any]) -> float:
     """FLOPs of one call of ``fn`` counted by ``torch.utils.flop_counter.FlopCounterMode`` (fwd + bwd if run)."""
     from torch.utils.flop_counter import FlopCounterMode

@@ -2,9 +2,13 @@
 
 Every registered model among :data:`MAIN_MODELS` (whatever is registered when it runs) is built with
 ``in_channels=1, num_classes=3`` and timed on one patch: forward (no grad) and one training step (forward,
-cross-entropy, backward, SGD). FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``. The reference peak is
-a 32->32 3x3x3 convolution on 64^3, timed in the same interleaved rounds. With ``--memory`` each workload also
-runs in a fresh subprocess to read its peak resident memory (VmHWM).
+cross-entropy, backward, SGD), in fp32 and PyTorch's default layout. FLOPs come from
+``torch.utils.flop_counter.FlopCounterMode``. The reference peak is a 32->32 3x3x3 convolution on 64^3, timed in
+the same interleaved rounds. Each model's training step is also timed as ``medzoo train`` runs it on this CPU
+("trained" columns): the memory layout its card asks for (:func:`medzoo.perf.training_memory_format`) and bf16
+autocast where the CPU has native bf16 (then against the reference conv in bf16, ``trained_pct_peak``), with
+``trained_speedup`` = fp32 default-layout step / this step. With ``--memory`` each workload also runs in a fresh
+subprocess to read its peak resident memory (VmHWM).
 
 Run: ``python -m benchmarks.models [--quick] [--reps N] [--only-models unet3d,dynunet] [--memory]``.
 """
@@ -19,9 +23,11 @@ from torch import nn
 
 from benchmarks.common import (
     apply_threads,
+    conv_peak_workload,
     count_flops,
     environment,
     format_table,
+    in_training_layout,
     interleaved,
     make_parser,
     markdown_table,
@@ -121,14 +127,13 @@ def main(argv: list[str] | None = None) -> dict:
     registered = set(list_models())
     names = [n for n in wanted if n in registered]
     missing = [n for n in wanted if n not in registered]
-    ch, size = (8, 16) if args.quick else (32, 64)
-    conv = nn.Conv3d(ch, ch, 3, padding=1, bias=False)
-    cx = torch.randn(1, ch, size, size, size)
-    peak_flops = 2.0 * ch * ch * 27 * size**3
+    from medzoo.perf import cpu_has_native_bf16
 
-    def peak_fn() -> None:
-        with torch.no_grad():
-            conv(cx)
+    peak_fn, peak_flops = conv_peak_workload(args.quick)
+    trained_dtype = torch.bfloat16 if cpu_has_native_bf16() else None
+    peaks = {"peak": peak_fn}
+    if trained_dtype is not None:
+        peaks["peak_bf16"] = conv_peak_workload(args.quick, trained_dtype)[0]
 
     rows = []
     for name in names:
@@ -136,7 +141,11 @@ def main(argv: list[str] | None = None) -> dict:
             model, x, y = build(name, args.quick)
             fwd, step = make_forward(model, x), make_train(model, x, y)
             f_flops, t_flops = count_flops(fwd), count_flops(step)
-            times = interleaved({"forward": fwd, "train": step, "peak": peak_fn}, reps=reps, warmup=args.warmup)
+            trained_net, trained_x = build(name, args.quick)[:2]
+            trained_net, trained_x, layout = in_training_layout(trained_net, trained_x, name)
+            trained = make_train(trained_net, trained_x, y, trained_dtype)
+            times = interleaved({"forward": fwd, "train": step, "trained": trained, **peaks}, reps=reps,
+                                warmup=args.warmup)  # fmt: skip
         except Exception as err:  # noqa: BLE001 - one broken model must not stop the table
             logger.warning("model %s failed: %s", name, err)
             rows.append({"model": name, "skipped": f"{type(err).__name__}: {err}"[:200]})
@@ -153,7 +162,14 @@ def main(argv: list[str] | None = None) -> dict:
             "train_gflops": t_flops / med["train"] / 1e9,
             "conv_peak_gflops": peak,
             "train_pct_peak": 100.0 * t_flops / med["train"] / 1e9 / peak,
+            "trained_as": f"{'bf16' if trained_dtype is not None else 'fp32'} {layout}",
+            "trained_s": med["trained"],
+            "trained_speedup": med["train"] / med["trained"],
+            "trained_gflops": t_flops / med["trained"] / 1e9,
         }
+        trained_peak = peak if trained_dtype is None else peak_flops / med["peak_bf16"] / 1e9
+        row["trained_conv_peak_gflops"] = trained_peak
+        row["trained_pct_peak"] = 100.0 * t_flops / med["trained"] / 1e9 / trained_peak
         if args.memory:
             for mode in ("forward", "train"):
                 code = _MEMORY_CODE.format(threads=threads, name=name, quick=args.quick, mode=mode)
@@ -162,7 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name in missing:
         rows.append({"model": name, "skipped": "not registered"})
     cols = ["model", "patch", "params_M", "forward_s", "train_s", "forward_gflops", "train_gflops",
-            "conv_peak_gflops", "train_pct_peak"]
+            "conv_peak_gflops", "train_pct_peak", "trained_as", "trained_s", "trained_speedup", "trained_gflops",
+            "trained_pct_peak"]
     if args.memory:
         cols += ["forward_peak_rss_mb", "train_peak_rss_mb"]
     cols.append("skipped")

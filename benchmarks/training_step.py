@@ -49,6 +49,7 @@ from torch import nn
 
 from benchmarks.common import (
     apply_threads,
+    conv_peak_workload,
     count_flops,
     environment,
     format_table,
@@ -138,19 +139,6 @@ def _channels_last(net: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Te
     """``net`` and ``x`` in channels-last, whatever the card says (to time either network in that layout)."""
     net, x, _ = in_training_layout(net, x, "dynunet", setting="channels_last")
     return net, x
-
-
-def conv_peak_workload(quick: bool, dtype: torch.dtype = torch.float32) -> tuple[Callable[[], Any], float]:
-    """The reference conv (32->32, 3x3x3 on 64^3; 8 channels on 16^3 with --quick) in ``dtype``, and its FLOPs."""
-    ch, size = (8, 16) if quick else (32, 64)
-    conv = nn.Conv3d(ch, ch, 3, padding=1, bias=False).to(dtype)
-    x = torch.randn(1, ch, size, size, size, dtype=dtype)
-
-    def run() -> None:
-        with torch.no_grad():
-            conv(x)
-
-    return run, 2.0 * ch * ch * 27 * size**3
 
 
 # Process-level sides of the "as shipped" comparison: name -> (what runs, glibc malloc tuned as medzoo does,
