@@ -11,6 +11,8 @@ one process, each piece of a U-Net training step in both layouts and in each pre
   PyTorch's ``instance_norm`` in both layouts, medzoo's layout-keeping ``instance_norm_act`` in channels-last,
   and (batch of 1) the two channels-last alternatives (``batch_norm`` in training mode, the same maths for a
   batch of 1, and ``group_norm`` with one channel per group);
+* ``group norm``: forward + backward of an 8-group norm on a 2x8x64x64x48 and a 2x32x32x32x24 map (segresnet's
+  first levels), PyTorch's ``group_norm`` in both layouts and medzoo's ``GroupNorm`` in channels-last;
 * ``step``: the whole training step of nnU-Net's 5-stage network at 1x1x64^3 (module and input converted;
   medzoo's dynunet norm keeps the layout, so this is how ``medzoo train`` runs it on the CPU).
 
@@ -100,6 +102,27 @@ def norm_case(shape: tuple[int, ...], variant: str, dtype: torch.dtype) -> Calla
     return run
 
 
+GROUP_NORM_VARIANTS = ("group_norm", "group_norm CL", "medzoo GroupNorm CL")
+
+
+def group_norm_case(shape: tuple[int, ...], variant: str, dtype: torch.dtype) -> Callable[[], None]:
+    """Group norm (8 groups, affine, fp32 parameters as under autocast), forward + backward, on a (B, C, *S)
+    map, as ``variant``: PyTorch's ``group_norm`` in the default layout or channels-last, or medzoo's
+    :class:`~medzoo.models.layers.norm.GroupNorm` in channels-last (segresnet's and resnet3d_vae's norm)."""
+    from medzoo.models.layers.norm import GroupNorm
+
+    gen = torch.Generator().manual_seed(0)
+    norm = GroupNorm(8, shape[1]) if variant.startswith("medzoo") else nn.GroupNorm(8, shape[1])
+    layout = "default" if variant == "group_norm" else "channels_last"
+    x = _to_layout(torch.randn(*shape, generator=gen, dtype=dtype), layout).requires_grad_()
+    grad = torch.randn_like(x)
+
+    def run() -> None:
+        norm(x).backward(grad)
+
+    return run
+
+
 def step_case(quick: bool, layout: str, dtype: torch.dtype | None) -> Callable[[], None]:
     """One training step of nnU-Net's network (benchmarks.training_step's first workload) in ``layout``."""
     from benchmarks.training_step import build_pair, make_step, workloads
@@ -127,6 +150,10 @@ def cases(quick: bool, dtype: torch.dtype, with_step: bool) -> list[tuple[str, s
     for shape in maps:
         for variant in NORM_VARIANTS if shape[0] == 1 else ("instance_norm", "instance_norm CL", "medzoo CL"):
             out.append((f"norm+lrelu {'x'.join(map(str, shape))}", variant, norm_case(shape, variant, dtype)))
+    group_maps = [(2, 8, 16, 16, 16)] if quick else [(2, 8, 64, 64, 48), (2, 32, 32, 32, 24)]
+    for shape in group_maps:
+        for variant in GROUP_NORM_VARIANTS:
+            out.append((f"group norm {'x'.join(map(str, shape))}", variant, group_norm_case(shape, variant, dtype)))
     if with_step:
         autocast = None if dtype == torch.float32 else dtype
         for layout in ("default", "channels_last"):

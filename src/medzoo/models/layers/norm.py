@@ -15,11 +15,11 @@ runs one batch norm per sample, each writing its slice of one output tensor (so 
 layout and is no view); the leaky ReLU is applied in place to that output. On CUDA tensors it runs the plain
 ``(1, B*C, *S)`` batch norm.
 
-:class:`GroupNorm` is ``nn.GroupNorm`` with one CPU fix: PyTorch's channels-last ``group_norm`` backward in
-bf16/fp16 is 3-6x slower than in the default layout when there are few channels (8-32 channels: 40-72 ms
-against 7-12 ms for a 2x8x64^3 map, forward + backward), so there a reduced-precision channels-last input is
-normalised in the default layout and the result returned in channels-last (the two copies cost less than
-they save; fp32 keeps PyTorch's path, which is not slow there).
+:class:`GroupNorm` is ``nn.GroupNorm`` with one CPU fix: in bf16/fp16, PyTorch's channels-last ``group_norm``
+(forward + backward) is 3-11x slower than in the default layout with 8-32 channels (``python -m
+benchmarks.layouts``: 54 ms against 5 ms on a 2x8x64x64x48 map), so a reduced-precision channels-last input is
+normalised in the default layout and the result returned in channels-last: 1.4-5.1x faster than PyTorch in
+channels-last, the copies included. fp32 keeps PyTorch's path (the copies would cost about what they save).
 
 Example:
     >>> y = instance_norm_act(x, norm.weight, norm.bias, 1e-5, 0.01)   # == leaky_relu(instance_norm(x))
