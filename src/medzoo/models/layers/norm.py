@@ -19,7 +19,8 @@ layout and is no view); the leaky ReLU is applied in place to that output. On CU
 (forward + backward) is 3-11x slower than in the default layout with 8-32 channels (``python -m
 benchmarks.layouts``: 54 ms against 5 ms on a 2x8x64x64x48 map), so a reduced-precision channels-last input is
 normalised in the default layout and the result returned in channels-last: 1.4-5.1x faster than PyTorch in
-channels-last, the copies included. fp32 keeps PyTorch's path (the copies would cost about what they save).
+channels-last, the copies included. fp32 keeps PyTorch's path: there the same round trip made whole segresnet
+and resnet3d_vae steps slower (0.83-0.95x), although it looked faster in isolation at 8-16 channels.
 
 Example:
     >>> y = instance_norm_act(x, norm.weight, norm.bias, 1e-5, 0.01)   # == leaky_relu(instance_norm(x))
