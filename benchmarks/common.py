@@ -147,29 +147,6 @@ def in_training_layout(net: Any, x: Any, model_name: str, setting: str = "auto")
 
 
 # -------------------------------------------------------------------------------------------- conv peak
-def conv3d_peak(
-    channels: int = 32, size: int = 64, reps: int = 5, threads: int | None = None
-) -> dict[str, float]:
-    """Measured throughput of one ``channels -> channels`` 3x3x3 convolution on ``size``^3 (forward only).
-
-    This is the reference "peak" the models' achieved GFLOP/s are compared against (same process, same
-    threads, same noise). FLOPs = 2 * C_in * C_out * 27 * size^3.
-
-    Returns:
-        ``{"gflops": median GFLOP/s, "seconds": median seconds, "flops": FLOPs per call}``.
-    """
-    import torch
-
-    apply_threads(threads)
-    conv = torch.nn.Conv3d(channels, channels, 3, padding=1, bias=False)
-    x = torch.randn(1, channels, size, size, size)
-    flops = 2.0 * channels * channels * 27 * size**3
-    with torch.no_grad():
-        times = interleaved({"conv": lambda: conv(x)}, reps=reps, warmup=1)["conv"]
-    best = median(times)
-    return {"gflops": flops / best / 1e9, "seconds": best, "flops": flops}
-
-
 def conv_peak_workload(quick: bool, dtype: Any = None) -> tuple[Callable[[], Any], float]:
     """The reference conv (32->32, 3x3x3 on 64^3; 8 channels on 16^3 with --quick) in ``dtype`` (a
     ``torch.dtype``; None: fp32), forward only, and its FLOPs."""

@@ -20,8 +20,8 @@ Two comparisons:
     channels-last layout it trains in on the CPU, ``dna_cl_bf16`` the peer's converted the same way.
     *as shipped* (on unless ``--no-processes``): each side in its own fresh process, interleaved process by
     process, the way each library runs: medzoo with :func:`medzoo.perf.tune_malloc` (what ``medzoo train``
-    calls), in its training layout (:func:`benchmarks.common.in_training_layout`) and with bf16 autocast where the CPU has native bf16
-    (``amp="auto"``; also timed in fp32),
+    calls), in its training layout (:func:`benchmarks.common.in_training_layout`) and with bf16 autocast where
+    the CPU has native bf16 (``amp="auto"``; also timed in fp32),
     dynamic-network-architectures in fp32 with glibc's defaults (what nnU-Net runs with: its trainer
     autocasts only on CUDA), and for fairness dynamic-network-architectures with the same malloc setting (in
     fp32 and in bf16: the equal-precision ratios). The conv peak is measured in a tuned process
