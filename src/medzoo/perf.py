@@ -22,8 +22,10 @@ What was measured (``python -m benchmarks``; numbers in ``benchmarks/README.md``
   activation to that layout and back around each convolution. With an instance norm that keeps the layout
   (:func:`medzoo.models.layers.norm.instance_norm_act`), a hippocampus U-Net step is 1.30x faster in bf16 and
   1.18x in fp32, nnU-Net's network 1.5-1.6x in bf16; so ``medzoo train`` trains the networks whose card says so
-  in channels-last on the CPU (:func:`training_memory_format`). Networks with group norm (SegResNet) or batch
-  norm ResNets were slower in it and stay contiguous.
+  in channels-last on the CPU (:func:`training_memory_format`). The group-norm networks (SegResNet,
+  ResNet3D-VAE) do too since :class:`medzoo.models.layers.norm.GroupNorm` keeps their bf16 norm fast there
+  (1.09-1.22x per step in bf16); the batch-norm ResNets, DeepLabv3+ and the V-Nets were slower in it and stay
+  contiguous.
 * glibc's malloc hands every large freed block straight back to the kernel (blocks over its mmap threshold,
   at most 32 MiB, are unmapped on free; the free top of the heap is trimmed), so each training step faults its
   activations in again, page by page, zeroed by the kernel: 0.4 M page faults per step of nnU-Net's network
