@@ -425,17 +425,17 @@ def test_amp_training_on_cuda(phantom, cache, tmp_path, amp):
 
 
 def test_memory_format_rules():
-    from medzoo.perf import training_memory_format
+    from medzoo.perf import preferred_memory_format
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert training_memory_format("auto", "unet3d", 3, cpu) == torch.channels_last_3d  # its card asks for it
-    assert training_memory_format("auto", "unet2d", 2, cpu) == torch.channels_last
-    assert training_memory_format("auto", "segresnet", 3, cpu) == torch.channels_last_3d  # group norm kept fast
-    assert training_memory_format("auto", "vnet", 3, cpu) is None  # measured slower in channels-last
-    assert training_memory_format("auto", "unet3d", 3, gpu) is None  # not measured on GPUs
-    assert training_memory_format("auto", "not_a_model", 3, cpu) is None
-    assert training_memory_format("channels_last", "segresnet", 3, gpu) == torch.channels_last_3d
-    assert training_memory_format("contiguous", "unet3d", 3, cpu) is None
+    assert preferred_memory_format("auto", "unet3d", 3, cpu) == torch.channels_last_3d  # its card asks for it
+    assert preferred_memory_format("auto", "unet2d", 2, cpu) == torch.channels_last
+    assert preferred_memory_format("auto", "segresnet", 3, cpu) == torch.channels_last_3d  # group norm kept fast
+    assert preferred_memory_format("auto", "vnet", 3, cpu) is None  # measured slower in channels-last
+    assert preferred_memory_format("auto", "unet3d", 3, gpu) is None  # not measured on GPUs
+    assert preferred_memory_format("auto", "not_a_model", 3, cpu) is None
+    assert preferred_memory_format("channels_last", "segresnet", 3, gpu) == torch.channels_last_3d
+    assert preferred_memory_format("contiguous", "unet3d", 3, cpu) is None
     with pytest.raises(ConfigError, match="memory_format"):
         TrainConfig(data="d", out="o", memory_format="nhwc")
 

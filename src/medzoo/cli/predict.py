@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from medzoo.cli.options import add_layout_options
-from medzoo.engine.config import AMP_MODES
+from medzoo.engine.config import AMP_MODES, MEMORY_FORMATS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", choices=AMP_MODES, default="auto",
                    help="autocast precision of a PyTorch network: auto (default: bf16, else fp16, on a GPU; fp32 "
                         "on the CPU), bf16, fp16 (GPU), none (fp32)")
+    p.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
+                   help="layout of a PyTorch network: auto (default: channels-last on the CPU where the model's "
+                        "card says it runs faster so), channels_last, contiguous")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -47,6 +50,7 @@ def run(ns: argparse.Namespace) -> int:
         overlap=ns.overlap, batch_size=ns.batch_size, save_probabilities=ns.save_probabilities,
         keep_largest=ns.keep_largest, fill_holes=ns.fill_holes, min_size=ns.min_size, backend=ns.backend,
         progress=not ns.no_progress, layout=ns.layout, layout_options=dict(ns.layout_option), amp=ns.amp,
+        memory_format=ns.memory_format,
     )  # fmt: skip
     print(f"wrote {len(report.written)} label map(s) to {ns.output} in {report.seconds:.1f} s")
     for name, reason in report.failed:

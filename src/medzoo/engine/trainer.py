@@ -53,8 +53,8 @@ from medzoo.perf import (
     cpu_has_native_bf16,
     cuda_amp_dtype,
     maybe_compile,
+    preferred_memory_format,
     release_memory,
-    training_memory_format,
     tune_malloc,
 )
 from medzoo.planning.plan import Plan
@@ -375,7 +375,7 @@ def _train_segmentation(
 
     seed_everything(config.seed)  # same initial weights on every rank and every run
     model = build_model(plan).to(device)
-    memory_format = training_memory_format(config.memory_format, plan.model, plan.spatial_dims, device)
+    memory_format = preferred_memory_format(config.memory_format, plan.model, plan.spatial_dims, device)
     if memory_format is not None:
         model = model.to(memory_format=memory_format)
     log.info("memory format: %s", "contiguous" if memory_format is None else str(memory_format).removeprefix("torch."))

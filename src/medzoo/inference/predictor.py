@@ -83,6 +83,11 @@ class Predictor:
             when the plan crops to the non-zero region (which already declares the air background).
         amp: autocast precision of a PyTorch network (see :func:`inference_amp_dtype`): "auto" (default:
             bf16, else fp16, on a GPU; fp32 on the CPU), "bf16", "fp16" or "none" (fp32).
+        memory_format: memory layout of a PyTorch network's weights (its windows follow): "auto" (default:
+            channels-last on the CPU when the plan's model card says so, as ``medzoo train`` does; see
+            :func:`medzoo.perf.preferred_memory_format`), "channels_last" or "contiguous". The layout changes
+            the convolutions' summation order, so logits move by float rounding (about 1e-5 of their
+            range) and a label can flip only at a near-tie. Exported networks keep their runtime's layout.
     """
 
     def __init__(
@@ -100,6 +105,7 @@ class Predictor:
         slices_per_step: int = 32,
         skip_empty: bool | None = None,
         amp: str = "auto",
+        memory_format: str = "auto",
     ) -> None:
         from medzoo.transforms.preprocess import Preprocessor
 
@@ -119,6 +125,9 @@ class Predictor:
         self.slices_per_step = max(1, int(slices_per_step))
         self.skip_empty = bool(plan.crop_to_nonzero) if skip_empty is None else bool(skip_empty)
         self.amp_dtype = inference_amp_dtype(amp, self.device, model)
+        self.memory_format = inference_memory_format(memory_format, plan, self.device, model)
+        if self.memory_format is not None:
+            model.to(memory_format=self.memory_format)  # type: ignore[union-attr]  # an nn.Module here
         self.preprocessor = Preprocessor(plan)
         if plan.spatial_dims not in (2, 3):
             raise ConfigError(f"plan.spatial_dims must be 2 or 3, got {plan.spatial_dims}")
@@ -289,6 +298,27 @@ def inference_amp_dtype(amp: str, device: torch.device, model: Any) -> torch.dty
     return torch.bfloat16 if amp == "bf16" and device.type == "cpu" else None
 
 
+def inference_memory_format(
+    memory_format: str, plan: Plan, device: torch.device, model: Any
+) -> torch.memory_format | None:
+    """Memory layout a PyTorch network predicts in (None: leave it as it is, contiguous).
+
+    Raises:
+        ConfigError: ``memory_format`` is not one of "auto", "channels_last", "contiguous".
+    """
+    from medzoo.engine.config import MEMORY_FORMATS
+    from medzoo.perf import preferred_memory_format
+
+    if memory_format not in MEMORY_FORMATS:
+        raise ConfigError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, got '{memory_format}'")
+    if not isinstance(model, torch.nn.Module):
+        if memory_format != "auto":
+            log.warning("memory_format %s applies to the torch backend; the export keeps its runtime's layout",
+                        memory_format)
+        return None
+    return preferred_memory_format(memory_format, plan.model, plan.spatial_dims, device)
+
+
 def context_stack(vol: torch.Tensor, indices: range | Sequence[int], context: int) -> torch.Tensor:
     """2D network inputs for slices ``indices`` of ``vol`` with ``context`` neighbours on each side.
 
@@ -437,6 +467,7 @@ def predict(
     layout: str | None = None,
     layout_options: dict[str, Any] | None = None,
     amp: str = "auto",
+    memory_format: str = "auto",
 ) -> PredictionReport:
     """Predict every scan of a file or folder with a trained run (or an exported model).
 
@@ -461,6 +492,8 @@ def predict(
         layout_options: options of that layout.
         amp: autocast precision of a PyTorch network: "auto" (bf16, else fp16, on a GPU; fp32 on the CPU),
             "bf16", "fp16" or "none" (see :func:`inference_amp_dtype`).
+        memory_format: layout of a PyTorch network: "auto" (channels-last on the CPU where the model's card
+            says so), "channels_last" or "contiguous" (see :class:`Predictor`).
 
     Returns:
         A :class:`PredictionReport`; failures are listed there (and logged), the other cases still run.
@@ -481,6 +514,7 @@ def predict(
     predictor = Predictor(
         model, plan, device=device if device is not None else _device_of(model), mirror_axes=axes,
         overlap=overlap, batch_size=batch_size, postprocess=post if post.active else None, amp=amp,
+        memory_format=memory_format,
     )  # fmt: skip
     inputs = {p.resolve() for c in cases for p in c.paths}
     for c in cases:
