@@ -1,7 +1,7 @@
 """Memory layout: ``channels_last_3d`` against PyTorch's default (contiguous NCDHW), op by op and for a whole step.
 
 On the CPU ``medzoo train`` trains the networks whose card says so in channels-last
-(:func:`medzoo.perf.training_memory_format`). This benchmark keeps that choice honest: it times, interleaved in
+(:func:`medzoo.perf.preferred_memory_format`). This benchmark keeps that choice honest: it times, interleaved in
 one process, each piece of a U-Net training step in both layouts and in each precision the trainer can pick
 (fp32; bf16 autocast where the CPU has native bf16, or with ``--bf16``):
 

@@ -5,7 +5,7 @@ Every registered model among :data:`MAIN_MODELS` (whatever is registered when it
 cross-entropy, backward, SGD), in fp32 and PyTorch's default layout. FLOPs come from
 ``torch.utils.flop_counter.FlopCounterMode``. The reference peak is a 32->32 3x3x3 convolution on 64^3, timed in
 the same interleaved rounds. Each model's training step is also timed as ``medzoo train`` runs it on this CPU
-("trained" columns): the memory layout its card asks for (:func:`medzoo.perf.training_memory_format`) and bf16
+("trained" columns): the memory layout its card asks for (:func:`medzoo.perf.preferred_memory_format`) and bf16
 autocast where the CPU has native bf16 (then against the reference conv in bf16, ``trained_pct_peak``), with
 ``trained_speedup`` = fp32 default-layout step / this step. With ``--memory`` each workload also runs in a fresh
 subprocess to read its peak resident memory (VmHWM).

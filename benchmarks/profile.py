@@ -1,7 +1,7 @@
 """Where a training step's time goes: torch.profiler over a few steps of dynunet and unet3d.
 
 Each model is profiled twice: in fp32 and PyTorch's default layout, and as ``medzoo train`` runs it on this CPU
-(its memory format, :func:`medzoo.perf.training_memory_format`, and bf16 autocast where the CPU has native
+(its memory format, :func:`medzoo.perf.preferred_memory_format`, and bf16 autocast where the CPU has native
 bf16).
 
 CPU self-time of every aten op is grouped as convolutions, normalisation, activations, copies (copy_, cat,

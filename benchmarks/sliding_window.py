@@ -20,14 +20,17 @@ MRI in that field of view. Labels: 0 air/background, 1 scalp+skull, 2 CSF, 3 bra
      folder. The export and its checks are made before the timed runs (once per checkpoint; reported as
      ``export_s``).
    - ``medzoo_onnxruntime`` and ``medzoo_torch``: the same with ``backend="onnxruntime"`` / ``"torch"``
-     (eager PyTorch), to show what each backend brings.
+     (eager PyTorch, in the layout the card asks for: channels-last for unet3d on the CPU), to show what each
+     backend brings; ``medzoo_torch_contiguous``: PyTorch in the default layout, MONAI's exact arithmetic.
    - ``monai``: the MONAI equivalent of that pipeline: LoadImage + CropForeground (``x > 0``, the same box
      medzoo crops to) + NormalizeIntensity(nonzero, channel-wise) + sliding_window_inference (same window
      settings) + argmax, pasted back into the full grid as background, + SaveImage.
    All sides then tile the same box with the same windows, so the label maps agree except where a runtime's
    float rounding (ONNX Runtime about 1e-5, OpenVINO about 1e-4 on the logits) flips a near-tie; the row
    reports the agreement (all voxels, inside the head), the number of differing voxels per backend and the
-   per-class Dice between the maps and against the truth.
+   per-class Dice between the maps and against the truth, and, for each side, the largest top-two
+   probability gap of MONAI's fp32 softmax among the voxels that differ (from one more, untimed MONAI pass):
+   a small gap means only near-ties flipped.
 
 Run: ``python -m benchmarks.sliding_window [--quick] [--reps N] [--threads N] [--skip-core]``.
 """
@@ -219,6 +222,42 @@ def core(net, shape, patch, batch, reps, warmup, device: str = "cpu", dtype: tor
 
 
 # ------------------------------------------------------------------------------------------- end to end
+def _monai_net(folder: Path, device: str) -> torch.nn.Module:
+    from medzoo.models import create_model  # the same network class, loaded from the same weights
+
+    net = create_model("unet3d", **json.loads((folder / "net.json").read_text()))
+    net.load_state_dict(torch.load(folder / "net.pt", weights_only=True))
+    return net.to(device).eval()
+
+
+def _monai_logits(net, folder: Path, patch, batch: int, device: str, amp_dtype=None):
+    """MONAI's pipeline up to the blended logits: (image MetaTensor, crop box, logits (1, K, *box))."""
+    from monai.inferers import sliding_window_inference
+    from monai.transforms import CropForeground, LoadImage, NormalizeIntensity
+
+    loader = LoadImage(image_only=True, ensure_channel_first=True)
+    norm = NormalizeIntensity(nonzero=True, channel_wise=True)
+    img = loader(str(folder / "in" / "case.nii.gz"))
+    cropper = CropForeground(select_fn=lambda x: x > 0, margin=0, allow_smaller=True)
+    start, end = cropper.compute_bounding_box(img)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(start, end))
+    x = norm(cropper.crop_pad(img, start, end)).to(device)
+    with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=amp_dtype or torch.float32,
+                                                 enabled=amp_dtype is not None):
+        logits = sliding_window_inference(x[None], patch, batch, net, overlap=0.5, mode="gaussian",
+                                          sigma_scale=0.125)  # fmt: skip
+    return img, box, logits
+
+
+def _top_two_gap(folder: Path, patch, batch: int, device: str) -> np.ndarray:
+    """MONAI's fp32 softmax, top-two probability gap per voxel of the full grid (1 outside the crop box)."""
+    img, box, logits = _monai_logits(_monai_net(folder, device), folder, patch, batch, device)
+    top2 = torch.softmax(logits[0].float(), 0).topk(2, dim=0).values.cpu()
+    gap = np.ones(tuple(img.shape[1:]), dtype=np.float32)
+    gap[box] = (top2[0] - top2[1]).numpy()
+    return gap
+
+
 def _child(side: str, folder: Path, patch: tuple[int, ...], batch: int, device: str = "cpu") -> dict[str, Any]:
     """One end-to-end prediction on ``device`` in this (fresh) process; returns seconds and peak RSS."""
     import re
@@ -226,7 +265,9 @@ def _child(side: str, folder: Path, patch: tuple[int, ...], batch: int, device: 
     if side.startswith("medzoo"):
         from medzoo.inference.predictor import predict
 
-        backend = {"medzoo_torch": "torch", "medzoo_onnxruntime": "onnxruntime"}.get(side, "auto")
+        backend = {"medzoo_torch": "torch", "medzoo_torch_contiguous": "torch",
+                   "medzoo_onnxruntime": "onnxruntime"}.get(side, "auto")  # fmt: skip
+        layout = "contiguous" if side == "medzoo_torch_contiguous" else "auto"
         out = folder / side
 
         def run():
@@ -238,17 +279,13 @@ def _child(side: str, folder: Path, patch: tuple[int, ...], batch: int, device: 
                 (folder / "auto_backend.txt").write_text(type(model).__name__)
                 return
             report = predict(folder / "run", folder / "in" / "case.nii.gz", out, progress=False, device=device,
-                             backend=backend, amp="none" if side == "medzoo_fp32" else "auto")  # fmt: skip
+                             backend=backend, amp="none" if side == "medzoo_fp32" else "auto",
+                             memory_format=layout)  # fmt: skip
             assert report.ok, report.failed
     else:
-        from monai.inferers import sliding_window_inference
-        from monai.transforms import CropForeground, LoadImage, NormalizeIntensity, SaveImage
+        from monai.transforms import SaveImage
 
-        from medzoo.models import create_model  # the same network class, loaded from the same weights
-
-        net = create_model("unet3d", **json.loads((folder / "net.json").read_text()))
-        net.load_state_dict(torch.load(folder / "net.pt", weights_only=True))
-        net.to(device).eval()
+        net = _monai_net(folder, device)
         amp_dtype = None
         if side == "monai_amp":  # MONAI under the autocast medzoo predict picks on a GPU (bf16 on the CPU)
             from medzoo.perf import cuda_amp_dtype
@@ -256,19 +293,9 @@ def _child(side: str, folder: Path, patch: tuple[int, ...], batch: int, device: 
             amp_dtype = cuda_amp_dtype("auto") if torch.device(device).type == "cuda" else torch.bfloat16
 
         def run():
-            loader = LoadImage(image_only=True, ensure_channel_first=True)
-            norm = NormalizeIntensity(nonzero=True, channel_wise=True)
             saver = SaveImage(output_dir=str(folder / side), output_postfix="", separate_folder=False,
                               output_dtype=np.uint8, resample=False, print_log=False)  # fmt: skip
-            img = loader(str(folder / "in" / "case.nii.gz"))
-            cropper = CropForeground(select_fn=lambda x: x > 0, margin=0, allow_smaller=True)
-            start, end = cropper.compute_bounding_box(img)
-            box = tuple(slice(int(a), int(b)) for a, b in zip(start, end))
-            x = norm(cropper.crop_pad(img, start, end)).to(device)
-            with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=amp_dtype or torch.float32,
-                                                         enabled=amp_dtype is not None):
-                logits = sliding_window_inference(x[None], patch, batch, net, overlap=0.5, mode="gaussian",
-                                                  sigma_scale=0.125)  # fmt: skip
+            img, box, logits = _monai_logits(net, folder, patch, batch, device, amp_dtype)
             labels = torch.zeros_like(img, dtype=torch.uint8)  # MetaTensor: keeps the image's affine
             labels[(slice(None), *box)] = logits[0].argmax(0, keepdim=True).to(torch.uint8).cpu()
             saver(labels)
@@ -324,7 +351,7 @@ def end_to_end(net, features, shape, patch, batch, reps, threads, device: str = 
 
     if torch.device(device).type == "cpu":
         export_s = _spawn("medzoo_export", tmp, patch, batch, threads)["seconds"]
-        sides = list(sides or ["medzoo", "medzoo_onnxruntime", "medzoo_torch", "monai"])
+        sides = list(sides or ["medzoo", "medzoo_onnxruntime", "medzoo_torch", "medzoo_torch_contiguous", "monai"])
     else:  # a GPU runs PyTorch (resolve_backend), nothing to export
         export_s = float("nan")
         (tmp / "auto_backend.txt").write_text("torch")
@@ -339,6 +366,7 @@ def end_to_end(net, features, shape, patch, batch, reps, threads, device: str = 
     ours = labels["medzoo"]
     written = read_volume(tmp / "medzoo" / "case.nii.gz")
     inside = image.array[0] != 0
+    gap = _top_two_gap(tmp, patch, batch, device)  # untimed: how close to a tie each differing voxel was
     sec = {side: median([x["seconds"] for x in results[side]]) for side in sides}
     return {
         "workload": f"end to end head phantom {'x'.join(map(str, shape))} patch {patch[0]} batch {batch}",
@@ -354,6 +382,8 @@ def end_to_end(net, features, shape, patch, batch, reps, threads, device: str = 
         "label_agreement": float((ours == theirs).mean()),
         "label_agreement_nonzero": float((ours == theirs)[inside].mean()),
         **{f"voxels_differing_{side}": int((labels[side] != theirs).sum()) for side in ours_sides},
+        **{f"max_top2_gap_differing_{side}": float(gap[labels[side] != theirs].max(initial=0.0))
+           for side in ours_sides},  # fmt: skip
         "dice_medzoo_vs_monai": dice_between(ours, theirs, NUM_CLASSES),
         "dice_medzoo_vs_truth": dice_between(ours, truth.array[0], NUM_CLASSES),
         "dice_monai_vs_truth": dice_between(theirs, truth.array[0], NUM_CLASSES),
@@ -369,8 +399,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=4, help="windows per forward pass (both libraries)")
     parser.add_argument("--train-steps", type=int, default=200, help="training steps of the benchmark net")
     parser.add_argument("--skip-core", action="store_true", help="only the end-to-end comparison")
-    parser.add_argument("--child", choices=["medzoo", "medzoo_onnxruntime", "medzoo_torch", "medzoo_fp32",
-                                            "medzoo_export", "monai", "monai_amp"],
+    parser.add_argument("--child", choices=["medzoo", "medzoo_onnxruntime", "medzoo_torch", "medzoo_torch_contiguous",
+                                            "medzoo_fp32", "medzoo_export", "monai", "monai_amp"],
                         help=argparse_hidden())
     parser.add_argument("--child-dir", type=Path, help=argparse_hidden())
     parser.add_argument("--child-patch", help=argparse_hidden())
