@@ -86,3 +86,20 @@ def test_end_to_end_sides_of_a_gpu_run_on_the_cpu():
     assert row["geometry_exact"]
     assert row["voxels_differing_medzoo_fp32"] == 0 and row["voxels_differing_medzoo"] == 0  # fp32 everywhere
     assert row["ratio_monai_amp_over_medzoo"] > 0 and row["ratio_monai_over_medzoo_fp32"] > 0
+
+
+def test_end_to_end_cpu_sides_compare_each_backend_with_monai():
+    """The CPU's sides: the PyTorch backend in the default layout is MONAI's arithmetic exactly; every side
+    reports how close to a tie its differing voxels were."""
+    pytest.importorskip("monai")
+    from benchmarks.sliding_window import end_to_end, trained_net
+
+    shape, patch, features = (40, 48, 40), (24, 24, 24), (4, 8)
+    net, _ = trained_net(shape, features, 3, 16, None)
+    sides = ["medzoo", "medzoo_torch", "medzoo_torch_contiguous", "monai"]
+    row = end_to_end(net, features, shape, patch, 4, 1, 1, sides=sides)
+    assert row["geometry_exact"]
+    assert row["voxels_differing_medzoo_torch_contiguous"] == 0
+    assert row["max_top2_gap_differing_medzoo_torch_contiguous"] == 0.0
+    assert 0.0 <= row["max_top2_gap_differing_medzoo_torch"] <= 1.0
+    assert row["ratio_monai_over_medzoo_torch_contiguous"] > 0
