@@ -328,12 +328,18 @@ def end_to_end(net, features, shape, patch, batch, reps, threads, device: str = 
     """File in, file out, each side in fresh processes on ``device``. On the CPU: medzoo's default backend,
     ONNX Runtime and PyTorch against MONAI. On a GPU: medzoo's default (PyTorch under autocast) and medzoo in
     fp32 (``amp="none"``) against MONAI in fp32 and MONAI under the same autocast. Labels are compared with
-    MONAI's fp32 map. ``sides`` overrides the list (the first is medzoo's default, one is "monai")."""
+    MONAI's fp32 map. ``sides`` overrides the list (the first is medzoo's default, one is "monai"). The
+    files live in a temporary folder, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="medzoo_bench_sw_") as folder:
+        return _end_to_end_in(Path(folder), net, features, shape, patch, batch, reps, threads, device, sides)
+
+
+def _end_to_end_in(tmp: Path, net, features, shape, patch, batch, reps, threads, device: str,
+                   sides: Sequence[str] | None) -> dict[str, Any]:
     from medzoo.engine.checkpoint import save_checkpoint
     from medzoo.io.readers import read_volume, write_volume
     from medzoo.planning.plan import Plan
 
-    tmp = Path(tempfile.mkdtemp(prefix="medzoo_bench_sw_"))
     image, truth = head_phantom(0, shape)
     write_volume(image, tmp / "in" / "case.nii.gz")
     net_kwargs = {"in_channels": 1, "num_classes": NUM_CLASSES, "features": list(features)}
