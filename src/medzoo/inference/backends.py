@@ -4,14 +4,17 @@ Each gives a callable taking a torch tensor (N, C, *P) and returning (N, K, *P) 
 :class:`~medzoo.planning.plan.Plan`, so :func:`~medzoo.inference.sliding_window.sliding_window` and the
 predictor use them alike.
 
-The default, ``"auto"``, picks on the CPU the fastest runtime installed: OpenVINO, then ONNX Runtime, then
-PyTorch; on a GPU, PyTorch. On the 2-core development CPU, for the benchmark U-Net (96^3 windows), ONNX
-Runtime ran the forward about 1.9x faster than eager PyTorch and OpenVINO about 1.4x faster again
-(``benchmarks/sliding_window.py``). The run's network is exported once per checkpoint and cached in
-``RUN/.medzoo_cache/``. The export is checked against PyTorch (max |diff| 1e-4 under ONNX Runtime), and
-OpenVINO once against ONNX Runtime (max |diff| 1e-3 of the logits' range, recorded beside the export). A
-network that cannot be exported, or fails a check, falls back to the next runtime; a run folder that cannot
-be written exports to a temporary folder.
+The default, ``"auto"``, picks on the CPU OpenVINO when it is installed, else PyTorch (an ``.onnx`` file,
+which PyTorch cannot run: ONNX Runtime); on a GPU, PyTorch. On the 2-core development CPU (AMX), predicting a
+120x110x100 scan with 64^3 windows, OpenVINO was 1.0-1.4x faster than PyTorch (which runs the networks whose
+card says so in channels-last) and ONNX Runtime 1.2-2.3x slower than PyTorch (unet3d, segresnet,
+resnetmed3d_10, vnet_light, deeplabv3plus_resnet18); with test-time mirroring on 36 hippocampus cases
+OpenVINO took 28 s, PyTorch 35 s and ONNX Runtime 77 s. So ONNX Runtime is not a fallback for run folders: it
+checks the export and OpenVINO, and runs ``.onnx`` files or when asked for. The run's network is exported
+once per checkpoint and cached in ``RUN/.medzoo_cache/``. The export is checked against PyTorch (max |diff|
+1e-4 under ONNX Runtime), and OpenVINO once against ONNX Runtime (max |diff| 1e-3 of the logits' range,
+recorded beside the export). A network that cannot be exported, or fails a check, is predicted with PyTorch;
+a run folder that cannot be written exports to a temporary folder.
 """
 
 from __future__ import annotations
@@ -146,8 +149,8 @@ def _installed(*modules: str) -> bool:
 
 
 def resolve_backend(backend: str, model_path: str | Path, device: str | torch.device) -> str:
-    """The backend ``"auto"`` stands for: on the CPU, OpenVINO, else ONNX Runtime (whichever is installed,
-    with onnx for the export), else PyTorch; on a GPU, PyTorch (an ``.onnx`` file: ONNX Runtime). Other
+    """The backend ``"auto"`` stands for: on the CPU, OpenVINO (when it and onnx, for the export, are
+    installed), else PyTorch; on a GPU, PyTorch; an ``.onnx`` file without OpenVINO: ONNX Runtime. Other
     names are returned unchanged (after checking them)."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
@@ -157,8 +160,6 @@ def resolve_backend(backend: str, model_path: str | Path, device: str | torch.de
     if on_cpu and _installed("onnx", "openvino"):
         return "openvino"
     if Path(model_path).is_file():
-        return "onnxruntime"
-    if on_cpu and _installed("onnx", "onnxruntime"):
         return "onnxruntime"
     return "torch"
 
@@ -252,9 +253,10 @@ def load_backend(
         model_path: a run folder; for ``onnxruntime`` / ``openvino`` also an ``.onnx`` export (card beside
             it). With ``onnxruntime``, a run folder's ``model.onnx`` (from ``medzoo export``) is used when
             present, else the cached export (:func:`cached_onnx_export`).
-        backend: "auto" (the fastest installed runtime, see :func:`resolve_backend`, through an export
-            cached per checkpoint; falls back to the next one when the network does not export or a check
-            fails), "torch", "onnxruntime" or "openvino".
+        backend: "auto" (OpenVINO on the CPU through an export cached per checkpoint, else PyTorch, see
+            :func:`resolve_backend`; PyTorch also when the network does not export or a check fails; an
+            ``.onnx`` file whose OpenVINO check fails runs under ONNX Runtime), "torch", "onnxruntime" or
+            "openvino".
         checkpoint: "best" / "last" (run folders).
         device: "cpu" / "cuda"; default cuda when available.
 
@@ -286,7 +288,7 @@ def load_backend(
         loaded = _openvino_backend(export, strict=backend != "auto")
         if loaded is not None:
             return loaded
-        if not _installed("onnxruntime") and model_path.is_dir():  # auto: the last runtime left is PyTorch
+        if model_path.is_dir():  # auto: PyTorch is faster than ONNX Runtime here (see the module docstring)
             return _torch_backend(model_path, checkpoint, device)
     return _onnx_backend(export, device)
 

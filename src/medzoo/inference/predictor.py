@@ -482,10 +482,10 @@ def predict(
         overlap, batch_size: sliding-window settings.
         save_probabilities: also write ``<case>_probabilities.npz`` (float16 (K, *S) + affine).
         keep_largest, fill_holes, min_size: post-processing (see :class:`PostProcess`).
-        backend: "auto" (default): on the CPU the network runs under OpenVINO, else ONNX Runtime, through an
-            export cached in the run folder and checked against PyTorch (labels equal up to floating-point
-            near-ties, and faster); PyTorch on a GPU or when the network does not export. "torch",
-            "onnxruntime" or "openvino" force one (see :func:`medzoo.inference.backends.load_backend`).
+        backend: "auto" (default): on the CPU the network runs under OpenVINO through an export cached in
+            the run folder and checked against PyTorch (labels equal up to floating-point near-ties, and
+            faster); PyTorch on a GPU, without OpenVINO, or when the network does not export or check.
+            "torch", "onnxruntime" or "openvino" force one (see :func:`medzoo.inference.backends.load_backend`).
         progress: tqdm bar over cases.
         layout: read ``input_path`` as a dataset folder in this layout (``"auto"`` detects it) and predict
             its test cases (all cases when it lists none), see :func:`collect_layout_cases`.
