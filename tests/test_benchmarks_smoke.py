@@ -53,7 +53,7 @@ def test_profile_groups() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["training_step", "models", "profile", "time_to_dice", "layouts"])
+@pytest.mark.parametrize("name", ["training_step", "models", "profile", "time_to_dice", "layouts", "backends"])
 def test_module_quick(name: str, tmp_path) -> None:
     import importlib
 
@@ -65,3 +65,16 @@ def test_module_quick(name: str, tmp_path) -> None:
         assert res["rows"] and all("skipped" not in r for r in res["rows"])
     if name == "training_step":  # the as-shipped comparison ran each side in its own process
         assert all(r["shipped_medzoo_s"] > 0 and r["shipped_conv_peak_gflops"] > 0 for r in res["rows"])
+
+
+def test_backends_benchmark_times_every_backend(tmp_path) -> None:
+    from benchmarks.backends import BACKENDS, main
+
+    res = main(["--quick", "--reps", "1", "--warmup", "0", "--out", str(tmp_path)])
+    (row,) = res["rows"]
+    assert row["torch_layout"] == "channels_last_3d"  # unet3d's card: channels-last on the CPU
+    for name in BACKENDS:  # all runtimes are runtime dependencies: none may be skipped
+        assert row[f"{name}_s"] > 0 and f"{name}_skipped" not in row
+    assert row["torch_over_torch"] == 1.0
+    assert all(row[f"{k}_label_agreement"] > 0.99 for k in ("torch", "onnxruntime", "openvino"))
+    assert (tmp_path / "backends.json").is_file()
