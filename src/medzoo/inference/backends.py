@@ -6,10 +6,10 @@ predictor use them alike.
 
 The default, ``"auto"``, picks on the CPU OpenVINO when it is installed, else PyTorch (an ``.onnx`` file,
 which PyTorch cannot run: ONNX Runtime); on a GPU, PyTorch. On the 2-core development CPU (AMX), predicting a
-120x110x100 scan with 64^3 windows, OpenVINO was 1.0-1.4x faster than PyTorch (which runs the networks whose
-card says so in channels-last) and ONNX Runtime 1.2-2.3x slower than PyTorch (unet3d, segresnet,
-resnetmed3d_10, vnet_light, deeplabv3plus_resnet18); with test-time mirroring on 36 hippocampus cases
-OpenVINO took 28 s, PyTorch 35 s and ONNX Runtime 77 s. So ONNX Runtime is not a fallback for run folders: it
+120x110x100 scan with 64^3 windows (``python -m benchmarks.backends``: unet3d, segresnet, resnetmed3d_10,
+vnet_light, deeplabv3plus_resnet18), OpenVINO was 0.98-1.32x as fast as PyTorch (which runs the networks
+whose card says so in channels-last) and ONNX Runtime 1.3-2.2x slower than PyTorch; with test-time mirroring
+on 36 hippocampus cases OpenVINO took 28 s, PyTorch 35 s and ONNX Runtime 77 s. So ONNX Runtime is not a fallback for run folders: it
 checks the export and OpenVINO, and runs ``.onnx`` files or when asked for. The run's network is exported
 once per checkpoint and cached in ``RUN/.medzoo_cache/``. The export is checked against PyTorch (max |diff|
 1e-4 under ONNX Runtime), and OpenVINO once against ONNX Runtime (max |diff| 1e-3 of the logits' range,
