@@ -263,8 +263,9 @@ def preferred_memory_format(setting: str, model_name: str, spatial_dims: int, de
     Args:
         setting: "channels_last", "contiguous" or "auto" (channels-last on the CPU when the model's card
             says it trains faster so, ``ModelCard.channels_last``; contiguous on GPUs, not measured there).
-            The same cards hold for prediction: the forward pass of those networks measured 1.08-1.79x
-            faster in channels-last in fp32 (V-Net 0.90x, HyperDenseNet 0.98x, both contiguous).
+            The same cards hold for prediction: in a one-off fp32 timing of the forward pass (batch 4 of
+            64^3) those networks gained 1.08-1.79x in channels-last (V-Net 0.90x, HyperDenseNet 0.98x, both
+            contiguous); ``python -m benchmarks.backends`` times whole predictions.
         model_name: registry name of the network.
         spatial_dims: 2 (``torch.channels_last``) or 3 (``torch.channels_last_3d``); other dims: None.
         device: where it trains.
