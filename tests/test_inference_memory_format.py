@@ -102,26 +102,3 @@ def test_predict_cli_passes_memory_format(tmp_path, monkeypatch):
     assert code == 0 and seen["memory_format"] == "contiguous"
     assert (tmp_path / "out" / "scan.nii.gz").exists()
 
-
-def test_forced_channels_last_on_a_2d_plan_with_context_is_exact(tmp_path, monkeypatch):
-    from test_inference_helpers import THRESHOLD, register_threshold
-
-    register_threshold(monkeypatch)
-    # 3 input channels = 1 modality x (2 * 1 context + 1) slices; the net thresholds the previous slice
-    run, _ = make_run(
-        tmp_path / "run", THRESHOLD, 3, 2, spatial_dims=2, patch_size=(8, 8), normalization=["none"],
-        slice_axis=1, context_slices=1,
-    )  # fmt: skip
-    image = blob_image(shape=(13, 9, 10))
-    predictor = Predictor.from_run(run, slices_per_step=4, memory_format="channels_last")
-    assert predictor.memory_format == torch.channels_last
-    seen: list[bool] = []
-    predictor.model.conv.register_forward_hook(
-        lambda m, a, out: seen.append(out.is_contiguous(memory_format=torch.channels_last))
-    )
-    out = predictor.predict_volume(image)
-    assert seen and all(seen)
-    np.testing.assert_array_equal(out.affine, image.affine)
-    positive = image.array[0] > 0
-    previous = np.concatenate([positive[:, :1], positive[:, :-1]], axis=1)
-    np.testing.assert_array_equal(out.array[0], previous.astype(np.uint8))  # only zeros were added: exact

@@ -66,17 +66,23 @@ def test_probabilities_and_tta(tmp_path):
     np.testing.assert_array_equal(probs.affine, image.affine)
 
 
-def test_2d_plan_predicts_slice_by_slice_with_context(tmp_path, monkeypatch):
+@pytest.mark.parametrize("memory_format", ["auto", "channels_last"])
+def test_2d_plan_predicts_slice_by_slice_with_context(tmp_path, monkeypatch, memory_format):
     register_threshold(monkeypatch)
     # 3 input channels = 1 modality x (2 * 1 context + 1) slices; the net thresholds the first channel,
-    # i.e. the previous slice (edge-replicated at slice 0).
+    # i.e. the previous slice (edge-replicated at slice 0). In channels-last only zeros are added: exact too.
     run, _ = make_run(
         tmp_path / "run", THRESHOLD, 3, 2, spatial_dims=2, patch_size=(8, 8), normalization=["none"],
         slice_axis=1, context_slices=1,
     )  # fmt: skip
     image = blob_image(shape=(13, 9, 10))
-    predictor = Predictor.from_run(run, slices_per_step=4)
+    predictor = Predictor.from_run(run, slices_per_step=4, memory_format=memory_format)
+    layouts: list[bool] = []
+    predictor.model.conv.register_forward_hook(
+        lambda m, a, out: layouts.append(out.is_contiguous(memory_format=torch.channels_last))
+    )
     out = predictor.predict_volume(image)
+    assert layouts and set(layouts) == {memory_format == "channels_last"}  # the threshold card: contiguous
     assert out.spatial_shape == image.spatial_shape
     np.testing.assert_array_equal(out.affine, image.affine)
     positive = image.array[0] > 0
