@@ -115,6 +115,23 @@ def test_eval_forward_shapes(name: str, dims: int, in_channels: int, num_classes
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_channels_last_eval_matches_the_default_layout(name: str) -> None:
+    """``medzoo predict`` (and ``--memory-format channels_last`` on any model) runs networks in channels-last:
+    in eval mode on odd sizes every model gives the default layout's output, up to float rounding."""
+    card = get_card(name)
+    dims = card.spatial_dims[-1]
+    net = _build(name, dims, 2, 3).eval()
+    fmt = torch.channels_last_3d if dims == 3 else torch.channels_last
+    x = torch.randn(2, 2, *_test_size(card, dims))
+    with torch.no_grad():
+        ref = net(x)
+        out = net.to(memory_format=fmt)(x.contiguous(memory_format=fmt))
+    assert out.shape == ref.shape
+    scale = float(ref.abs().max()) + 1e-6
+    assert float((out - ref).abs().max()) <= 1e-4 * scale, f"{name}: channels-last output differs"
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_invalid_size_raises_input_size_error(name: str) -> None:
     card = get_card(name)
     if card.size_divisor <= 1 and card.min_size <= 1:
