@@ -93,12 +93,29 @@ def configure_threads(num_threads: int | None = None, interop_threads: int | Non
     return torch.get_num_threads()
 
 
+#: oneDNN ISA caps that keep bf16 dot products (``ONEDNN_MAX_CPU_ISA`` values from AVX512_CORE_BF16 up)
+_BF16_ISA_MARKERS = ("BF16", "AMX", "FP16", "AVX10", "ALL", "DEFAULT")
+
+
+def _onednn_isa_allows_bf16() -> bool:
+    """False when the environment caps oneDNN below AVX512_CORE_BF16 (e.g. ``ONEDNN_MAX_CPU_ISA=AVX2``)."""
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        cap = os.environ.get(name, "").strip().upper()
+        if cap:
+            return any(marker in cap for marker in _BF16_ISA_MARKERS)
+    return True
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU has bf16 dot-product instructions (x86 AVX512-BF16 or AMX tiles).
 
     There oneDNN's bf16 convolutions run about twice as fast as fp32 ones (measured: a 32->32 3x3x3 conv on
-    64^3, 205 -> 385 GFLOP/s on 2 cores). Elsewhere torch emulates bf16 and it is slower than fp32.
+    64^3, 205 -> 385 GFLOP/s on 2 cores). Elsewhere torch emulates bf16 and it is slower than fp32. An
+    ``ONEDNN_MAX_CPU_ISA`` (or ``DNNL_MAX_CPU_ISA``) below ``AVX512_CORE_BF16`` forbids oneDNN those
+    instructions, so it counts as no.
     """
+    if not _onednn_isa_allows_bf16():
+        return False
     for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         check = getattr(torch.cpu, probe, None)
         try:
