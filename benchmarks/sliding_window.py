@@ -17,8 +17,8 @@ MRI in that field of view. Labels: 0 air/background, 1 scalp+skull, 2 CSF, 3 bra
    - ``medzoo``: ``medzoo.inference.predict`` with its defaults: the plan crops to the non-zero region and
      z-scores non-zero voxels, windows whose input is all air are skipped, and on the CPU the network runs
      under OpenVINO through an export cached in the run folder (it needs OpenVINO, a runtime
-     dependency; without it medzoo predicts with PyTorch, the ``medzoo_torch`` side). The export and its checks are made before the timed runs (once per checkpoint; reported as
-     ``export_s``).
+     dependency; without it medzoo predicts with PyTorch, the ``medzoo_torch`` side). The export and its
+     checks are made before the timed runs (once per checkpoint; reported as ``export_s``).
    - ``medzoo_onnxruntime`` and ``medzoo_torch``: the same with ``backend="onnxruntime"`` / ``"torch"``
      (eager PyTorch, in the layout the card asks for: channels-last for unet3d on the CPU), to show what each
      backend brings; ``medzoo_torch_contiguous``: PyTorch in the default layout, MONAI's exact arithmetic.

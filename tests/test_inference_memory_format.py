@@ -79,6 +79,18 @@ def test_predictor_leaves_a_contiguous_card_contiguous(tmp_path):
     assert all(p.is_contiguous() for p in predictor.model.parameters())
 
 
+def test_contiguous_converts_a_channels_last_network_back(tmp_path):
+    import medzoo
+
+    net = medzoo.create_model("unet3d", in_channels=1, num_classes=2, features=[4, 8])
+    net.to(memory_format=CL3D)  # e.g. the network a training run left in channels-last
+    plan = Plan(model="unet3d", in_channels=1, num_classes=2, patch_size=(8, 8, 8))
+    Predictor(net, plan, device="cpu", memory_format="contiguous")
+    assert all(p.is_contiguous() for p in net.parameters())
+    Predictor(net, plan, device="cpu")  # auto: unet3d's card asks for channels-last
+    assert all(p.is_contiguous(memory_format=CL3D) for p in net.parameters() if p.dim() == 5)
+
+
 def test_predict_cli_passes_memory_format(tmp_path, monkeypatch):
     from medzoo.cli import main as cli_main
     from medzoo.io.readers import write_volume

@@ -274,7 +274,7 @@ def tune_malloc(enable: bool | None = None) -> bool:
 
 
 def preferred_memory_format(setting: str, model_name: str, spatial_dims: int, device: torch.device | str
-                           ) -> torch.memory_format | None:
+                            ) -> torch.memory_format | None:
     """Memory layout to train or predict in (None: PyTorch's default, contiguous).
 
     Args:
@@ -285,7 +285,7 @@ def preferred_memory_format(setting: str, model_name: str, spatial_dims: int, de
             contiguous); ``python -m benchmarks.backends`` times whole predictions.
         model_name: registry name of the network.
         spatial_dims: 2 (``torch.channels_last``) or 3 (``torch.channels_last_3d``); other dims: None.
-        device: where it trains.
+        device: where it trains or predicts.
     """
     from medzoo.errors import ModelError
     from medzoo.models.registry import get_card

@@ -9,12 +9,13 @@ which PyTorch cannot run: ONNX Runtime); on a GPU, PyTorch. On the 2-core develo
 120x110x100 scan with 64^3 windows (``python -m benchmarks.backends``: unet3d, segresnet, resnetmed3d_10,
 vnet_light, deeplabv3plus_resnet18), OpenVINO was 0.98-1.32x as fast as PyTorch (which runs the networks
 whose card says so in channels-last) and ONNX Runtime 1.3-2.2x slower than PyTorch; with test-time mirroring
-on 36 hippocampus cases OpenVINO took 28 s, PyTorch 35 s and ONNX Runtime 77 s. So ONNX Runtime is not a fallback for run folders: it
-checks the export and OpenVINO, and runs ``.onnx`` files or when asked for. The run's network is exported
-once per checkpoint and cached in ``RUN/.medzoo_cache/``. The export is checked against PyTorch (max |diff|
-1e-4 under ONNX Runtime), and OpenVINO once against ONNX Runtime (max |diff| 1e-3 of the logits' range,
-recorded beside the export). A network that cannot be exported, or fails a check, is predicted with PyTorch;
-a run folder that cannot be written exports to a temporary folder.
+on 36 hippocampus cases OpenVINO took 28 s, PyTorch 35 s and ONNX Runtime 77 s. So ONNX Runtime is not a
+fallback for run folders: it checks the export and OpenVINO, and runs ``.onnx`` files or when asked for.
+
+The run's network is exported once per checkpoint and cached in ``RUN/.medzoo_cache/``. The export is
+checked against PyTorch (max |diff| 1e-4 under ONNX Runtime), and OpenVINO once against ONNX Runtime (max
+|diff| 1e-3 of the logits' range, recorded beside the export). A network that cannot be exported, or fails a
+check, is predicted with PyTorch; a run folder that cannot be written exports to a temporary folder.
 """
 
 from __future__ import annotations

@@ -126,8 +126,9 @@ class Predictor:
         self.skip_empty = bool(plan.crop_to_nonzero) if skip_empty is None else bool(skip_empty)
         self.amp_dtype = inference_amp_dtype(amp, self.device, model)
         self.memory_format = inference_memory_format(memory_format, plan, self.device, model)
-        if self.memory_format is not None:
-            model.to(memory_format=self.memory_format)  # type: ignore[union-attr]  # an nn.Module here
+        if isinstance(model, torch.nn.Module) and (self.memory_format or memory_format == "contiguous"):
+            # an explicit "contiguous" also converts back a network that is in channels-last already
+            model.to(memory_format=self.memory_format or torch.contiguous_format)
         self.preprocessor = Preprocessor(plan)
         if plan.spatial_dims not in (2, 3):
             raise ConfigError(f"plan.spatial_dims must be 2 or 3, got {plan.spatial_dims}")
@@ -301,7 +302,8 @@ def inference_amp_dtype(amp: str, device: torch.device, model: Any) -> torch.dty
 def inference_memory_format(
     memory_format: str, plan: Plan, device: torch.device, model: Any
 ) -> torch.memory_format | None:
-    """Memory layout a PyTorch network predicts in (None: leave it as it is, contiguous).
+    """Memory layout a PyTorch network predicts in (None: PyTorch's default; a network already in
+    channels-last is converted back only when ``memory_format`` is "contiguous").
 
     Raises:
         ConfigError: ``memory_format`` is not one of "auto", "channels_last", "contiguous".
