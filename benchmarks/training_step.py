@@ -188,11 +188,16 @@ def _child(what: str, index: int, steps: int, quick: bool, tune: bool, warmup: i
     return {"times": times, "peak_rss_mb": own_peak_rss_mb()}
 
 
-def shipped(index: int, rounds: int, steps: int, quick: bool, threads: int, warmup: int, with_dna: bool
-            ) -> tuple[dict[str, list[float]], dict[str, float]]:
+def shipped(index: int, rounds: int, steps: int, quick: bool, threads: int, warmup: int, with_dna: bool,
+            with_bf16: bool = True) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Per-call seconds of each side in :data:`SHIPPED_SIDES`, one fresh process per side and round, the
-    order rotating each round; and each side's largest peak resident memory (MiB) over its processes."""
-    names = [n for n, (what, _, _) in SHIPPED_SIDES.items() if with_dna or what != "dna"]
+    order rotating each round; and each side's largest peak resident memory (MiB) over its processes.
+    Without ``with_bf16`` the bf16 sides are left out (emulated bf16 is many times slower than fp32), and
+    where medzoo's own choice is fp32 its fp32 side is the same run."""
+    medzoo_is_fp32 = _amp("auto") is None
+    names = [n for n, (what, _, precision) in SHIPPED_SIDES.items()
+             if (with_dna or what != "dna") and (with_bf16 or precision != "bf16")
+             and not (n == "medzoo_fp32" and medzoo_is_fp32)]  # fmt: skip
     times: dict[str, list[float]] = {n: [] for n in names}
     peak_rss: dict[str, float] = dict.fromkeys(names, 0.0)
     for r in range(rounds):
@@ -207,6 +212,8 @@ def shipped(index: int, rounds: int, steps: int, quick: bool, threads: int, warm
             result = json.loads(out.stdout.strip().splitlines()[-1])
             times[name] += result["times"]
             peak_rss[name] = max(peak_rss[name], result["peak_rss_mb"])
+    if medzoo_is_fp32:
+        times["medzoo_fp32"], peak_rss["medzoo_fp32"] = times["medzoo"], peak_rss["medzoo"]
     return times, peak_rss
 
 
@@ -312,7 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
             index = workloads(args.quick).index(cfg)
             rounds = args.rounds or (1 if args.quick else 3)
             proc, proc_rss = shipped(index, rounds, 2 if args.quick else 3, args.quick, threads, args.warmup,
-                           with_dna=peer is not None)
+                                     with_dna=peer is not None, with_bf16=args.bf16)
             pmed = {k: median(v) for k, v in proc.items()}
             shipped_peak = peak_flops / pmed["conv_peak"] / 1e9
             row.update({
