@@ -11,6 +11,9 @@ one process, each piece of a U-Net training step in both layouts and in each pre
   PyTorch's ``instance_norm`` in both layouts, medzoo's layout-keeping ``instance_norm_act`` in channels-last,
   and (batch of 1) the two channels-last alternatives (``batch_norm`` in training mode, the same maths for a
   batch of 1, and ``group_norm`` with one channel per group);
+* ``conv parts``: the forward, the input gradient and the weight gradient of a 32->32 3x3x3 conv on
+  2x32x40x56x40 (hippocampus patches' first level) timed apart in both layouts, with GFLOP/s (each part does
+  the forward's FLOPs): where a backward pass loses its rate;
 * ``group norm``: forward + backward of an 8-group norm on a 2x8x64x64x48 and a 2x32x32x32x24 map (segresnet's
   first levels), PyTorch's ``group_norm`` in both layouts and medzoo's ``GroupNorm`` in channels-last;
 * ``step``: the whole training step of nnU-Net's 5-stage network at 1x1x64^3 (module and input converted;
@@ -67,6 +70,35 @@ def conv_case(cin: int, cout: int, size: int, stride: int, layout: str, dtype: t
         conv(x).backward(grad)
 
     return run
+
+
+CONV_PARTS = ("forward", "grad input", "grad weight")
+
+
+def conv_part_case(shape: tuple[int, ...], cout: int, part: str, layout: str, dtype: torch.dtype
+                   ) -> tuple[Callable[[], None], float]:
+    """One part of a 3x3x3 conv (padding 1, no bias) on ``shape`` = (N, Cin, *S) in ``layout``: the forward,
+    the input gradient or the weight gradient alone (``aten.convolution_backward`` with one output asked
+    for); and its FLOPs (each part does the forward's 2 * Cin * Cout * 27 * voxels)."""
+    gen = torch.Generator().manual_seed(0)
+    cin = shape[1]
+    x = _to_layout(torch.randn(*shape, generator=gen, dtype=dtype), layout)
+    w = _to_layout(torch.randn(cout, cin, 3, 3, 3, generator=gen, dtype=dtype), layout)
+    gy = _to_layout(torch.randn(shape[0], cout, *shape[2:], generator=gen, dtype=dtype), layout)
+    flops = 2.0 * cin * cout * 27 * shape[0] * shape[2] * shape[3] * shape[4]
+    if part == "forward":
+
+        def forward() -> None:
+            F.conv3d(x, w, padding=1)
+
+        return forward, flops
+    mask = [part == "grad input", part == "grad weight", False]
+
+    def run() -> None:
+        torch.ops.aten.convolution_backward(gy, x, w, None, [1, 1, 1], [1, 1, 1], [1, 1, 1], False, [0, 0, 0], 1,
+                                            mask)  # fmt: skip
+
+    return run, flops
 
 
 NORM_VARIANTS = ("instance_norm", "instance_norm CL", "medzoo CL", "batch_norm CL", "group_norm CL")
@@ -146,6 +178,13 @@ def cases(quick: bool, dtype: torch.dtype, with_step: bool) -> list[tuple[str, s
         name = f"conv {cin}->{cout} {size}^3" + (f" stride {stride}" if stride > 1 else "")
         for layout in ("default", "channels_last"):
             out.append((name, layout, conv_case(cin, cout, size, stride, layout, dtype)))
+    part_shape = (2, 8, 12, 14, 10) if quick else (2, 32, 40, 56, 40)
+    for layout in ("default", "channels_last"):
+        for part in CONV_PARTS:
+            fn, flops = conv_part_case(part_shape, part_shape[1], part, layout, dtype)
+            fn.flops = flops  # type: ignore[attr-defined]  # read back for the GFLOP/s column
+            out.append((f"conv parts {part_shape[1]}->{part_shape[1]} {'x'.join(map(str, part_shape))}",
+                        f"{part} {layout}", fn))
     maps = [(1, 8, 16, 16, 16), (2, 8, 12, 14, 10)] if quick else [(1, 32, 64, 64, 64), (2, 32, 40, 56, 40)]
     for shape in maps:
         for variant in NORM_VARIANTS if shape[0] == 1 else ("instance_norm", "instance_norm CL", "medzoo CL"):
@@ -181,12 +220,15 @@ def main(argv: list[str] | None = None) -> dict:
         # Ops in bf16 are timed on bf16 tensors; the step in bf16 runs under autocast like the trainer.
         times = interleaved({f"{w} | {v}": fn for w, v, fn in todo}, reps=reps, warmup=max(1, args.warmup))
         baseline: dict[str, float] = {}
-        for workload, variant, _ in todo:
+        for workload, variant, fn in todo:
             seconds = median(times[f"{workload} | {variant}"])
             baseline.setdefault(workload, seconds)
-            rows.append({"workload": workload, "precision": precision, "variant": variant, "median_s": seconds,
-                         "speedup": ratio(baseline[workload], seconds)})
-    cols = ["workload", "precision", "variant", "median_s", "speedup"]
+            row = {"workload": workload, "precision": precision, "variant": variant, "median_s": seconds,
+                   "speedup": ratio(baseline[workload], seconds)}
+            if hasattr(fn, "flops"):
+                row["gflops"] = fn.flops / seconds / 1e9
+            rows.append(row)
+    cols = ["workload", "precision", "variant", "median_s", "speedup", "gflops"]
     print(f"== {NAME}: channels_last_3d vs the default layout, {threads} threads, {reps} reps "
           "(speedup > 1: faster than the default layout)")
     print(format_table(rows, cols))
