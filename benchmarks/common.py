@@ -154,7 +154,8 @@ def conv_peak_workload(quick: bool, dtype: Any = None, channels_last: bool = Tru
     A peak is the best the machine does, so the conv runs in channels-last, its faster layout on the CPU: on
     the 2-core AMX machine 435 against 328 GFLOP/s in fp32 and 3232 against 847 in bf16 (in the default layout
     oneDNN copies a bf16 map to channels-last and back around the conv). Until this was noticed the peaks
-    were measured in the default layout, which made every "% of peak" 1.33x (fp32) to 3.8x (bf16) too high.
+    were measured in the default layout, which made every "% of peak" 1.25-1.33x (fp32) and 2.8-3.8x (bf16)
+    too high.
     """
     import torch
 

@@ -3,8 +3,9 @@
 Both networks get the same configuration (nnU-Net's defaults: 2 convs per stage, instance norm with affine,
 leaky ReLU 0.01, conv bias, transposed-conv upsampling) and the same weights (copied one to one), so any
 difference in time is implementation. One step = forward + cross-entropy + backward + SGD (nesterov, momentum
-0.99, as nnU-Net). A 32->32 3x3x3 convolution on 64^3 is timed in the same interleaved rounds as the
-reference "peak"; achieved GFLOP/s (FlopCounterMode, forward + backward) are reported as % of it.
+0.99, as nnU-Net). A 32->32 3x3x3 convolution on 64^3 (in channels-last, its faster layout, see
+:func:`benchmarks.common.conv_peak_workload`) is timed in the same interleaved rounds as the reference
+"peak"; achieved GFLOP/s (FlopCounterMode, forward + backward) are reported as % of it.
 
 Workloads:
     ``64^3``: 1x1x64^3, 5 stages 32-64-128-256-320 (nnU-Net's 3D default shape of network).
