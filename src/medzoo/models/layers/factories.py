@@ -10,10 +10,11 @@ from __future__ import annotations
 from torch import nn
 
 from medzoo.errors import ModelError
+from medzoo.models.layers.conv import ConvTranspose1d, ConvTranspose2d, ConvTranspose3d
 from medzoo.models.layers.norm import GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 
 Conv: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-ConvTranspose: dict[int, type[nn.Module]] = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+ConvTranspose: dict[int, type[nn.Module]] = {1: ConvTranspose1d, 2: ConvTranspose2d, 3: ConvTranspose3d}  # bias apart
 MaxPool: dict[int, type[nn.Module]] = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 AvgPool: dict[int, type[nn.Module]] = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
 AdaptiveAvgPool: dict[int, type[nn.Module]] = {
