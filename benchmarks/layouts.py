@@ -8,12 +8,14 @@ one process, each piece of a U-Net training step in both layouts and in each pre
 * ``conv``: forward + backward of single 3x3x3 convolutions as they occur in nnU-Net's 64^3 network
   (32->32 and 64->32 at 64^3, the stride-2 32->64 downsampling, 64->64 at 32^3);
 * ``norm``: instance norm + leaky ReLU, forward + backward, on a 1x32x64^3 and a 2x32x40x56x40 map, with
-  PyTorch's ``instance_norm`` in both layouts, medzoo's layout-keeping ``instance_norm_act`` in channels-last,
-  and (batch of 1) the two channels-last alternatives (``batch_norm`` in training mode, the same maths for a
+  PyTorch's ``instance_norm`` in both layouts, medzoo's layout-keeping ``instance_norm_act`` (its fused kernel
+  in both layouts, and in channels-last on PyTorch's ops, the fallback), and (batch of 1) the two channels-last alternatives (``batch_norm`` in training mode, the same maths for a
   batch of 1, and ``group_norm`` with one channel per group);
 * ``conv parts``: the forward, the input gradient and the weight gradient of a 32->32 3x3x3 conv on
   2x32x40x56x40 (hippocampus patches' first level) timed apart in both layouts, with GFLOP/s (each part does
   the forward's FLOPs): where a backward pass loses its rate;
+* ``conv transpose``: forward + backward of nnU-Net's 2x2x2 stride-2 upsampling with a bias (64->32 on
+  2x64x20x28x20), ``nn.ConvTranspose3d`` against medzoo's, which adds the bias apart, in both layouts;
 * ``group norm``: forward + backward of an 8-group norm on a 2x8x64x64x48 and a 2x32x32x32x24 map (segresnet's
   first levels), PyTorch's ``group_norm`` in both layouts and medzoo's ``GroupNorm`` in channels-last;
 * ``step``: the whole training step of nnU-Net's 5-stage network at 1x1x64^3 (module and input converted;
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -101,21 +104,23 @@ def conv_part_case(shape: tuple[int, ...], cout: int, part: str, layout: str, dt
     return run, flops
 
 
-NORM_VARIANTS = ("instance_norm", "instance_norm CL", "medzoo CL", "batch_norm CL", "group_norm CL")
+NORM_VARIANTS = ("instance_norm", "instance_norm CL", "medzoo CL", "medzoo CL pytorch ops", "medzoo",
+                 "batch_norm CL", "group_norm CL")
 
 
 def norm_case(shape: tuple[int, ...], variant: str, dtype: torch.dtype) -> Callable[[], None]:
     """Instance norm (affine) + leaky ReLU, forward + backward, on a (B, C, *S) map, as ``variant``:
     ``instance_norm`` in the default layout or channels-last, medzoo's
-    :func:`~medzoo.models.layers.norm.instance_norm_act` in channels-last, or channels-last ``batch_norm`` /
-    ``group_norm`` (the same maths for a batch of 1 only)."""
+    :func:`~medzoo.models.layers.norm.instance_norm_act` in channels-last or the default layout (its fused
+    kernel, :mod:`medzoo.kernels`) or in channels-last on PyTorch's ops (``MEDZOO_FUSED_KERNELS=0``, the
+    fallback), or channels-last ``batch_norm`` / ``group_norm`` (the same maths for a batch of 1 only)."""
     from medzoo.models.layers.norm import instance_norm_act
 
     gen = torch.Generator().manual_seed(0)
     channels = shape[1]
     weight = torch.ones(channels, requires_grad=True)
     bias = torch.zeros(channels, requires_grad=True)
-    layout = "default" if variant == "instance_norm" else "channels_last"
+    layout = "default" if variant in ("instance_norm", "medzoo") else "channels_last"
     x = _to_layout(torch.randn(*shape, generator=gen, dtype=dtype), layout)
     x.requires_grad_()
     grad = torch.randn_like(x)
@@ -123,13 +128,49 @@ def norm_case(shape: tuple[int, ...], variant: str, dtype: torch.dtype) -> Calla
         "instance_norm": lambda t: F.leaky_relu(F.instance_norm(t, weight=weight, bias=bias, eps=1e-5), 0.01),
         "instance_norm CL": lambda t: F.leaky_relu(F.instance_norm(t, weight=weight, bias=bias, eps=1e-5), 0.01),
         "medzoo CL": lambda t: instance_norm_act(t, weight, bias, 1e-5, 0.01),
+        "medzoo CL pytorch ops": lambda t: instance_norm_act(t, weight, bias, 1e-5, 0.01),
+        "medzoo": lambda t: instance_norm_act(t, weight, bias, 1e-5, 0.01),
         "batch_norm CL": lambda t: F.leaky_relu(F.batch_norm(t, None, None, weight, bias, True, 0.0, 1e-5), 0.01),
         "group_norm CL": lambda t: F.leaky_relu(F.group_norm(t, channels, weight, bias, 1e-5), 0.01),
     }
     norm = norms[variant]
+    kernel_switch = "0" if variant.endswith("pytorch ops") else "1"
 
     def run() -> None:  # every variant starts from a fresh copy, as a conv output (medzoo's runs in place)
-        norm(x * 1.0).backward(grad)
+        before = os.environ.get("MEDZOO_FUSED_KERNELS")
+        os.environ["MEDZOO_FUSED_KERNELS"] = kernel_switch
+        try:
+            norm(x * 1.0).backward(grad)
+        finally:
+            if before is None:
+                del os.environ["MEDZOO_FUSED_KERNELS"]
+            else:
+                os.environ["MEDZOO_FUSED_KERNELS"] = before
+
+    return run
+
+
+CONV_TRANSPOSE_VARIANTS = ("nn default", "nn CL", "medzoo default", "medzoo CL")
+
+
+def conv_transpose_case(shape: tuple[int, ...], cout: int, variant: str, dtype: torch.dtype) -> Callable[[], None]:
+    """A 2x2x2 stride-2 transposed conv with a bias (nnU-Net's upsampling), forward + backward, on a
+    (B, C, *S) map, as ``variant``: ``nn.ConvTranspose3d`` or medzoo's
+    :class:`~medzoo.models.layers.conv.ConvTranspose3d` (its bias added apart where PyTorch's bias gradient is
+    slow), in the default layout or channels-last."""
+    from medzoo.models.layers.conv import ConvTranspose3d
+
+    gen = torch.Generator().manual_seed(0)
+    cls = ConvTranspose3d if variant.startswith("medzoo") else nn.ConvTranspose3d
+    layout = "channels_last" if variant.endswith("CL") else "default"
+    conv = cls(shape[1], cout, 2, stride=2).to(dtype)
+    if layout == "channels_last":
+        conv = conv.to(memory_format=CL)
+    x = _to_layout(torch.randn(*shape, generator=gen, dtype=dtype), layout).requires_grad_()
+    grad = _to_layout(torch.randn(shape[0], cout, *(2 * s for s in shape[2:]), generator=gen, dtype=dtype), layout)
+
+    def run() -> None:
+        conv(x).backward(grad)
 
     return run
 
@@ -187,12 +228,16 @@ def cases(quick: bool, dtype: torch.dtype, with_step: bool) -> list[tuple[str, s
                         f"{part} {layout}", fn))
     maps = [(1, 8, 16, 16, 16), (2, 8, 12, 14, 10)] if quick else [(1, 32, 64, 64, 64), (2, 32, 40, 56, 40)]
     for shape in maps:
-        for variant in NORM_VARIANTS if shape[0] == 1 else ("instance_norm", "instance_norm CL", "medzoo CL"):
+        for variant in NORM_VARIANTS if shape[0] == 1 else NORM_VARIANTS[:5]:  # batch/group norm: batch 1 only
             out.append((f"norm+lrelu {'x'.join(map(str, shape))}", variant, norm_case(shape, variant, dtype)))
     group_maps = [(2, 8, 16, 16, 16)] if quick else [(2, 8, 64, 64, 48), (2, 32, 32, 32, 24)]
     for shape in group_maps:
         for variant in GROUP_NORM_VARIANTS:
             out.append((f"group norm {'x'.join(map(str, shape))}", variant, group_norm_case(shape, variant, dtype)))
+    up_shape = (2, 8, 6, 7, 5) if quick else (2, 64, 20, 28, 20)
+    for variant in CONV_TRANSPOSE_VARIANTS:
+        out.append((f"conv transpose {up_shape[1]}->{up_shape[1] // 2} {'x'.join(map(str, up_shape))}", variant,
+                    conv_transpose_case(up_shape, up_shape[1] // 2, variant, dtype)))
     if with_step:
         autocast = None if dtype == torch.float32 else dtype
         for layout in ("default", "channels_last"):

@@ -1,4 +1,7 @@
-"""medzoo.models.layers.norm: the instance norm (+ fused leaky ReLU) that keeps the memory layout."""
+"""medzoo.models.layers.norm: the instance norm (+ fused leaky ReLU) that keeps the memory layout.
+
+Every test runs twice: with medzoo's fused CPU kernel (where it builds) and with PyTorch's ops (the fallback).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,13 @@ from medzoo.models.layers.norm import (
 )
 
 CL3, CL2 = torch.channels_last_3d, torch.channels_last
+
+
+@pytest.fixture(autouse=True, params=["fused kernel", "pytorch ops"])
+def norm_path(request, monkeypatch):
+    """Which implementation instance_norm_act takes (see the module docstring)."""
+    monkeypatch.setenv("MEDZOO_FUSED_KERNELS", "1" if request.param == "fused kernel" else "0")
+    return request.param
 
 
 def _reference(x, weight, bias, slope):

@@ -10,10 +10,14 @@ view of that. Two things make that slow in training on the CPU:
   convolutions fast on CPUs with AMX (bf16 convolutions 1.6-2.1x, fp32 1.2-2x, ``python -m benchmarks.layouts``),
   so the norm between them must not undo it.
 
-:func:`instance_norm_act` avoids both: a batch of one is a batch norm as it is (any layout); a larger batch
-runs one batch norm per sample, each writing its slice of one output tensor (so the output keeps the input's
-layout and is no view); the leaky ReLU is applied in place to that output. On CUDA tensors it runs the plain
-``(1, B*C, *S)`` batch norm.
+On CPU fp32/bf16 maps, :func:`instance_norm_act` runs medzoo's fused kernel (:mod:`medzoo.kernels`): one
+pass for the statistics and one to normalise and activate, in either layout, into an output that keeps the
+input's layout and is no view; its backward recomputes the activation's mask from the saved input, so it
+needs neither the output nor a separate activation backward. Where the kernel cannot be built (no C++
+compiler) or is switched off (``MEDZOO_FUSED_KERNELS=0``) it avoids the two problems with PyTorch's ops: a
+batch of one is a batch norm as it is (any layout); a larger batch runs one batch norm per sample, each
+writing its slice of one output tensor; the leaky ReLU is applied in place to that output. On CUDA tensors it
+runs the plain ``(1, B*C, *S)`` batch norm.
 
 :class:`GroupNorm` is ``nn.GroupNorm`` with one CPU fix: in bf16/fp16, PyTorch's channels-last ``group_norm``
 (forward + backward) is 3-11x slower than in the default layout with 8-32 channels (``python -m
@@ -97,6 +101,52 @@ class _PerSampleInstanceNorm(torch.autograd.Function):
         return dx, dw, db, None, None
 
 
+class _FusedInstanceNormAct(torch.autograd.Function):
+    """Instance norm (+ leaky ReLU) of a (B, C, *S) CPU tensor by :mod:`medzoo.kernels`: the output keeps the
+    input's layout; the backward recomputes the activation's mask from the saved input."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps: float, slope: float | None, kernel):  # noqa: D102 - see the class
+        layout = memory_format_of(x)
+        x = x.contiguous(memory_format=layout)
+        channels_last = layout is not torch.contiguous_format
+        w32 = None if weight is None else weight.detach().float().contiguous()
+        b32 = None if bias is None else bias.detach().float().contiguous()
+        out = torch.empty_like(x)
+        mean = torch.empty(x.shape[:2], dtype=torch.float32)
+        invstd = torch.empty_like(mean)
+        kernel.forward(x, out, w32, b32, mean, invstd, eps, slope, channels_last, torch.get_num_threads())
+        ctx.save_for_backward(x, mean, invstd)
+        ctx.params = (w32, b32, weight, bias)
+        ctx.slope, ctx.kernel, ctx.layout = slope, kernel, layout
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # noqa: D102 - see the class
+        x, mean, invstd = ctx.saved_tensors
+        w32, b32, weight, bias = ctx.params
+        grad = grad.to(x.dtype).contiguous(memory_format=ctx.layout)
+        want_x, want_w, want_b = ctx.needs_input_grad[:3]
+        dx = torch.empty_like(x) if want_x else None
+        dw = torch.zeros(x.shape[1], dtype=torch.float32) if want_w else None
+        db = torch.zeros(x.shape[1], dtype=torch.float32) if want_b else None
+        ctx.kernel.backward(grad, x, dx, w32, b32, mean, invstd, dw, db, ctx.slope,
+                            ctx.layout is not torch.contiguous_format, torch.get_num_threads())
+        return (dx, None if dw is None else dw.to(weight.dtype), None if db is None else db.to(bias.dtype),
+                None, None, None)
+
+
+def _fused_kernel(x: torch.Tensor):
+    """The fused kernel when it applies to ``x`` (a CPU fp32/bf16 map with more than one spatial element),
+    else None."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or x.dim() < 3 or x[0, 0].numel() < 2:
+        return None
+    from medzoo import kernels
+
+    return kernels.load()
+
+
 def instance_norm_act(
     x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float = 1e-5,
     negative_slope: float | None = 0.01,
@@ -113,6 +163,9 @@ def instance_norm_act(
     if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():  # a graph that takes any batch size
         y = F.instance_norm(x, weight=weight, bias=bias, eps=eps)
         return y if negative_slope is None else F.leaky_relu(y, negative_slope)
+    kernel = _fused_kernel(x) if x.numel() else None
+    if kernel is not None:
+        return _FusedInstanceNormAct.apply(x, weight, bias, eps, negative_slope, kernel)
     b, c = x.shape[:2]
     fused = negative_slope is None or negative_slope >= 0  # in place needs a slope that keeps the sign
     if b > 1 and x.device.type == "cpu":

@@ -1,0 +1,195 @@
+"""CPU kernels that PyTorch has no fused op for, compiled on first use and called through ctypes.
+
+One kernel so far: instance norm fused with a leaky ReLU (``instance_norm_act.cpp``), used by
+:func:`medzoo.models.layers.norm.instance_norm_act` on CPU tensors. It passes over a feature map about half
+as often as PyTorch's batch norm + leaky ReLU and their backwards. Forward + backward on 1x32x64^3 and
+2x32x40x56x40 maps (``python -m benchmarks.layouts``, "norm+lrelu" rows, medians of 5 interleaved): in
+channels-last 1.65-1.79x faster than the fallback on PyTorch's ops in fp32 and 1.50-1.54x in bf16; in the
+default layout 2.2-4.9x faster than PyTorch's ``instance_norm`` + ``leaky_relu`` in fp32 and 1.12-1.21x in
+bf16. Whole training steps of nnU-Net's network, kernel against fallback in one process: 1.13x (bf16,
+channels-last, hippocampus patches), 1.08x (bf16, 64^3), 1.06x (fp32, channels-last), 1.07x (fp32, default
+layout).
+
+The source is compiled once per machine with the system C++ compiler (``$CXX``, else ``c++`` / ``g++``;
+about a second) into ``$MEDZOO_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/medzoo/kernels``, else
+``~/.cache/medzoo/kernels``; the file name carries a hash of the source, the flags, the compiler and the CPU's
+feature flags, so a cache shared between machines never hands one a build for another. The build is written to
+a temporary file and renamed into place, so processes that build at once (DDP ranks) do not see half a file.
+Before first use the kernel is checked against PyTorch's ops on a small map.
+
+When there is no compiler, the build or the check fails, or ``MEDZOO_FUSED_KERNELS=0``, :func:`load` returns
+None (with one warning for a failure) and the callers use PyTorch's ops: same results, slower.
+
+Example:
+    >>> from medzoo import kernels
+    >>> kernels.load() is not None   # True where the kernel built and passed its check
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+__all__ = ["FLAGS", "InstanceNormActKernel", "cache_dir", "enabled", "load"]
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("instance_norm_act.cpp")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno")
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}  # "kernel": the loaded kernel or None, once tried
+
+
+def enabled() -> bool:
+    """False when ``MEDZOO_FUSED_KERNELS`` is set to 0/false/no/off."""
+    from medzoo.perf import _env_flag
+
+    return _env_flag("MEDZOO_FUSED_KERNELS", True)
+
+
+def cache_dir() -> Path:
+    """Where built kernels are kept (see the module docstring)."""
+    if os.environ.get("MEDZOO_KERNEL_CACHE"):
+        return Path(os.environ["MEDZOO_KERNEL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "medzoo" / "kernels"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_signature() -> str:
+    """The CPU's model and feature flags (what ``-march=native`` depends on), or the platform's name."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            keep = [line for line in f if line.startswith(("flags", "model name", "Features", "CPU part"))]
+        return "".join(sorted(set(keep)))
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _build(compiler: str) -> Path:
+    """Compile the kernel into the cache (if it is not there yet) and return the library's path."""
+    source = SOURCE.read_bytes()
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(),
+                                     _cpu_signature().encode()])).hexdigest()[:16]
+    folder = cache_dir()
+    target = folder / f"instance_norm_act-{key}.so"
+    if target.exists():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=folder)
+    os.close(fd)
+    try:
+        start = time.perf_counter()
+        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True,
+                              timeout=300)
+        if done.returncode != 0:
+            raise RuntimeError(f"{compiler} failed ({done.returncode}): {done.stderr.strip()[-800:]}")
+        os.replace(tmp, target)
+        logger.info("built the fused instance-norm kernel in %.1f s: %s", time.perf_counter() - start, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+class InstanceNormActKernel:
+    """The loaded instance norm + leaky ReLU kernel: two calls over raw pointers (see the C++ source).
+
+    Use :meth:`forward` and :meth:`backward` through :func:`medzoo.models.layers.norm.instance_norm_act`, which
+    checks the tensors (CPU, fp32/bf16, dense in one of the two layouts) before it calls them.
+    """
+
+    def __init__(self, path: Path) -> None:
+        lib = ctypes.CDLL(str(path))
+        p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+        self._fwd = lib.medzoo_instance_norm_act_forward
+        self._fwd.argtypes = [p] * 6 + [i64] * 3 + [f32, f32] + [i32] * 4
+        self._fwd.restype = i32
+        self._bwd = lib.medzoo_instance_norm_act_backward
+        self._bwd.argtypes = [p] * 9 + [i64] * 3 + [f32] + [i32] * 4
+        self._bwd.restype = i32
+        self.path = path
+
+    @staticmethod
+    def _ptr(t):  # None -> NULL
+        return None if t is None else t.data_ptr()
+
+    def forward(self, x, out, weight, bias, mean, invstd, eps: float, slope: float | None, channels_last: bool,
+                threads: int) -> None:
+        """Normalise ``x`` (B, C, *S) into ``out``; write each sample's per-channel mean and 1/std (B, C)."""
+        b, c = x.shape[:2]
+        rc = self._fwd(x.data_ptr(), out.data_ptr(), self._ptr(weight), self._ptr(bias), mean.data_ptr(),
+                       invstd.data_ptr(), b, c, x[0, 0].numel(), eps, 0.0 if slope is None else slope,
+                       int(slope is not None), int(channels_last), _dtype_code(x), threads)
+        if rc != 0:
+            raise RuntimeError(f"fused instance norm: unsupported dtype {x.dtype}")
+
+    def backward(self, grad, x, dx, weight, bias, mean, invstd, dweight, dbias, slope: float | None,
+                 channels_last: bool, threads: int) -> None:
+        """Write the input gradient into ``dx`` (unless None) and add the parameter gradients to ``dweight`` /
+        ``dbias`` (unless None)."""
+        b, c = x.shape[:2]
+        rc = self._bwd(grad.data_ptr(), x.data_ptr(), self._ptr(dx), self._ptr(weight), self._ptr(bias),
+                       mean.data_ptr(), invstd.data_ptr(), self._ptr(dweight), self._ptr(dbias), b, c,
+                       x[0, 0].numel(), 0.0 if slope is None else slope, int(slope is not None),
+                       int(channels_last), _dtype_code(x), threads)
+        if rc != 0:
+            raise RuntimeError(f"fused instance norm: unsupported dtype {x.dtype}")
+
+
+def _dtype_code(x) -> int:
+    import torch
+
+    return {torch.float32: 0, torch.bfloat16: 1}.get(x.dtype, -1)
+
+
+def load() -> InstanceNormActKernel | None:
+    """The instance norm + leaky ReLU kernel, built and checked on first call; None where it cannot be had
+    (see the module docstring). Thread-safe; tried once per process."""
+    if not enabled():
+        return None
+    if "kernel" in _state:
+        return _state["kernel"]  # type: ignore[return-value]
+    with _lock:
+        if "kernel" not in _state:
+            _state["kernel"] = _try_load()
+    return _state["kernel"]  # type: ignore[return-value]
+
+
+def _try_load() -> InstanceNormActKernel | None:
+    compiler = _compiler()
+    if compiler is None:
+        logger.info("no C++ compiler found: instance norm runs on PyTorch's ops")
+        return None
+    try:
+        kernel = InstanceNormActKernel(_build(compiler))
+        from medzoo.kernels.check import check_instance_norm_act
+
+        check_instance_norm_act(kernel)
+    except Exception as err:  # noqa: BLE001 - any failure means: use PyTorch's ops
+        logger.warning("fused instance-norm kernel unavailable, using PyTorch's ops (%s)", err)
+        return None
+    return kernel
+
+
+def reset() -> None:
+    """Forget the loaded kernel (tests; a later :func:`load` builds or loads it again)."""
+    with _lock:
+        _state.clear()
