@@ -77,21 +77,48 @@ def test_switched_off_uses_pytorch_ops(monkeypatch):
     assert "native_batch_norm" in seen.ops
 
 
+def _script(path, body):
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return path
+
+
 def test_a_compiler_that_fails_means_pytorch_ops_and_one_warning(fresh_kernels, monkeypatch, tmp_path, caplog):
-    broken = tmp_path / "broken-c++"
-    broken.write_text("#!/bin/sh\n[ \"$1\" = --version ] && echo broken 1.0 && exit 0\necho 'no such flag' >&2\nexit 3\n")
-    broken.chmod(broken.stat().st_mode | stat.S_IEXEC)
+    log = tmp_path / "calls"
+    broken = _script(tmp_path / "broken-c++", f'echo "$@" >> {log}\n[ "$1" = --version ] && echo broken 1.0 && exit 0\n'
+                                              "echo 'no such flag' >&2\nexit 3\n")
     monkeypatch.setenv("CXX", str(broken))
     with caplog.at_level(logging.WARNING, logger="medzoo.kernels"):
         assert kernels.load() is None
         assert kernels.load() is None  # tried once, not on every call
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "no such flag" in warnings[0].getMessage()
-    assert not fresh_kernels.exists() or not any(fresh_kernels.iterdir())  # nothing half-written left
+    left = [p.name for p in fresh_kernels.iterdir()]
+    assert len(left) == 1 and left[0].endswith(".failed")  # a note of the failure, no half-written library
+    builds = [line for line in log.read_text().splitlines() if "--version" not in line]
+    assert len(builds) == 3  # with OpenMP, without, and without -march=native
+    kernels.reset()  # a later process reads the note instead of compiling again
+    assert kernels.load() is None
+    assert len([line for line in log.read_text().splitlines() if "--version" not in line]) == 3
     x = torch.randn(2, 3, 4, 5, 6, requires_grad=True)
     y = instance_norm_act(x, None, None, 1e-5, 0.01)
     y.sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+@needs_compiler
+def test_a_compiler_without_openmp_still_builds_a_working_kernel(fresh_kernels, monkeypatch, tmp_path):
+    real = kernels._compiler()
+    no_openmp = _script(tmp_path / "no-openmp-c++",
+                        'for a in "$@"; do [ "$a" = -fopenmp ] && echo "unsupported: -fopenmp" >&2 && exit 1; done\n'
+                        f'exec {real} "$@"\n')
+    monkeypatch.setenv("CXX", str(no_openmp))
+    kernel = kernels.load()
+    assert kernel is not None  # built without OpenMP threads, and it passed its check
+    x = torch.randn(2, 4, 9, 8, 7).contiguous(memory_format=CL3).requires_grad_(True)
+    y = instance_norm_act(x, None, None, 1e-5, 0.01)
+    torch.testing.assert_close(y, torch.nn.functional.leaky_relu(F.instance_norm(x.detach()), 0.01),
+                               atol=1e-5, rtol=1e-5)
 
 
 @needs_compiler

@@ -10,12 +10,14 @@ bf16. Whole training steps of nnU-Net's network, kernel against fallback in one 
 channels-last, hippocampus patches), 1.08x (bf16, 64^3), 1.06x (fp32, channels-last), 1.07x (fp32, default
 layout).
 
-The source is compiled once per machine with the system C++ compiler (``$CXX``, else ``c++`` / ``g++``;
-about a second) into ``$MEDZOO_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/medzoo/kernels``, else
+The source is compiled once per machine with the system C++ compiler (``$CXX``, else ``c++`` / ``g++`` /
+``clang++``; about a second; with OpenMP and ``-march=native`` where the compiler takes them, else without) into ``$MEDZOO_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/medzoo/kernels``, else
 ``~/.cache/medzoo/kernels``; the file name carries a hash of the source, the flags, the compiler and the CPU's
 feature flags, so a cache shared between machines never hands one a build for another. The build is written to
 a temporary file and renamed into place, so processes that build at once (DDP ranks) do not see half a file.
-Before first use the kernel is checked against PyTorch's ops on a small map.
+A build that fails leaves a ``.failed`` note with the compiler's message beside it, so later processes do
+not try again (delete the note to retry). Before first use the kernel is checked against PyTorch's ops on a
+small map.
 
 When there is no compiler, the build or the check fails, or ``MEDZOO_FUSED_KERNELS=0``, :func:`load` returns
 None (with one warning for a failure) and the callers use PyTorch's ops: same results, slower.
@@ -45,6 +47,12 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("instance_norm_act.cpp")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno")
+# tried in turn when the compiler refuses FLAGS: without OpenMP threads (one thread, still vectorised), then
+# also without -march=native
+_FALLBACK_FLAGS = (
+    tuple(f for f in FLAGS if f != "-fopenmp") + ("-fopenmp-simd",),
+    tuple(f for f in FLAGS if f not in ("-fopenmp", "-march=native")),
+)
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "kernel": the loaded kernel or None, once tried
@@ -90,23 +98,39 @@ def _build(compiler: str) -> Path:
                                      _cpu_signature().encode()])).hexdigest()[:16]
     folder = cache_dir()
     target = folder / f"instance_norm_act-{key}.so"
+    failed = target.with_suffix(".failed")
     if target.exists():
         return target
+    if failed.exists():
+        raise RuntimeError(f"an earlier build failed (delete {failed} to retry): {failed.read_text()[-800:]}")
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=folder)
     os.close(fd)
+    errors = []
     try:
         start = time.perf_counter()
-        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True,
-                              timeout=300)
-        if done.returncode != 0:
-            raise RuntimeError(f"{compiler} failed ({done.returncode}): {done.stderr.strip()[-800:]}")
-        os.replace(tmp, target)
-        logger.info("built the fused instance-norm kernel in %.1f s: %s", time.perf_counter() - start, target)
+        for flags in (FLAGS, *_FALLBACK_FLAGS):
+            done = subprocess.run([compiler, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True,
+                                  timeout=300)
+            if done.returncode == 0:
+                os.replace(tmp, target)
+                logger.info("built the fused instance-norm kernel in %.1f s (%s): %s", time.perf_counter() - start,
+                            " ".join(flags), target)
+                return target
+            errors.append(f"{compiler} {' '.join(flags)} failed ({done.returncode}): {done.stderr.strip()[-800:]}")
+        _write_note(failed, "\n".join(errors))
+        raise RuntimeError(errors[0])
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return target
+
+
+def _write_note(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a temporary file renamed into place)."""
+    fd, tmp = tempfile.mkstemp(prefix=".note-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 class InstanceNormActKernel:

@@ -8,8 +8,14 @@
 // backwards) passes over the map about twice as often.
 //
 // Plain pointers and no torch headers, so it compiles in about a second; medzoo.kernels builds and loads it
-// through ctypes and falls back to PyTorch's ops when it cannot. Threads: OpenMP, the count passed in.
+// through ctypes and falls back to PyTorch's ops when it cannot. Threads: OpenMP, the count passed in; built
+// without OpenMP (a compiler that lacks it) it runs on one thread.
+#ifdef _OPENMP
 #include <omp.h>
+#else
+inline int omp_get_thread_num() { return 0; }
+inline int omp_get_num_threads() { return 1; }
+#endif
 
 #include <cmath>
 #include <cstdint>
