@@ -150,7 +150,7 @@ def training_rows(device: torch.device, quick: bool, reps: int, warmup: int) -> 
             sides = {"medzoo": copy.deepcopy(ours).to(device)}
             if peer is not None:
                 sides["dna"] = copy.deepcopy(peer).to(device)
-            steps = {name: make_step(net, x, y, dtype) for name, net in sides.items()}
+            steps = {name: make_step(net, x, y, dtype, medzoo_optimizer=name == "medzoo") for name, net in sides.items()}
             peak_fn, peak_flops = conv_peak(device, dtype, quick)
             times = interleaved({name: sync(fn) for name, fn in {**steps, "conv_peak": peak_fn}.items()},
                                 reps=reps, warmup=max(2, warmup))

@@ -207,7 +207,7 @@ def step_case(quick: bool, layout: str, dtype: torch.dtype | None) -> Callable[[
     net = copy.deepcopy(build_pair(cfg)[0])
     if layout == "channels_last":
         net = net.to(memory_format=CL)
-    return make_step(net, _to_layout(x, layout), y, dtype)
+    return make_step(net, _to_layout(x, layout), y, dtype, medzoo_optimizer=True)
 
 
 def cases(quick: bool, dtype: torch.dtype, with_step: bool) -> list[tuple[str, str, Callable[[], None]]]:

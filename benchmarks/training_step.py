@@ -3,7 +3,8 @@
 Both networks get the same configuration (nnU-Net's defaults: 2 convs per stage, instance norm with affine,
 leaky ReLU 0.01, conv bias, transposed-conv upsampling) and the same weights (copied one to one), so any
 difference in time is implementation. One step = forward + cross-entropy + backward + SGD (nesterov, momentum
-0.99, as nnU-Net). A 32->32 3x3x3 convolution on 64^3 (in channels-last, its faster layout, see
+0.99, as nnU-Net), built as each library's trainer builds it: fused on the CPU for medzoo (``medzoo train``,
+:func:`medzoo.engine.trainer.fused_optimizer_options`), PyTorch's default for nnU-Net. A 32->32 3x3x3 convolution on 64^3 (in channels-last, its faster layout, see
 :func:`benchmarks.common.conv_peak_workload`) is timed in the same interleaved rounds as the reference
 "peak"; achieved GFLOP/s (FlopCounterMode, forward + backward) are reported as % of it.
 
@@ -115,13 +116,20 @@ def build_pair(cfg: dict[str, Any], in_channels: int = 1, num_classes: int = 3) 
     return ours, peer
 
 
-def make_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None = None
-              ) -> Callable[[], None]:
+def make_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None = None,
+              medzoo_optimizer: bool = False) -> Callable[[], None]:
     """One training step (forward, cross-entropy, backward, SGD nesterov 0.99) as a zero-argument callable;
     with ``dtype`` the forward autocasts to it and the loss is taken in fp32 (as ``medzoo train`` does), and
-    fp16 scales the loss with a ``GradScaler`` (as ``medzoo train`` and nnU-Net do on CUDA)."""
+    fp16 scales the loss with a ``GradScaler`` (as ``medzoo train`` and nnU-Net do on CUDA).
+    ``medzoo_optimizer``: SGD as ``medzoo train`` builds it (fused on the CPU,
+    :func:`medzoo.engine.trainer.fused_optimizer_options`), else as nnU-Net's trainer does (PyTorch's
+    default: one parameter at a time on the CPU)."""
+    from medzoo.engine.trainer import fused_optimizer_options
+
     net.train()
-    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
+    params = list(net.parameters())
+    fused = fused_optimizer_options(params, "sgd") if medzoo_optimizer else {}
+    opt = torch.optim.SGD(params, lr=1e-3, momentum=0.99, nesterov=True, **fused)
     scaler = torch.amp.GradScaler(x.device.type, enabled=dtype == torch.float16)
 
     def step() -> None:
@@ -182,7 +190,7 @@ def _child(what: str, index: int, steps: int, quick: bool, tune: bool, warmup: i
         del ours, peer  # only this side's network stays in memory (its peak RSS is reported)
         if what == "medzoo":  # in the layout medzoo trains it in
             net, x, _ = in_training_layout(net, x, "dynunet")
-        fn = make_step(net, x, y, _amp(precision))
+        fn = make_step(net, x, y, _amp(precision), medzoo_optimizer=what == "medzoo")
     for _ in range(max(1, warmup)):
         fn()
     times = [time_call(fn) for _ in range(steps)]
@@ -250,13 +258,14 @@ def main(argv: list[str] | None = None) -> dict:
         ours, peer = build_pair(cfg)
         flops = count_flops(make_step(ours, x, y))
         peak_fn, peak_flops = conv_peak_workload(args.quick)
-        work = {"medzoo": make_step(ours, x, y), "conv_peak": peak_fn,
-                "medzoo_cl": make_step(*_channels_last(copy.deepcopy(ours), x), y)}
+        work = {"medzoo": make_step(ours, x, y, medzoo_optimizer=True), "conv_peak": peak_fn,
+                "medzoo_cl": make_step(*_channels_last(copy.deepcopy(ours), x), y, medzoo_optimizer=True)}
         if peer is not None:
             work["dna"] = make_step(peer, x, y)
         if args.bf16:
-            work["medzoo_bf16"] = make_step(copy.deepcopy(ours), x, y, torch.bfloat16)
-            work["medzoo_cl_bf16"] = make_step(*_channels_last(copy.deepcopy(ours), x), y, torch.bfloat16)
+            work["medzoo_bf16"] = make_step(copy.deepcopy(ours), x, y, torch.bfloat16, medzoo_optimizer=True)
+            work["medzoo_cl_bf16"] = make_step(*_channels_last(copy.deepcopy(ours), x), y, torch.bfloat16,
+                                               medzoo_optimizer=True)
             work["conv_peak_bf16"] = conv_peak_workload(args.quick, torch.bfloat16)[0]
             if peer is not None:
                 work["dna_bf16"] = make_step(copy.deepcopy(peer), x, y, torch.bfloat16)
@@ -268,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
             if args.bf16:
                 variants["medzoo_cl_bf16_compiled"] = (*_channels_last(copy.deepcopy(ours), x), torch.bfloat16)
             for key, (net, inp, dtype) in variants.items():
-                step_c = make_step(torch.compile(net, dynamic=False), inp, y, dtype)
+                step_c = make_step(torch.compile(net, dynamic=False), inp, y, dtype, medzoo_optimizer=True)
                 start = time.perf_counter()
                 step_c()
                 compile_s[key] = time.perf_counter() - start

@@ -133,3 +133,31 @@ def test_auto_augmentation_follows_the_expected_number_of_steps():
     assert resolve_augment(TrainConfig(time_budget="30m"), budget, False) == "default"  # no probe: no guess
     with pytest.raises(ConfigError, match="augment must be one of"):
         TrainConfig(augment="heavy")
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "rmsprop"])
+def test_cpu_optimizers_are_fused_where_pytorch_has_it_and_update_the_same(optimizer, tmp_path):
+    from medzoo.engine.trainer import build_optimizer, fused_optimizer_options
+
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(7, 3, generator=gen), torch.randn(5, generator=gen)]
+    grads = [[torch.randn(p.shape, generator=gen) for p in start] for _ in range(3)]
+    config = TrainConfig(optimizer=optimizer, lr=0.05, weight_decay=1e-3, momentum=0.9)
+    results = []
+    for fused in (True, False):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        opt = build_optimizer(config, params)
+        if not fused:  # the same optimizer on PyTorch's per-parameter path
+            for group in opt.param_groups:
+                group["fused"], group["foreach"] = None, False
+        elif optimizer != "rmsprop":
+            assert opt.param_groups[0]["fused"] is True and fused_optimizer_options(params, optimizer) == {"fused": True}
+        for step_grads in grads:
+            for p, g in zip(params, step_grads):
+                p.grad = g.clone()
+            opt.step()
+        results.append([p.detach() for p in params])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    assert not torch.equal(results[0][0], start[0])  # the parameters moved
+    assert fused_optimizer_options([torch.nn.Parameter(torch.zeros(1, device="meta"))], "sgd") == {}
