@@ -151,3 +151,43 @@ def test_group_norm_matches_pytorch_and_keeps_the_layout(shape, layout, dtype):
     for got, want in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(got.float(), want.float(), **tol)
     assert isinstance(make_norm("group", len(shape) - 2, c), GroupNorm)
+
+
+@pytest.mark.parametrize("act", ["leakyrelu", "relu"])
+@pytest.mark.parametrize("layout", [CL3, torch.contiguous_format])
+def test_conv_norm_act_fuses_norm_and_activation_with_the_same_values(act, layout):
+    from medzoo.models.layers.factories import ConvNormAct
+
+    torch.manual_seed(0)
+    block = ConvNormAct(3, 2, 5, norm="instance", act=act).to(memory_format=layout)
+    assert block._fused_slope() == (0.01 if act == "leakyrelu" else 0.0)
+    x = torch.randn(2, 2, 7, 6, 5).contiguous(memory_format=layout)
+    grad = torch.randn(2, 5, 7, 6, 5)
+    results = []
+    for fused in (True, False):
+        block.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        y = block(xi) if fused else nn.Sequential.forward(block, xi)  # the modules one by one
+        y.backward(grad)
+        results.append([y, xi.grad, block[0].weight.grad, block[1].weight.grad])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    if act == "relu":
+        assert not torch.signbit(results[0][0]).any()  # zeros are +0, as ReLU's
+
+
+def test_conv_norm_act_runs_the_modules_when_fusing_would_hide_something():
+    from medzoo.models.layers.factories import ConvNormAct
+
+    assert ConvNormAct(3, 2, 4, dropout=0.2)._fused_slope() is None  # dropout between norm and activation
+    assert ConvNormAct(3, 2, 4, norm="batch")._fused_slope() is None
+    assert ConvNormAct(3, 2, 4, act="prelu")._fused_slope() is None
+    block = ConvNormAct(3, 2, 4)
+    seen = []
+    handle = block[2].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    assert block._fused_slope() is None
+    block(torch.randn(1, 2, 5, 5, 5))
+    assert seen == [torch.Size([1, 4, 5, 5, 5])]  # the hook on the activation fired
+    handle.remove()
+    assert block._fused_slope() == 0.01
+    assert block(torch.randn(2, 5, 5, 5)).shape == (4, 5, 5, 5)  # unbatched input: the modules as they are

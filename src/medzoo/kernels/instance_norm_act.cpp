@@ -114,7 +114,7 @@ void forward_cl(const T* x, T* out, const float* w, const float* bias, float* me
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) {
         float y = ap[c] * load(row, c) + bp[c];
-        if (act) y = y > 0.f ? y : y * slope;
+        if (act) y = y > 0.f ? y : y * slope + 0.f;  // + 0: a ReLU (slope 0) gives +0, not -0
         store(orow, c, y);
       }
     }
@@ -235,7 +235,7 @@ void forward_cf(const T* x, T* out, const float* w, const float* bias, float* me
 #pragma omp simd
     for (int64_t i = 0; i < S; ++i) {
       float y = a * load(row, i) + b;
-      if (act) y = y > 0.f ? y : y * slope;
+      if (act) y = y > 0.f ? y : y * slope + 0.f;  // + 0: a ReLU (slope 0) gives +0, not -0
       store(orow, i, y);
     }
   }

@@ -7,11 +7,18 @@ Example:
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from medzoo.errors import ModelError
 from medzoo.models.layers.conv import ConvTranspose1d, ConvTranspose2d, ConvTranspose3d
-from medzoo.models.layers.norm import GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
+from medzoo.models.layers.norm import (
+    GroupNorm,
+    InstanceNorm1d,
+    InstanceNorm2d,
+    InstanceNorm3d,
+    instance_norm_act,
+)
 
 Conv: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 ConvTranspose: dict[int, type[nn.Module]] = {1: ConvTranspose1d, 2: ConvTranspose2d, 3: ConvTranspose3d}  # bias apart
@@ -100,6 +107,10 @@ def make_dropout(spatial_dims: int, p: float) -> nn.Module:
 class ConvNormAct(nn.Sequential):
     """conv -> norm -> activation, the most common block.
 
+    An instance norm followed by a (leaky) ReLU runs as one fused op (:func:`instance_norm_act`, same values;
+    PyTorch's modules are used as they are when the block has dropout, running statistics, or hooks on the
+    norm or the activation).
+
     Shapes: (B, in_channels, *S) -> (B, out_channels, *ceil(S / stride)).
     """
 
@@ -124,3 +135,31 @@ class ConvNormAct(nn.Sequential):
             layers.append(make_dropout(spatial_dims, dropout))
         layers.append(make_act(act))
         super().__init__(*layers)
+
+    def _fused_slope(self) -> float | None:
+        """The activation's negative slope when norm + activation can run fused, else None."""
+        if len(self) != 3:
+            return None
+        norm, act = self[1], self[2]
+        if type(norm) not in _InstanceNorm.values() or norm.track_running_stats:
+            return None
+        if type(act) is nn.LeakyReLU:
+            slope = float(act.negative_slope)
+        elif type(act) is nn.ReLU:
+            slope = 0.0
+        else:
+            return None
+        hooked = (norm._forward_hooks or norm._forward_pre_hooks or act._forward_hooks or act._forward_pre_hooks
+                  or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks)
+        return None if hooked else slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - see the class
+        slope = self._fused_slope()
+        if slope is None:
+            return super().forward(x)
+        conv, norm = self[0], self[1]
+        y = conv(x)
+        if y.dim() != norm._get_no_batch_dim() + 1:  # unbatched: the modules as they are
+            return self[2](norm(y))
+        norm._check_input_dim(y)
+        return instance_norm_act(y, norm.weight, norm.bias, norm.eps, slope)

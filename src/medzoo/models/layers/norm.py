@@ -53,6 +53,11 @@ def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def _leaky_relu_(x: torch.Tensor, slope: float) -> torch.Tensor:
+    """In-place leaky ReLU; slope 0 is a ReLU (zeros stay +0, where ``leaky_relu_`` would give -0)."""
+    return F.relu_(x) if slope == 0 else F.leaky_relu_(x, slope)
+
+
 class _PerSampleInstanceNorm(torch.autograd.Function):
     """Instance norm of a (B, C, *S) CPU tensor as B batch norms of (1, C, *S), in place into one output
     that keeps the input's memory layout; optionally a leaky ReLU (slope >= 0) in place on the result."""
@@ -70,7 +75,7 @@ class _PerSampleInstanceNorm(torch.autograd.Function):
                 out=out[i:i + 1], save_mean=means[i], save_invstd=invstds[i],
             )  # fmt: skip
         if slope is not None:
-            F.leaky_relu_(out, slope)
+            _leaky_relu_(out, slope)
         # the output is needed only to undo the fused activation; unsaved, a later in-place op may change it
         ctx.save_for_backward(x, weight, out if slope is not None else None, means, invstds)
         ctx.eps, ctx.slope = eps, slope
@@ -178,7 +183,7 @@ def instance_norm_act(
         bb = None if bias is None else bias.repeat(b)
         y = F.batch_norm(x.reshape(1, b * c, *x.shape[2:]), None, None, w, bb, True, 0.0, eps)
     if negative_slope is not None:
-        y = F.leaky_relu_(y, negative_slope) if fused else F.leaky_relu(y, negative_slope)
+        y = _leaky_relu_(y, negative_slope) if fused else F.leaky_relu(y, negative_slope)
     return y if b == 1 else y.view(x.shape)
 
 
