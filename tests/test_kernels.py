@@ -128,7 +128,7 @@ def test_a_kernel_that_fails_its_check_is_not_used(fresh_kernels, monkeypatch, c
     def wrong(kernel):
         raise RuntimeError("self-check failed: output off by 1")
 
-    monkeypatch.setattr(check, "check_instance_norm_act", wrong)
+    monkeypatch.setattr(check, "check_norm_act", wrong)
     with caplog.at_level(logging.WARNING, logger="medzoo.kernels"):
         assert kernels.load() is None
     assert "self-check failed" in caplog.text
@@ -211,3 +211,40 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     assert kernels.cache_dir() == tmp_path / "medzoo" / "kernels"
     monkeypatch.setenv("MEDZOO_KERNEL_CACHE", os.fspath(tmp_path / "here"))
     assert kernels.cache_dir() == tmp_path / "here"
+
+
+@needs_compiler
+@pytest.mark.parametrize("shape, layout", [((1, 8, 9, 7, 6), CL3), ((2, 8, 9, 7, 6), torch.contiguous_format),
+                                           ((2, 6, 9, 13), CL2), ((2, 8, 17, 19, 23), CL3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("groups", [1, 2, "C"])
+@pytest.mark.parametrize("act", [None, "relu", "leakyrelu"])
+def test_group_norm_kernel_matches_float64_group_norm(shape, layout, dtype, groups, act):
+    from medzoo.models.layers.factories import make_act
+    from medzoo.models.layers.norm import GroupNorm, norm_act
+
+    assert kernels.load() is not None
+    gen = torch.Generator().manual_seed(0)
+    c = shape[1]
+    groups = c if groups == "C" else groups
+    norm = GroupNorm(groups, c)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5, generator=gen)
+        norm.bias.normal_(generator=gen)
+    x = (torch.randn(*shape, generator=gen) * 3 + 1).to(dtype).contiguous(memory_format=layout).requires_grad_(True)
+    grad = torch.randn(*shape, generator=gen).to(dtype)
+    module = make_act(act) if act else None
+    with _Ops() as seen:
+        y = norm(x) if module is None else norm_act(norm, module, x)
+    assert "native_group_norm" not in seen.ops and y.dtype == dtype and memory_format_of(y) == memory_format_of(x)
+    y.backward(grad)
+    xd = x.detach().double().requires_grad_(True)
+    wd, bd = (p.detach().double().requires_grad_(True) for p in (norm.weight, norm.bias))
+    ref = F.group_norm(xd, groups, wd, bd, norm.eps)
+    ref = {None: ref, "relu": F.relu(ref), "leakyrelu": F.leaky_relu(ref, 0.01)}[act]
+    ref.backward(grad.double())
+    tol = 1e-5 if dtype == torch.float32 else 0.01
+    for name, got, want in (("output", y, ref), ("input grad", x.grad, xd.grad), ("weight grad", norm.weight.grad, wd.grad),
+                            ("bias grad", norm.bias.grad, bd.grad)):
+        scale = want.abs().max().item()
+        assert (got.double() - want).abs().max().item() <= tol * max(scale, 1.0), name

@@ -26,6 +26,10 @@ CL3, CL2 = torch.channels_last_3d, torch.channels_last
 def norm_path(request, monkeypatch):
     """Which implementation instance_norm_act takes (see the module docstring)."""
     monkeypatch.setenv("MEDZOO_FUSED_KERNELS", "1" if request.param == "fused kernel" else "0")
+    if request.param == "fused kernel":
+        from medzoo import kernels
+
+        kernels.load()  # built and checked now, not inside a test's recording of ops
     return request.param
 
 
@@ -120,9 +124,10 @@ class _GroupNormInputs(TorchDispatchMode):
 
 @pytest.mark.parametrize("shape, layout", [((2, 8, 6, 7, 5), CL3), ((3, 6, 9, 7), CL2)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_group_norm_matches_pytorch_and_keeps_the_layout(shape, layout, dtype):
-    """Same values and gradients as nn.GroupNorm; a channels-last bf16 map is normalised in the default layout
-    (PyTorch's channels-last bf16 backward is the slow one) and comes back channels-last."""
+def test_group_norm_matches_pytorch_and_keeps_the_layout(shape, layout, dtype, norm_path):
+    """Same values and gradients as nn.GroupNorm; the fused kernel keeps the layout; without it a channels-last
+    bf16 map is normalised in the default layout (PyTorch's channels-last bf16 backward is the slow one) and
+    comes back channels-last."""
     gen = torch.Generator().manual_seed(0)
     c = shape[1]
     ours, theirs = GroupNorm(2, c), nn.GroupNorm(2, c)
@@ -145,7 +150,10 @@ def test_group_norm_matches_pytorch_and_keeps_the_layout(shape, layout, dtype):
     y, grads, layouts = run(ours)
     y_ref, grads_ref, _ = run(theirs)
     assert y.dtype == dtype and memory_format_of(y) == layout
-    assert layouts == [layout if dtype == torch.float32 else torch.contiguous_format]
+    if norm_path == "fused kernel":
+        assert layouts == []  # PyTorch's group norm did not run
+    else:
+        assert layouts == [layout if dtype == torch.float32 else torch.contiguous_format]
     tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 0.05, "rtol": 0.02}
     torch.testing.assert_close(y.float(), y_ref.float(), **tol)
     for got, want in zip(grads, grads_ref, strict=True):
@@ -191,3 +199,27 @@ def test_conv_norm_act_runs_the_modules_when_fusing_would_hide_something():
     handle.remove()
     assert block._fused_slope() == 0.01
     assert block(torch.randn(2, 5, 5, 5)).shape == (4, 5, 5, 5)  # unbatched input: the modules as they are
+
+
+def test_fused_sequential_and_preact_block_match_running_the_modules_one_by_one():
+    from medzoo.models.layers.blocks import PreActBlock
+    from medzoo.models.layers.factories import FusedSequential
+
+    torch.manual_seed(0)
+    seq = FusedSequential(GroupNorm(2, 4), nn.ReLU(), nn.Conv3d(4, 4, 3, padding=1), InstanceNorm3d(4, affine=True),
+                          nn.LeakyReLU(0.01, inplace=True), nn.Conv3d(4, 2, 1))
+    block = PreActBlock(3, 4, "group", groups=2)
+    x = torch.randn(2, 4, 6, 5, 7).contiguous(memory_format=CL3)
+    for module, one_by_one in ((seq, lambda t: nn.Sequential.forward(seq, t)),
+                               (block, lambda t: block.conv2(block.act2(block.norm2(block.conv1(block.act1(
+                                   block.norm1(t)))))) + t)):
+        results = []
+        for fn in (module, one_by_one):
+            module.zero_grad()
+            xi = x.clone().requires_grad_(True)
+            y = fn(xi)
+            y.square().sum().backward()
+            results.append([y, xi.grad] + [p.grad for p in module.parameters()])
+        for got, want in zip(*results):
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert seq.state_dict().keys() == nn.Sequential(*seq).state_dict().keys()

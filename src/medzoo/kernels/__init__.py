@@ -1,7 +1,8 @@
 """CPU kernels that PyTorch has no fused op for, compiled on first use and called through ctypes.
 
-One kernel so far: instance norm fused with a leaky ReLU (``instance_norm_act.cpp``), used by
-:func:`medzoo.models.layers.norm.instance_norm_act` on CPU tensors. It passes over a feature map about half
+One kernel so far: group norm and instance norm fused with a leaky ReLU or ReLU (``norm_act.cpp``), used by
+:func:`medzoo.models.layers.norm.instance_norm_act`, :class:`~medzoo.models.layers.norm.GroupNorm` and
+:func:`~medzoo.models.layers.norm.norm_act` on CPU tensors. It passes over a feature map about half
 as often as PyTorch's batch norm + leaky ReLU and their backwards. Forward + backward on 1x32x64^3 and
 2x32x40x56x40 maps (``python -m benchmarks.layouts``, "norm+lrelu" rows, medians of 5 interleaved): in
 channels-last 1.65-1.79x faster than the fallback on PyTorch's ops in fp32 and 1.50-1.54x in bf16; in the
@@ -41,11 +42,11 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["FLAGS", "InstanceNormActKernel", "cache_dir", "enabled", "load"]
+__all__ = ["FLAGS", "NormActKernel", "cache_dir", "enabled", "load"]
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("instance_norm_act.cpp")
+SOURCE = Path(__file__).with_name("norm_act.cpp")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno")
 # tried in turn when the compiler refuses FLAGS: without OpenMP threads (one thread, still vectorised), then
 # also without -march=native
@@ -97,7 +98,7 @@ def _build(compiler: str) -> Path:
     key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(),
                                      _cpu_signature().encode()])).hexdigest()[:16]
     folder = cache_dir()
-    target = folder / f"instance_norm_act-{key}.so"
+    target = folder / f"norm_act-{key}.so"
     failed = target.with_suffix(".failed")
     if target.exists():
         return target
@@ -114,7 +115,7 @@ def _build(compiler: str) -> Path:
                                   timeout=300)
             if done.returncode == 0:
                 os.replace(tmp, target)
-                logger.info("built the fused instance-norm kernel in %.1f s (%s): %s", time.perf_counter() - start,
+                logger.info("built the fused norm kernel in %.1f s (%s): %s", time.perf_counter() - start,
                             " ".join(flags), target)
                 return target
             errors.append(f"{compiler} {' '.join(flags)} failed ({done.returncode}): {done.stderr.strip()[-800:]}")
@@ -133,21 +134,22 @@ def _write_note(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-class InstanceNormActKernel:
-    """The loaded instance norm + leaky ReLU kernel: two calls over raw pointers (see the C++ source).
+class NormActKernel:
+    """The loaded norm + activation kernel: two calls over raw pointers (see the C++ source).
 
-    Use :meth:`forward` and :meth:`backward` through :func:`medzoo.models.layers.norm.instance_norm_act`, which
-    checks the tensors (CPU, fp32/bf16, dense in one of the two layouts) before it calls them.
+    Use :meth:`forward` and :meth:`backward` through :mod:`medzoo.models.layers.norm`, which checks the
+    tensors (CPU, fp32/bf16, dense in one of the two layouts) before it calls them. ``groups`` channels
+    groups share statistics (``groups == C``: instance norm); ``mean`` and ``invstd`` are (B, groups).
     """
 
     def __init__(self, path: Path) -> None:
         lib = ctypes.CDLL(str(path))
         p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
-        self._fwd = lib.medzoo_instance_norm_act_forward
-        self._fwd.argtypes = [p] * 6 + [i64] * 3 + [f32, f32] + [i32] * 4
+        self._fwd = lib.medzoo_norm_act_forward
+        self._fwd.argtypes = [p] * 6 + [i64] * 4 + [f32, f32] + [i32] * 4
         self._fwd.restype = i32
-        self._bwd = lib.medzoo_instance_norm_act_backward
-        self._bwd.argtypes = [p] * 9 + [i64] * 3 + [f32] + [i32] * 4
+        self._bwd = lib.medzoo_norm_act_backward
+        self._bwd.argtypes = [p] * 9 + [i64] * 4 + [f32] + [i32] * 4
         self._bwd.restype = i32
         self.path = path
 
@@ -156,26 +158,26 @@ class InstanceNormActKernel:
         return None if t is None else t.data_ptr()
 
     def forward(self, x, out, weight, bias, mean, invstd, eps: float, slope: float | None, channels_last: bool,
-                threads: int) -> None:
-        """Normalise ``x`` (B, C, *S) into ``out``; write each sample's per-channel mean and 1/std (B, C)."""
+                threads: int, groups: int) -> None:
+        """Normalise ``x`` (B, C, *S) into ``out``; write each sample's per-group mean and 1/std (B, groups)."""
         b, c = x.shape[:2]
         rc = self._fwd(x.data_ptr(), out.data_ptr(), self._ptr(weight), self._ptr(bias), mean.data_ptr(),
-                       invstd.data_ptr(), b, c, x[0, 0].numel(), eps, 0.0 if slope is None else slope,
+                       invstd.data_ptr(), b, c, groups, x[0, 0].numel(), eps, 0.0 if slope is None else slope,
                        int(slope is not None), int(channels_last), _dtype_code(x), threads)
         if rc != 0:
-            raise RuntimeError(f"fused instance norm: unsupported dtype {x.dtype}")
+            raise RuntimeError(f"fused norm: unsupported dtype {x.dtype} or {groups} groups of {c} channels")
 
     def backward(self, grad, x, dx, weight, bias, mean, invstd, dweight, dbias, slope: float | None,
-                 channels_last: bool, threads: int) -> None:
+                 channels_last: bool, threads: int, groups: int) -> None:
         """Write the input gradient into ``dx`` (unless None) and add the parameter gradients to ``dweight`` /
         ``dbias`` (unless None)."""
         b, c = x.shape[:2]
         rc = self._bwd(grad.data_ptr(), x.data_ptr(), self._ptr(dx), self._ptr(weight), self._ptr(bias),
-                       mean.data_ptr(), invstd.data_ptr(), self._ptr(dweight), self._ptr(dbias), b, c,
+                       mean.data_ptr(), invstd.data_ptr(), self._ptr(dweight), self._ptr(dbias), b, c, groups,
                        x[0, 0].numel(), 0.0 if slope is None else slope, int(slope is not None),
                        int(channels_last), _dtype_code(x), threads)
         if rc != 0:
-            raise RuntimeError(f"fused instance norm: unsupported dtype {x.dtype}")
+            raise RuntimeError(f"fused norm: unsupported dtype {x.dtype} or {groups} groups of {c} channels")
 
 
 def _dtype_code(x) -> int:
@@ -184,8 +186,8 @@ def _dtype_code(x) -> int:
     return {torch.float32: 0, torch.bfloat16: 1}.get(x.dtype, -1)
 
 
-def load() -> InstanceNormActKernel | None:
-    """The instance norm + leaky ReLU kernel, built and checked on first call; None where it cannot be had
+def load() -> NormActKernel | None:
+    """The norm + activation kernel, built and checked on first call; None where it cannot be had
     (see the module docstring). Thread-safe; tried once per process."""
     if not enabled():
         return None
@@ -197,18 +199,18 @@ def load() -> InstanceNormActKernel | None:
     return _state["kernel"]  # type: ignore[return-value]
 
 
-def _try_load() -> InstanceNormActKernel | None:
+def _try_load() -> NormActKernel | None:
     compiler = _compiler()
     if compiler is None:
-        logger.info("no C++ compiler found: instance norm runs on PyTorch's ops")
+        logger.info("no C++ compiler found: norms run on PyTorch's ops")
         return None
     try:
-        kernel = InstanceNormActKernel(_build(compiler))
-        from medzoo.kernels.check import check_instance_norm_act
+        kernel = NormActKernel(_build(compiler))
+        from medzoo.kernels.check import check_norm_act
 
-        check_instance_norm_act(kernel)
+        check_norm_act(kernel)
     except Exception as err:  # noqa: BLE001 - any failure means: use PyTorch's ops
-        logger.warning("fused instance-norm kernel unavailable, using PyTorch's ops (%s)", err)
+        logger.warning("fused norm kernel unavailable, using PyTorch's ops (%s)", err)
         return None
     return kernel
 

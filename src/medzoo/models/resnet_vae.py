@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medzoo.models.layers.factories import make_conv, make_dropout, make_norm
+from medzoo.models.layers.factories import FusedSequential, make_conv, make_dropout, make_norm
 from medzoo.models.registry import ModelCard, register_model
 
 RESNET_VAE_CARD = ModelCard(
@@ -57,7 +57,7 @@ class _ResBlock(nn.Module):
 
     def __init__(self, spatial_dims: int, channels: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(
+        self.body = FusedSequential(
             make_norm("group", spatial_dims, channels), nn.ReLU(),
             make_conv(spatial_dims, channels, channels, 3, bias=False),
             make_norm("group", spatial_dims, channels), nn.ReLU(),
@@ -127,9 +127,9 @@ class ResNet3dVAE(nn.Module):
                 ch *= 2
         bottleneck = ch
         self.up = nn.ModuleList(_UpLevel(d, bottleneck // 2**i) for i in range(len(blocks_down) - 1))
-        self.head = nn.Sequential(make_norm("group", d, f), nn.ReLU(), make_conv(d, f, num_classes, 1))
+        self.head = FusedSequential(make_norm("group", d, f), nn.ReLU(), make_conv(d, f, num_classes, 1))
         # VAE branch
-        self.vae_down = nn.Sequential(
+        self.vae_down = FusedSequential(
             make_norm("group", d, bottleneck), nn.ReLU(),
             make_conv(d, bottleneck, vae_channels, 3, stride=2),
         )

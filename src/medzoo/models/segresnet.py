@@ -25,7 +25,7 @@ from torch import nn
 
 from medzoo.errors import ModelError
 from medzoo.models.layers.blocks import PreActBlock, UpsampleConv, check_input_size
-from medzoo.models.layers.factories import make_act, make_conv, make_dropout, make_norm
+from medzoo.models.layers.factories import FusedSequential, make_act, make_conv, make_dropout, make_norm
 from medzoo.models.registry import ModelCard, register_model
 
 __all__ = ["SegResNet", "SegResNetEncoder"]
@@ -119,7 +119,7 @@ class SegResNet(nn.Module):
             nn.Sequential(*(PreActBlock(spatial_dims, chans[-2 - i], norm) for _ in range(n)))
             for i, n in enumerate(blocks_up)
         )
-        self.head = nn.Sequential(
+        self.head = FusedSequential(
             make_norm(norm, spatial_dims, init_filters), make_act("relu"),
             make_conv(spatial_dims, init_filters, num_classes, 1),
         )

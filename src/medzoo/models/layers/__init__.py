@@ -7,6 +7,7 @@ from medzoo.models.layers.factories import (
     ConvNormAct,
     ConvTranspose,
     Dropout,
+    FusedSequential,
     MaxPool,
     make_act,
     make_conv,
@@ -15,6 +16,6 @@ from medzoo.models.layers.factories import (
 )
 
 __all__ = [
-    "AdaptiveAvgPool", "AvgPool", "Conv", "ConvNormAct", "ConvTranspose", "Dropout", "MaxPool",
+    "AdaptiveAvgPool", "AvgPool", "Conv", "ConvNormAct", "ConvTranspose", "Dropout", "FusedSequential", "MaxPool",
     "make_act", "make_conv", "make_dropout", "make_norm",
 ]

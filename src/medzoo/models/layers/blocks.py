@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medzoo.models.layers.factories import ConvNormAct, ConvTranspose, make_act, make_conv, make_norm
+from medzoo.models.layers.norm import norm_act
 from medzoo.models.registry import ModelCard
 
 __all__ = [
@@ -125,7 +126,7 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.act(self.bn1(self.conv1(x)))
+        out = norm_act(self.bn1, self.act, self.conv1(x))
         out = self.bn2(self.conv2(out))
         out += identity
         return self.act(out)
@@ -164,8 +165,8 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.act(self.bn1(self.conv1(x)))
-        out = self.act(self.bn2(self.conv2(out)))
+        out = norm_act(self.bn1, self.act, self.conv1(x))
+        out = norm_act(self.bn2, self.act, self.conv2(out))
         out = self.bn3(self.conv3(out))
         out += identity
         return self.act(out)
@@ -191,8 +192,8 @@ class PreActBlock(nn.Module):
         self.conv2 = make_conv(spatial_dims, channels, channels, 3, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1(self.act1(self.norm1(x)))
-        out = self.conv2(self.act2(self.norm2(out)))
+        out = self.conv1(norm_act(self.norm1, self.act1, x))  # fused where it can be; x is left as it is
+        out = self.conv2(norm_act(self.norm2, self.act2, out))
         return out + x
 
 

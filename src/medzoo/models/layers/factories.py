@@ -17,7 +17,8 @@ from medzoo.models.layers.norm import (
     InstanceNorm1d,
     InstanceNorm2d,
     InstanceNorm3d,
-    instance_norm_act,
+    fused_activation_slope,
+    norm_act,
 )
 
 Conv: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -104,12 +105,30 @@ def make_dropout(spatial_dims: int, p: float) -> nn.Module:
     return Dropout[spatial_dims](p) if p > 0 else nn.Identity()
 
 
-class ConvNormAct(nn.Sequential):
+class FusedSequential(nn.Sequential):
+    """``nn.Sequential`` (same modules and state dict) that runs each instance or group norm followed by a
+    (leaky) ReLU as one fused op (:func:`~medzoo.models.layers.norm.norm_act`, same values; a pair with hooks
+    or running statistics runs module by module)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - see the class
+        modules = list(self)
+        i = 0
+        while i < len(modules):
+            if i + 1 < len(modules) and fused_activation_slope(modules[i], modules[i + 1]) is not None:
+                x = norm_act(modules[i], modules[i + 1], x)
+                i += 2
+            else:
+                x = modules[i](x)
+                i += 1
+        return x
+
+
+class ConvNormAct(FusedSequential):
     """conv -> norm -> activation, the most common block.
 
-    An instance norm followed by a (leaky) ReLU runs as one fused op (:func:`instance_norm_act`, same values;
-    PyTorch's modules are used as they are when the block has dropout, running statistics, or hooks on the
-    norm or the activation).
+    An instance or group norm followed by a (leaky) ReLU runs as one fused op
+    (:func:`~medzoo.models.layers.norm.norm_act`, same values; the modules run one by one when the block has
+    dropout, running statistics, or hooks on the norm or the activation).
 
     Shapes: (B, in_channels, *S) -> (B, out_channels, *ceil(S / stride)).
     """
@@ -137,29 +156,5 @@ class ConvNormAct(nn.Sequential):
         super().__init__(*layers)
 
     def _fused_slope(self) -> float | None:
-        """The activation's negative slope when norm + activation can run fused, else None."""
-        if len(self) != 3:
-            return None
-        norm, act = self[1], self[2]
-        if type(norm) not in _InstanceNorm.values() or norm.track_running_stats:
-            return None
-        if type(act) is nn.LeakyReLU:
-            slope = float(act.negative_slope)
-        elif type(act) is nn.ReLU:
-            slope = 0.0
-        else:
-            return None
-        hooked = (norm._forward_hooks or norm._forward_pre_hooks or act._forward_hooks or act._forward_pre_hooks
-                  or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks)
-        return None if hooked else slope
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - see the class
-        slope = self._fused_slope()
-        if slope is None:
-            return super().forward(x)
-        conv, norm = self[0], self[1]
-        y = conv(x)
-        if y.dim() != norm._get_no_batch_dim() + 1:  # unbatched: the modules as they are
-            return self[2](norm(y))
-        norm._check_input_dim(y)
-        return instance_norm_act(y, norm.weight, norm.bias, norm.eps, slope)
+        """The activation's negative slope when norm + activation run fused, else None."""
+        return fused_activation_slope(self[1], self[2]) if len(self) == 3 else None

@@ -38,7 +38,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ["GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "instance_norm_act", "memory_format_of"]
+__all__ = [
+    "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "fused_activation_slope", "instance_norm_act",
+    "memory_format_of", "norm_act",
+]
 
 
 def memory_format_of(x: torch.Tensor) -> torch.memory_format:
@@ -106,24 +109,25 @@ class _PerSampleInstanceNorm(torch.autograd.Function):
         return dx, dw, db, None, None
 
 
-class _FusedInstanceNormAct(torch.autograd.Function):
-    """Instance norm (+ leaky ReLU) of a (B, C, *S) CPU tensor by :mod:`medzoo.kernels`: the output keeps the
-    input's layout; the backward recomputes the activation's mask from the saved input."""
+class _FusedNormAct(torch.autograd.Function):
+    """Group norm (``groups == C``: instance norm), optionally followed by a leaky ReLU, of a (B, C, *S) CPU
+    tensor by :mod:`medzoo.kernels`: the output keeps the input's layout; the backward recomputes the
+    activation's mask from the saved input."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps: float, slope: float | None, kernel):  # noqa: D102 - see the class
+    def forward(ctx, x, weight, bias, eps: float, slope: float | None, kernel, groups: int):  # noqa: D102
         layout = memory_format_of(x)
         x = x.contiguous(memory_format=layout)
         channels_last = layout is not torch.contiguous_format
         w32 = None if weight is None else weight.detach().float().contiguous()
         b32 = None if bias is None else bias.detach().float().contiguous()
         out = torch.empty_like(x)
-        mean = torch.empty(x.shape[:2], dtype=torch.float32)
+        mean = torch.empty((x.shape[0], groups), dtype=torch.float32)
         invstd = torch.empty_like(mean)
-        kernel.forward(x, out, w32, b32, mean, invstd, eps, slope, channels_last, torch.get_num_threads())
+        kernel.forward(x, out, w32, b32, mean, invstd, eps, slope, channels_last, torch.get_num_threads(), groups)
         ctx.save_for_backward(x, mean, invstd)
         ctx.params = (w32, b32, weight, bias)
-        ctx.slope, ctx.kernel, ctx.layout = slope, kernel, layout
+        ctx.slope, ctx.kernel, ctx.layout, ctx.groups = slope, kernel, layout, groups
         return out
 
     @staticmethod
@@ -137,15 +141,20 @@ class _FusedInstanceNormAct(torch.autograd.Function):
         dw = torch.zeros(x.shape[1], dtype=torch.float32) if want_w else None
         db = torch.zeros(x.shape[1], dtype=torch.float32) if want_b else None
         ctx.kernel.backward(grad, x, dx, w32, b32, mean, invstd, dw, db, ctx.slope,
-                            ctx.layout is not torch.contiguous_format, torch.get_num_threads())
+                            ctx.layout is not torch.contiguous_format, torch.get_num_threads(), ctx.groups)
         return (dx, None if dw is None else dw.to(weight.dtype), None if db is None else db.to(bias.dtype),
-                None, None, None)
+                None, None, None, None)
+
+
+def _exporting() -> bool:
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.jit.is_scripting()
 
 
 def _fused_kernel(x: torch.Tensor):
-    """The fused kernel when it applies to ``x`` (a CPU fp32/bf16 map with more than one spatial element),
-    else None."""
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or x.dim() < 3 or x[0, 0].numel() < 2:
+    """The fused kernel when it applies to ``x`` (a CPU fp32/bf16 map with more than one spatial element,
+    outside export and tracing), else None."""
+    if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or x.dim() < 3
+            or x.numel() == 0 or x[0, 0].numel() < 2 or _exporting()):
         return None
     from medzoo import kernels
 
@@ -168,9 +177,9 @@ def instance_norm_act(
     if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():  # a graph that takes any batch size
         y = F.instance_norm(x, weight=weight, bias=bias, eps=eps)
         return y if negative_slope is None else F.leaky_relu(y, negative_slope)
-    kernel = _fused_kernel(x) if x.numel() else None
+    kernel = _fused_kernel(x)
     if kernel is not None:
-        return _FusedInstanceNormAct.apply(x, weight, bias, eps, negative_slope, kernel)
+        return _FusedNormAct.apply(x, weight, bias, eps, negative_slope, kernel, x.shape[1])
     b, c = x.shape[:2]
     fused = negative_slope is None or negative_slope >= 0  # in place needs a slope that keeps the sign
     if b > 1 and x.device.type == "cpu":
@@ -210,19 +219,67 @@ class InstanceNorm3d(_FastInstanceNorm, nn.InstanceNorm3d):
 
 
 class GroupNorm(nn.GroupNorm):
-    """``nn.GroupNorm`` (same parameters and state dict) that is not slow on channels-last bf16/fp16 CPU maps.
+    """``nn.GroupNorm`` (same parameters and state dict) that is fast on the CPU in both layouts.
 
-    A CPU input that is ``channels_last``/``channels_last_3d`` (and not also plainly contiguous) in a reduced
-    precision is normalised in the default layout and returned in its own layout; everything else runs
-    PyTorch's ``group_norm`` as it is. See the module docstring for the measurements.
+    On CPU fp32/bf16 maps it runs medzoo's fused kernel (:mod:`medzoo.kernels`; the output keeps the input's
+    layout). Without the kernel, a CPU input that is ``channels_last``/``channels_last_3d`` (and not also
+    plainly contiguous) in a reduced precision is normalised in the default layout and returned in its own
+    layout; everything else runs PyTorch's ``group_norm`` as it is. See the module docstring for the
+    measurements.
 
     Shapes: (B, C, *S) -> (B, C, *S), the input's memory layout kept.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - see the class
+        kernel = _fused_kernel(x)
+        if kernel is not None:
+            return _FusedNormAct.apply(x, self.weight, self.bias, self.eps, None, kernel, self.num_groups)
         layout = memory_format_of(x)
-        if (layout is torch.contiguous_format or x.device.type != "cpu" or x.dtype == torch.float32
-                or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.jit.is_scripting()):
+        if layout is torch.contiguous_format or x.device.type != "cpu" or x.dtype == torch.float32 or _exporting():
             return super().forward(x)
         y = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
         return y.contiguous(memory_format=layout)
+
+
+_INSTANCE_NORMS = (InstanceNorm1d, InstanceNorm2d, InstanceNorm3d)
+
+
+def fused_activation_slope(norm: nn.Module, act: nn.Module) -> float | None:
+    """The negative slope with which ``act(norm(x))`` can run as one fused op (:func:`norm_act`), or None.
+
+    Fusable: medzoo's :class:`InstanceNorm3d` (and 1d/2d; without running statistics) or :class:`GroupNorm`,
+    followed by ``nn.LeakyReLU`` or ``nn.ReLU`` (slope 0), with no forward hooks on either module or
+    registered globally (fusing would skip them).
+    """
+    if type(norm) in _INSTANCE_NORMS:
+        if norm.track_running_stats:
+            return None
+    elif type(norm) is not GroupNorm:
+        return None
+    if type(act) is nn.LeakyReLU:
+        slope = float(act.negative_slope)
+    elif type(act) is nn.ReLU:
+        slope = 0.0
+    else:
+        return None
+    hooked = (norm._forward_hooks or norm._forward_pre_hooks or act._forward_hooks or act._forward_pre_hooks
+              or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks)
+    return None if hooked else slope
+
+
+def norm_act(norm: nn.Module, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(norm(x))``, as one fused op where :func:`fused_activation_slope` allows (same values; the input
+    is left as it is, so it may still be used, e.g. by a residual path).
+
+    Shapes: (B, C, *S) -> (B, C, *S).
+    """
+    slope = fused_activation_slope(norm, act)
+    if slope is not None:
+        if type(norm) is GroupNorm:
+            kernel = _fused_kernel(x)
+            if kernel is not None:
+                return _FusedNormAct.apply(x, norm.weight, norm.bias, norm.eps, slope, kernel, norm.num_groups)
+        elif x.dim() == norm._get_no_batch_dim() + 1:  # batched (an unbatched input: the modules as they are)
+            norm._check_input_dim(x)
+            return instance_norm_act(x, norm.weight, norm.bias, norm.eps, slope)
+    return act(norm(x))
