@@ -4,7 +4,7 @@ Each model is profiled twice: in fp32 and PyTorch's default layout, and as ``med
 (its memory format, :func:`medzoo.perf.preferred_memory_format`, and bf16 autocast where the CPU has native
 bf16).
 
-CPU self-time of every aten op is grouped as convolutions, normalisation, activations, copies (copy_, cat,
+CPU self-time of every aten op (and of medzoo's fused norm kernel, :mod:`medzoo.kernels`) is grouped as convolutions, normalisation, activations, copies (copy_, cat,
 contiguous, CopySlices ...), optimizer (SGD step) and other, and printed as a table (share of the step) and
 written to ``benchmarks/results/profile.json``.
 
@@ -72,8 +72,8 @@ def profile_model(name: str, quick: bool, steps: int, as_trained: bool = False) 
     seconds = dict.fromkeys(GROUPS, 0.0)
     top: dict[str, float] = {}
     for evt in prof.key_averages():
-        if not evt.key.startswith("aten::") and "CopySlices" not in evt.key:
-            continue
+        if not evt.key.startswith(("aten::", "_Fused")) and "CopySlices" not in evt.key:
+            continue  # "_Fused...": medzoo's fused kernels (their own time; the aten ops inside count apart)
         self_s = evt.self_cpu_time_total / 1e6
         seconds[group_of(evt.key)] += self_s
         top[evt.key] = top.get(evt.key, 0.0) + self_s

@@ -47,12 +47,14 @@ __all__ = ["FLAGS", "NormActKernel", "cache_dir", "enabled", "load"]
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("norm_act.cpp")
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno")
-# tried in turn when the compiler refuses FLAGS: without OpenMP threads (one thread, still vectorised), then
-# also without -march=native
+FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno")
+# tried in turn when the compiler refuses FLAGS: without the vector-width hint (512-bit vectors were 10-25 %
+# faster on this AVX-512 CPU; a no-op without AVX-512), then also without OpenMP threads (one thread, still
+# vectorised), then also without -march=native
 _FALLBACK_FLAGS = (
-    tuple(f for f in FLAGS if f != "-fopenmp") + ("-fopenmp-simd",),
-    tuple(f for f in FLAGS if f not in ("-fopenmp", "-march=native")),
+    tuple(f for f in FLAGS if f != "-mprefer-vector-width=512"),
+    tuple(f for f in FLAGS if f not in ("-mprefer-vector-width=512", "-fopenmp")) + ("-fopenmp-simd",),
+    tuple(f for f in FLAGS if f not in ("-mprefer-vector-width=512", "-fopenmp", "-march=native")),
 )
 
 _lock = threading.Lock()

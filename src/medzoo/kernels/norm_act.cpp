@@ -250,6 +250,35 @@ inline void row_sums(int64_t len, double* su, double* sv, F f) {
   }
 }
 
+// sum and sum of squares of x[i] - off over [0, len), in float per kRowBlock and in double across blocks
+template <typename T>
+inline void shifted_sums(const T* __restrict x, int64_t len, float off, double* su, double* sv) {
+  for (int64_t blk = 0; blk < len; blk += kRowBlock) {
+    int64_t end = blk + kRowBlock < len ? blk + kRowBlock : len;
+    float fu = 0.f, fv = 0.f;
+#pragma omp simd reduction(+ : fu, fv)
+    for (int64_t i = blk; i < end; ++i) {
+      float d = load(x, i) - off;
+      fu += d;
+      fv += d * d;
+    }
+    *su += fu;
+    *sv += fv;
+  }
+}
+
+template <typename T>
+inline void scale_shift_row(const T* __restrict row, T* __restrict orow, int64_t len, float a, float b, int act,
+                            float slope) {
+  if (act) {
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) store(orow, i, activate(a * load(row, i) + b, 1, slope));
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) store(orow, i, a * load(row, i) + b);
+  }
+}
+
 template <typename T>
 void forward_cf(const T* x, T* out, const float* w, const float* bias, float* mean, float* invstd, int64_t B,
                 int64_t C, int64_t G, int64_t S, float eps, float slope, int act, int nt) {
@@ -261,21 +290,12 @@ void forward_cf(const T* x, T* out, const float* w, const float* bias, float* me
     const T* blk = x + r * cpg * S;
     const float off = load(blk, 0);
     double u = 0, v = 0;
-    row_sums<T>(cpg * S, &u, &v, [&](int64_t i, float& fu, float& fv) {
-      float d = load(blk, i) - off;
-      fu = d;
-      fv = d * d;
-    });
+    shifted_sums(blk, cpg * S, off, &u, &v);
     float* an = a.data() + n * C;
     float* bn = b.data() + n * C;
     finish_group(u, v, off, cpg * S, eps, w, bias, g * cpg, cpg, mean + r, invstd + r, an, bn);
-    for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) {
-      const T* row = x + (n * C + c) * S;
-      T* orow = out + (n * C + c) * S;
-      const float ac = an[c], bc = bn[c];
-#pragma omp simd
-      for (int64_t i = 0; i < S; ++i) store(orow, i, activate(ac * load(row, i) + bc, act, slope));
-    }
+    for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c)
+      scale_shift_row(x + (n * C + c) * S, out + (n * C + c) * S, S, an[c], bn[c], act, slope);
   }
 }
 
