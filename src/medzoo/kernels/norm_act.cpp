@@ -24,7 +24,7 @@ inline int omp_get_num_threads() { return 1; }
 
 namespace {
 
-constexpr int64_t kBlock = 64;  // rows (channels-last) summed in float before they are added in double
+constexpr int64_t kBlock = 64;  // about this many rows (channels-last) summed in float, then added in double
 
 inline float load(const float* p, int64_t i) { return p[i]; }
 inline float load(const uint16_t* p, int64_t i) {
@@ -77,72 +77,98 @@ inline void input_grad_coefficients(const double* s, const double* q, const floa
   }
 }
 
-// Per-channel sums over the rows [s0, s1) of a channels-last sample, in float per block of kBlock rows and in
-// double across blocks. f(row, c) -> (u, v) is added to (su[c], sv[c]).
-template <typename F>
-inline void channel_sums_cl(int64_t s0, int64_t s1, int64_t C, double* su, double* sv, F f) {
-  std::vector<float> fu(C), fv(C);
-  float* fup = fu.data();
-  float* fvp = fv.data();
-  for (int64_t blk = s0; blk < s1; blk += kBlock) {
-    int64_t end = blk + kBlock < s1 ? blk + kBlock : s1;
-    std::fill(fu.begin(), fu.end(), 0.f);
-    std::fill(fv.begin(), fv.end(), 0.f);
-    for (int64_t s = blk; s < end; ++s) f(s, fup, fvp);
-    for (int64_t c = 0; c < C; ++c) {
-      su[c] += fup[c];
-      sv[c] += fvp[c];
-    }
-  }
-}
-
-// Sums of the per-thread partial sums (nt blocks of 2 * C doubles) into sum[c], sq[c].
-inline void gather(const std::vector<double>& part, int nt, int64_t C, double* sum, double* sq) {
-  for (int64_t c = 0; c < C; ++c) {
-    double u = 0, v = 0;
-    for (int t = 0; t < nt; ++t) {
-      u += part[static_cast<size_t>(t) * 2 * C + c];
-      v += part[static_cast<size_t>(t) * 2 * C + C + c];
-    }
-    sum[c] = u;
-    sq[c] = v;
-  }
-}
-
 inline float activate(float y, int act, float slope) {
   return act ? (y > 0.f ? y : y * slope + 0.f) : y;  // + 0: a ReLU (slope 0) gives +0, not -0
 }
 inline float activation_grad(float y, float g, int act, float slope) { return act && !(y > 0.f) ? g * slope : g; }
 
 // ---------------------------------------------------------------- channels-last: x[n][s][c]
+// A sample is S rows of C channels. The loops run over "patterns" of P = lcm(C, 16) values (rep = P / C rows),
+// with per-channel constants repeated to length P, so that a few channels (segresnet's 8) still fill whole
+// vectors; the S % rep rows left over (the tail) run row by row.
+inline int64_t pattern_length(int64_t C) {
+  int64_t a = C, b = 16;
+  while (b) {
+    int64_t t = a % b;
+    a = b;
+    b = t;
+  }
+  return C / a * 16;
+}
+
+inline void repeat(const float* per_channel, int64_t C, int64_t P, float* out) {
+  for (int64_t j = 0; j < P; ++j) out[j] = per_channel[j % C];
+}
+
+// Per-position sums over patterns [r0, r1) of one sample (and the tail rows when tail is set), in float per block
+// of about kBlock rows and in double across blocks: su[j] += u(x[j], g[j]), sv[j] += v(...), j < P.
+template <typename T, typename F>
+inline void pattern_sums(const T* x, const T* g, int64_t r0, int64_t r1, int64_t P, int64_t C, int64_t S,
+                         bool tail, double* su, double* sv, F f) {
+  const int64_t rep = P / C, per_block = kBlock / rep > 0 ? kBlock / rep : 1;
+  std::vector<float> fu(P), fv(P);
+  float* fup = fu.data();
+  float* fvp = fv.data();
+  for (int64_t blk = r0; blk < r1; blk += per_block) {
+    int64_t end = blk + per_block < r1 ? blk + per_block : r1;
+    std::fill(fu.begin(), fu.end(), 0.f);
+    std::fill(fv.begin(), fv.end(), 0.f);
+    for (int64_t r = blk; r < end; ++r) f(x + r * P, g ? g + r * P : nullptr, P, fup, fvp);
+    for (int64_t j = 0; j < P; ++j) {
+      su[j] += fup[j];
+      sv[j] += fvp[j];
+    }
+  }
+  if (tail) {  // rows rep * (S / rep) .. S - 1, each of C channels: positions 0 .. C - 1 of the pattern
+    std::fill(fu.begin(), fu.end(), 0.f);
+    std::fill(fv.begin(), fv.end(), 0.f);
+    for (int64_t s = S / rep * rep; s < S; ++s) f(x + s * C, g ? g + s * C : nullptr, C, fup, fvp);
+    for (int64_t j = 0; j < C; ++j) {
+      su[j] += fup[j];
+      sv[j] += fvp[j];
+    }
+  }
+}
+
+// Per-channel totals of the per-thread pattern sums (nt blocks of 2 * P doubles).
+inline void gather(const std::vector<double>& part, int nt, int64_t P, int64_t C, double* sum, double* sq) {
+  for (int64_t c = 0; c < C; ++c) sum[c] = sq[c] = 0;
+  for (int t = 0; t < nt; ++t)
+    for (int64_t j = 0; j < P; ++j) {
+      sum[j % C] += part[static_cast<size_t>(t) * 2 * P + j];
+      sq[j % C] += part[static_cast<size_t>(t) * 2 * P + P + j];
+    }
+}
+
 template <typename T>
 void forward_cl(const T* x, T* out, const float* w, const float* bias, float* mean, float* invstd, int64_t B,
                 int64_t C, int64_t G, int64_t S, float eps, float slope, int act, int nt) {
-  const int64_t cpg = C / G;
-  std::vector<double> part(static_cast<size_t>(nt) * 2 * C), sum(C), sq(C);
-  std::vector<float> a(C), b(C), offset(C);
+  const int64_t cpg = C / G, P = pattern_length(C), R = S / (P / C);
+  std::vector<double> part(static_cast<size_t>(nt) * 2 * P), sum(C), sq(C);
+  std::vector<float> a(C), b(C), offset(C), offp(P), ap(P), bp(P);
   for (int64_t n = 0; n < B; ++n) {
     const T* xb = x + n * S * C;
     T* ob = out + n * S * C;
     // sums of x - x[0][first channel of the group] lose less to cancellation
     for (int64_t c = 0; c < C; ++c) offset[c] = load(xb, c / cpg * cpg);
+    repeat(offset.data(), C, P, offp.data());
     std::fill(part.begin(), part.end(), 0.0);
-    const float* off = offset.data();
+    const float* off = offp.data();
 #pragma omp parallel num_threads(nt)
     {
       int t = omp_get_thread_num(), tn = omp_get_num_threads();
-      double* pu = part.data() + static_cast<size_t>(t) * 2 * C;
-      channel_sums_cl(S * t / tn, S * (t + 1) / tn, C, pu, pu + C, [&](int64_t s, float* fu, float* fv) {
-        const T* row = xb + s * C;
+      double* pu = part.data() + static_cast<size_t>(t) * 2 * P;
+      pattern_sums(xb, static_cast<const T*>(nullptr), R * t / tn, R * (t + 1) / tn, P, C, S, t == tn - 1, pu,
+                   pu + P, [&](const T* row, const T*, int64_t len, float* __restrict fu, float* __restrict fv) {
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) {
-          float v = load(row, c) - off[c];
-          fu[c] += v;
-          fv[c] += v * v;
-        }
-      });
+                     for (int64_t j = 0; j < len; ++j) {
+                       float v = load(row, j) - off[j];
+                       fu[j] += v;
+                       fv[j] += v * v;
+                     }
+                   });
     }
-    gather(part, nt, C, sum.data(), sq.data());
+    gather(part, nt, P, C, sum.data(), sq.data());
     for (int64_t g = 0; g < G; ++g) {
       double u = 0, v = 0;
       for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) {
@@ -152,14 +178,23 @@ void forward_cl(const T* x, T* out, const float* w, const float* bias, float* me
       finish_group(u, v, offset[g * cpg], cpg * S, eps, w, bias, g * cpg, cpg, mean + n * G + g,
                    invstd + n * G + g, a.data(), b.data());
     }
-    const float* ap = a.data();
-    const float* bp = b.data();
+    repeat(a.data(), C, P, ap.data());
+    repeat(b.data(), C, P, bp.data());
+    const float* A = ap.data();
+    const float* Bc = bp.data();
+    const int64_t rows = R + (S - R * (P / C) > 0 ? 1 : 0);  // patterns, and one more for the tail
 #pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t s = 0; s < S; ++s) {
-      const T* row = xb + s * C;
-      T* orow = ob + s * C;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t len = r < R ? P : (S - R * (P / C)) * C;
+      const T* row = xb + r * P;
+      T* orow = ob + r * P;
+      if (act) {
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) store(orow, c, activate(ap[c] * load(row, c) + bp[c], act, slope));
+        for (int64_t j = 0; j < len; ++j) store(orow, j, activate(A[j] * load(row, j) + Bc[j], 1, slope));
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < len; ++j) store(orow, j, A[j] * load(row, j) + Bc[j]);
+      }
     }
   }
 }
@@ -168,9 +203,10 @@ template <typename T>
 void backward_cl(const T* g, const T* x, T* dx, const float* w, const float* bias, const float* mean,
                  const float* invstd, float* dw, float* db, int64_t B, int64_t C, int64_t G, int64_t S,
                  float slope, int act, int nt) {
-  const int64_t cpg = C / G;
-  std::vector<double> part(static_cast<size_t>(nt) * 2 * C), sum(C), sq(C);
+  const int64_t cpg = C / G, P = pattern_length(C), R = S / (P / C);
+  std::vector<double> part(static_cast<size_t>(nt) * 2 * P), sum(C), sq(C);
   std::vector<float> a(C), b(C), mu(C), is(C), k1(C), k2(C), k3(C);
+  std::vector<float> ap(P), bp(P), mup(P), isp(P), k1p(P), k2p(P), k3p(P);
   for (int64_t n = 0; n < B; ++n) {
     const T* gb = g + n * S * C;
     const T* xb = x + n * S * C;
@@ -180,28 +216,31 @@ void backward_cl(const T* g, const T* x, T* dx, const float* w, const float* bia
       a[c] = (w ? w[c] : 1.f) * is[c];
       b[c] = (bias ? bias[c] : 0.f) - mu[c] * a[c];
     }
+    repeat(a.data(), C, P, ap.data());
+    repeat(b.data(), C, P, bp.data());
+    repeat(mu.data(), C, P, mup.data());
+    repeat(is.data(), C, P, isp.data());
     std::fill(part.begin(), part.end(), 0.0);
-    const float* ap = a.data();
-    const float* bp = b.data();
-    const float* mup = mu.data();
-    const float* isp = is.data();
+    const float* A = ap.data();
+    const float* Bc = bp.data();
+    const float* M = mup.data();
+    const float* I = isp.data();
 #pragma omp parallel num_threads(nt)
     {
       int t = omp_get_thread_num(), tn = omp_get_num_threads();
-      double* pu = part.data() + static_cast<size_t>(t) * 2 * C;
-      channel_sums_cl(S * t / tn, S * (t + 1) / tn, C, pu, pu + C, [&](int64_t s, float* fu, float* fv) {
-        const T* grow = gb + s * C;
-        const T* xrow = xb + s * C;
+      double* pu = part.data() + static_cast<size_t>(t) * 2 * P;
+      pattern_sums(xb, gb, R * t / tn, R * (t + 1) / tn, P, C, S, t == tn - 1, pu, pu + P,
+                   [&](const T* xrow, const T* grow, int64_t len, float* __restrict fu, float* __restrict fv) {
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) {
-          float xv = load(xrow, c);
-          float gv = activation_grad(ap[c] * xv + bp[c], load(grow, c), act, slope);
-          fu[c] += gv;
-          fv[c] += gv * ((xv - mup[c]) * isp[c]);
-        }
-      });
+                     for (int64_t j = 0; j < len; ++j) {
+                       float xv = load(xrow, j);
+                       float gv = activation_grad(A[j] * xv + Bc[j], load(grow, j), act, slope);
+                       fu[j] += gv;
+                       fv[j] += gv * ((xv - M[j]) * I[j]);
+                     }
+                   });
     }
-    gather(part, nt, C, sum.data(), sq.data());
+    gather(part, nt, P, C, sum.data(), sq.data());
     for (int64_t c = 0; c < C; ++c) {
       if (db) db[c] += static_cast<float>(sum[c]);
       if (dw) dw[c] += static_cast<float>(sq[c]);
@@ -210,20 +249,25 @@ void backward_cl(const T* g, const T* x, T* dx, const float* w, const float* bia
     for (int64_t grp = 0; grp < G; ++grp)
       input_grad_coefficients(sum.data(), sq.data(), w, mean[n * G + grp], invstd[n * G + grp], cpg * S,
                               grp * cpg, cpg, k1.data(), k2.data(), k3.data());
+    repeat(k1.data(), C, P, k1p.data());
+    repeat(k2.data(), C, P, k2p.data());
+    repeat(k3.data(), C, P, k3p.data());
     T* dxb = dx + n * S * C;
-    const float* k1p = k1.data();
-    const float* k2p = k2.data();
-    const float* k3p = k3.data();
+    const float* K1 = k1p.data();
+    const float* K2 = k2p.data();
+    const float* K3 = k3p.data();
+    const int64_t rows = R + (S - R * (P / C) > 0 ? 1 : 0);
 #pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t s = 0; s < S; ++s) {
-      const T* grow = gb + s * C;
-      const T* xrow = xb + s * C;
-      T* drow = dxb + s * C;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t len = r < R ? P : (S - R * (P / C)) * C;
+      const T* grow = gb + r * P;
+      const T* xrow = xb + r * P;
+      T* drow = dxb + r * P;
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) {
-        float xv = load(xrow, c);
-        float gv = activation_grad(ap[c] * xv + bp[c], load(grow, c), act, slope);
-        store(drow, c, k1p[c] * gv + k2p[c] * xv + k3p[c]);
+      for (int64_t j = 0; j < len; ++j) {
+        float xv = load(xrow, j);
+        float gv = activation_grad(A[j] * xv + Bc[j], load(grow, j), act, slope);
+        store(drow, j, K1[j] * gv + K2[j] * xv + K3[j]);
       }
     }
   }
