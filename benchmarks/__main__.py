@@ -1,6 +1,7 @@
 """Run every benchmark: ``python -m benchmarks [--quick] [--only NAME[,NAME]] [--full] [--threads N]``.
 
-Default set: training_step, models, sliding_window, backends, data_pipeline, profile, layouts, gpu (skipped without CUDA). ``--full`` adds the long ones
+Default set: training_step, models, sliding_window, backends, data_pipeline, profile, layouts, kernels, gpu
+(skipped without CUDA). ``--full`` adds the long ones
 (time_to_dice, model_table); ``--only`` picks any. Each module follows the convention in
 ``benchmarks/common.py`` (``main(argv) -> dict``, prints its table, writes ``benchmarks/results/<name>.json``).
 Afterwards the markdown tables are collected into ``benchmarks/results/summary.md`` (paste into the README;
@@ -16,7 +17,9 @@ import traceback
 
 from benchmarks.common import RESULTS_DIR
 
-DEFAULT = ("training_step", "models", "sliding_window", "backends", "data_pipeline", "profile", "layouts", "gpu")
+DEFAULT = (
+    "training_step", "models", "sliding_window", "backends", "data_pipeline", "profile", "layouts", "kernels", "gpu",
+)
 LONG = ("time_to_dice", "model_table")
 
 

@@ -78,3 +78,19 @@ def test_backends_benchmark_times_every_backend(tmp_path) -> None:
     assert row["torch_over_torch"] == 1.0
     assert all(row[f"{k}_label_agreement"] > 0.99 for k in ("torch", "onnxruntime", "openvino"))
     assert (tmp_path / "backends.json").is_file()
+
+
+def test_kernels_benchmark_times_both_sides_of_every_network(tmp_path) -> None:
+    from benchmarks import kernels as bench
+
+    from medzoo import kernels
+
+    res = bench.main(["--quick", "--reps", "1", "--warmup", "0", "--threads", "1", "--no-bf16", "--out", str(tmp_path)])
+    assert (tmp_path / "kernels.json").is_file()
+    if kernels.load() is None:
+        assert res["skipped"] == "kernel unavailable"
+        return
+    names = [r["workload"].split()[0] for r in res["rows"]]
+    assert names[-3:] == ["unet3d", "segresnet", "resnet3d_vae"] and set(names[:-3]) == {"dynunet"}
+    assert all(r["kernel_s"] > 0 and r["pytorch_ops_s"] > 0 and r["speedup"] > 0 for r in res["rows"])
+    assert {r["layout"] for r in res["rows"] if r["workload"].startswith(("dynunet", "unet3d"))} == {"channels_last_3d"}

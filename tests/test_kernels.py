@@ -122,6 +122,18 @@ def test_a_compiler_without_openmp_still_builds_a_working_kernel(fresh_kernels, 
 
 
 @needs_compiler
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode", "autocast"])
+def test_the_first_load_may_happen_inside_inference_or_autocast(fresh_kernels, context):
+    """The kernel is loaded by whichever forward pass needs it first: predict's (no grad, inference mode) or a
+    training step's (bf16 autocast); its self-check must pass in each."""
+    ctx = {"no_grad": torch.no_grad(), "inference_mode": torch.inference_mode(),
+           "autocast": torch.autocast("cpu", dtype=torch.bfloat16)}[context]
+    with ctx:
+        y = instance_norm_act(torch.randn(2, 4, 5, 6, 7).contiguous(memory_format=CL3), None, None, 1e-5, 0.01)
+    assert kernels.load() is not None and memory_format_of(y) == CL3
+
+
+@needs_compiler
 def test_a_kernel_that_fails_its_check_is_not_used(fresh_kernels, monkeypatch, caplog):
     import medzoo.kernels.check as check
 

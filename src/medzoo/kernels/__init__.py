@@ -1,18 +1,17 @@
 """CPU kernels that PyTorch has no fused op for, compiled on first use and called through ctypes.
 
-One kernel so far: group norm and instance norm fused with a leaky ReLU or ReLU (``norm_act.cpp``), used by
-:func:`medzoo.models.layers.norm.instance_norm_act`, :class:`~medzoo.models.layers.norm.GroupNorm` and
-:func:`~medzoo.models.layers.norm.norm_act` on CPU tensors. It passes over a feature map about half
-as often as PyTorch's batch norm + leaky ReLU and their backwards. Forward + backward on 1x32x64^3 and
-2x32x40x56x40 maps (``python -m benchmarks.layouts``, "norm+lrelu" rows, medians of 5 interleaved): in
-channels-last 1.65-1.79x faster than the fallback on PyTorch's ops in fp32 and 1.50-1.54x in bf16; in the
-default layout 2.2-4.9x faster than PyTorch's ``instance_norm`` + ``leaky_relu`` in fp32 and 1.12-1.21x in
-bf16. Whole training steps of nnU-Net's network, kernel against fallback in one process: 1.13x (bf16,
-channels-last, hippocampus patches), 1.08x (bf16, 64^3), 1.06x (fp32, channels-last), 1.07x (fp32, default
-layout).
+One kernel so far: group norm and instance norm (one channel per group) fused with a leaky ReLU or ReLU
+(``norm_act.cpp``), used on CPU tensors by :func:`medzoo.models.layers.norm.instance_norm_act`,
+:class:`~medzoo.models.layers.norm.GroupNorm` and :func:`~medzoo.models.layers.norm.norm_act`. It passes
+over a feature map about half as often as PyTorch's norm + activation and their backwards, in either memory
+layout. Whole training steps, kernel against the fallback on PyTorch's ops (``python -m benchmarks.kernels``,
+medians of 5 interleaved steps, channels-last): in bf16 nnU-Net's network 1.14x at 1x1x64^3 and 1.18x on
+hippocampus patches, unet3d 1.13x, segresnet 1.26x, resnet3d_vae 1.44x; in fp32 1.03-1.05x. Per layer:
+``python -m benchmarks.layouts``, "norm+lrelu" rows.
 
 The source is compiled once per machine with the system C++ compiler (``$CXX``, else ``c++`` / ``g++`` /
-``clang++``; about a second; with OpenMP and ``-march=native`` where the compiler takes them, else without) into ``$MEDZOO_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/medzoo/kernels``, else
+``clang++``; about a second; with OpenMP and ``-march=native`` where the compiler takes them, else without)
+into ``$MEDZOO_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/medzoo/kernels``, else
 ``~/.cache/medzoo/kernels``; the file name carries a hash of the source, the flags, the compiler and the CPU's
 feature flags, so a cache shared between machines never hands one a build for another. The build is written to
 a temporary file and renamed into place, so processes that build at once (DDP ranks) do not see half a file.

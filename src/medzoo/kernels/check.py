@@ -23,7 +23,15 @@ def _reference(x, groups, weight, bias, eps, slope, grad):
 def check_norm_act(kernel) -> None:
     """Raise ``RuntimeError`` unless ``kernel`` (a :class:`~medzoo.kernels.NormActKernel`) matches PyTorch on a
     (2, 6, 5, 7, 9) map, channels-first and channels-last, fp32 and bf16, 6 and 3 groups, with and without
-    the activation (relative error of output, input gradient and parameter gradients)."""
+    the activation (relative error of output, input gradient and parameter gradients).
+
+    Runs the same under ``torch.no_grad``, ``torch.inference_mode`` or autocast (the kernel is first loaded
+    inside whatever forward pass needs it first)."""
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
+        _check_all(kernel)
+
+
+def _check_all(kernel) -> None:
     gen = torch.Generator().manual_seed(0)
     shape, eps = (2, 6, 5, 7, 9), 1e-5
     x = torch.randn(shape, generator=gen) * 3 + 1

@@ -1,4 +1,5 @@
-"""Instance normalisation that is fast on the CPU in both memory layouts, with an optional fused leaky ReLU.
+"""Instance and group normalisation that are fast on the CPU in both memory layouts, fused with the (leaky)
+ReLU that follows them.
 
 PyTorch's ``instance_norm`` runs one batch norm over the ``(1, B*C, *S)`` view of its input and returns a
 view of that. Two things make that slow in training on the CPU:
@@ -19,16 +20,22 @@ batch of one is a batch norm as it is (any layout); a larger batch runs one batc
 writing its slice of one output tensor; the leaky ReLU is applied in place to that output. On CUDA tensors it
 runs the plain ``(1, B*C, *S)`` batch norm.
 
-:class:`GroupNorm` is ``nn.GroupNorm`` with one CPU fix: in bf16/fp16, PyTorch's channels-last ``group_norm``
-(forward + backward) is 3-11x slower than in the default layout with 8-32 channels (``python -m
-benchmarks.layouts``: 54 ms against 5 ms on a 2x8x64x64x48 map), so a reduced-precision channels-last input is
-normalised in the default layout and the result returned in channels-last: 1.4-5.1x faster than PyTorch in
-channels-last, the copies included. fp32 keeps PyTorch's path: there the same round trip made whole segresnet
-and resnet3d_vae steps slower (0.83-0.95x), although it looked faster in isolation at 8-16 channels.
+:class:`GroupNorm` is ``nn.GroupNorm`` that runs the same fused kernel on CPU fp32/bf16 maps (group norm is
+its general case: instance norm is one channel per group). Without the kernel it keeps one CPU fix: in
+bf16/fp16, PyTorch's channels-last ``group_norm`` (forward + backward) is 3-11x slower than in the default
+layout with 8-32 channels (``python -m benchmarks.layouts``: 54 ms against 5 ms on a 2x8x64x64x48 map), so a
+reduced-precision channels-last input is normalised in the default layout and the result returned in
+channels-last: 1.4-5.1x faster than PyTorch in channels-last, the copies included. fp32 keeps PyTorch's path
+there: the same round trip made whole segresnet and resnet3d_vae steps slower (0.83-0.95x).
+
+:func:`norm_act` runs ``act(norm(x))`` as one fused op where the norm is one of these and the activation a
+``nn.ReLU`` or ``nn.LeakyReLU`` (no hooks on either); ``ConvNormAct``, ``FusedSequential`` and the
+residual blocks call it.
 
 Example:
     >>> y = instance_norm_act(x, norm.weight, norm.bias, 1e-5, 0.01)   # == leaky_relu(instance_norm(x))
     >>> norm = InstanceNorm3d(32, affine=True)                          # drop-in for nn.InstanceNorm3d
+    >>> y = norm_act(GroupNorm(8, 32), nn.ReLU(), x)                    # == relu(group_norm(x)), fused
 """
 
 from __future__ import annotations
@@ -146,6 +153,11 @@ class _FusedNormAct(torch.autograd.Function):
                 None, None, None, None)
 
 
+@torch.compiler.disable  # torch.compile runs it as it is (a clean graph break, no retracing per shape)
+def _fused_norm_act(x, weight, bias, eps: float, slope: float | None, kernel, groups: int) -> torch.Tensor:
+    return _FusedNormAct.apply(x, weight, bias, eps, slope, kernel, groups)
+
+
 def _exporting() -> bool:
     return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.jit.is_scripting()
 
@@ -179,7 +191,7 @@ def instance_norm_act(
         return y if negative_slope is None else F.leaky_relu(y, negative_slope)
     kernel = _fused_kernel(x)
     if kernel is not None:
-        return _FusedNormAct.apply(x, weight, bias, eps, negative_slope, kernel, x.shape[1])
+        return _fused_norm_act(x, weight, bias, eps, negative_slope, kernel, x.shape[1])
     b, c = x.shape[:2]
     fused = negative_slope is None or negative_slope >= 0  # in place needs a slope that keeps the sign
     if b > 1 and x.device.type == "cpu":
@@ -233,7 +245,7 @@ class GroupNorm(nn.GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - see the class
         kernel = _fused_kernel(x)
         if kernel is not None:
-            return _FusedNormAct.apply(x, self.weight, self.bias, self.eps, None, kernel, self.num_groups)
+            return _fused_norm_act(x, self.weight, self.bias, self.eps, None, kernel, self.num_groups)
         layout = memory_format_of(x)
         if layout is torch.contiguous_format or x.device.type != "cpu" or x.dtype == torch.float32 or _exporting():
             return super().forward(x)
@@ -278,7 +290,7 @@ def norm_act(norm: nn.Module, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if type(norm) is GroupNorm:
             kernel = _fused_kernel(x)
             if kernel is not None:
-                return _FusedNormAct.apply(x, norm.weight, norm.bias, norm.eps, slope, kernel, norm.num_groups)
+                return _fused_norm_act(x, norm.weight, norm.bias, norm.eps, slope, kernel, norm.num_groups)
         elif x.dim() == norm._get_no_batch_dim() + 1:  # batched (an unbatched input: the modules as they are)
             norm._check_input_dim(x)
             return instance_norm_act(x, norm.weight, norm.bias, norm.eps, slope)
