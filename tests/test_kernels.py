@@ -260,3 +260,14 @@ def test_group_norm_kernel_matches_float64_group_norm(shape, layout, dtype, grou
                             ("bias grad", norm.bias.grad, bd.grad)):
         scale = want.abs().max().item()
         assert (got.double() - want).abs().max().item() <= tol * max(scale, 1.0), name
+
+
+@needs_compiler
+def test_changing_the_weight_in_place_before_backward_is_an_error_as_in_pytorch():
+    assert kernels.load() is not None
+    w, b = torch.ones(4, requires_grad=True), torch.zeros(4, requires_grad=True)
+    y = instance_norm_act(torch.randn(2, 4, 5, 6, 7, requires_grad=True), w, b, 1e-5, 0.01)
+    with torch.no_grad():
+        w.mul_(2.0)  # e.g. an optimizer step between forward and backward
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()

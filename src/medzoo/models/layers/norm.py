@@ -132,16 +132,16 @@ class _FusedNormAct(torch.autograd.Function):
         mean = torch.empty((x.shape[0], groups), dtype=torch.float32)
         invstd = torch.empty_like(mean)
         kernel.forward(x, out, w32, b32, mean, invstd, eps, slope, channels_last, torch.get_num_threads(), groups)
-        ctx.save_for_backward(x, mean, invstd)
-        ctx.params = (w32, b32, weight, bias)
+        ctx.save_for_backward(x, mean, invstd, w32, b32)  # saved: an in-place change before backward is an error
+        ctx.param_dtypes = (None if weight is None else weight.dtype, None if bias is None else bias.dtype)
         ctx.slope, ctx.kernel, ctx.layout, ctx.groups = slope, kernel, layout, groups
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # noqa: D102 - see the class
-        x, mean, invstd = ctx.saved_tensors
-        w32, b32, weight, bias = ctx.params
+        x, mean, invstd, w32, b32 = ctx.saved_tensors
+        w_dtype, b_dtype = ctx.param_dtypes
         grad = grad.to(x.dtype).contiguous(memory_format=ctx.layout)
         want_x, want_w, want_b = ctx.needs_input_grad[:3]
         dx = torch.empty_like(x) if want_x else None
@@ -149,7 +149,7 @@ class _FusedNormAct(torch.autograd.Function):
         db = torch.zeros(x.shape[1], dtype=torch.float32) if want_b else None
         ctx.kernel.backward(grad, x, dx, w32, b32, mean, invstd, dw, db, ctx.slope,
                             ctx.layout is not torch.contiguous_format, torch.get_num_threads(), ctx.groups)
-        return (dx, None if dw is None else dw.to(weight.dtype), None if db is None else db.to(bias.dtype),
+        return (dx, None if dw is None else dw.to(w_dtype), None if db is None else db.to(b_dtype),
                 None, None, None, None)
 
 
