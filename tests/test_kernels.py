@@ -271,3 +271,17 @@ def test_changing_the_weight_in_place_before_backward_is_an_error_as_in_pytorch(
         w.mul_(2.0)  # e.g. an optimizer step between forward and backward
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.sum().backward()
+
+
+@needs_compiler
+def test_an_unwritable_cache_falls_back_to_a_temp_folder(monkeypatch, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("MEDZOO_KERNEL_CACHE", str(blocker / "kernels"))
+    monkeypatch.setattr(kernels.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    kernels.reset()
+    try:
+        kernel = kernels.load()
+        assert kernel is not None and kernel.path.parent.parent == tmp_path / "tmp"
+    finally:
+        kernels.reset()

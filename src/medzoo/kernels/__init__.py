@@ -11,13 +11,13 @@ hippocampus patches, unet3d 1.13x, segresnet 1.26x, resnet3d_vae 1.44x; in fp32 
 
 The source is compiled once per machine with the system C++ compiler (``$CXX``, else ``c++`` / ``g++`` /
 ``clang++``; about a second; with OpenMP and ``-march=native`` where the compiler takes them, else without)
-into ``$MEDZOO_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/medzoo/kernels``, else
-``~/.cache/medzoo/kernels``; the file name carries a hash of the source, the flags, the compiler and the CPU's
-feature flags, so a cache shared between machines never hands one a build for another. The build is written to
-a temporary file and renamed into place, so processes that build at once (DDP ranks) do not see half a file.
-A build that fails leaves a ``.failed`` note with the compiler's message beside it, so later processes do
-not try again (delete the note to retry). Before first use the kernel is checked against PyTorch's ops on a
-small map.
+into ``$MEDZOO_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/medzoo/kernels``, else ``~/.cache/medzoo/kernels`` (a
+per-user folder under the temp dir when that cannot be written). The file name carries a hash of the source,
+the flags, the compiler and the CPU's feature flags, so a cache shared between machines never hands one a
+build for another. The build is written to a temporary file and renamed into place, so processes that build
+at once (DDP ranks) do not see half a file. A build that fails leaves a ``.failed`` note with the compiler's
+message beside it, so later processes do not try again (delete the note to retry). Before first use the
+kernel is checked against float64 PyTorch on a small map.
 
 When there is no compiler, the build or the check fails, or ``MEDZOO_FUSED_KERNELS=0``, :func:`load` returns
 None (with one warning for a failure) and the callers use PyTorch's ops: same results, slower.
@@ -98,14 +98,13 @@ def _build(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(),
                                      _cpu_signature().encode()])).hexdigest()[:16]
-    folder = cache_dir()
+    folder = _writable(cache_dir())
     target = folder / f"norm_act-{key}.so"
     failed = target.with_suffix(".failed")
     if target.exists():
         return target
     if failed.exists():
         raise RuntimeError(f"an earlier build failed (delete {failed} to retry): {failed.read_text()[-800:]}")
-    folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=folder)
     os.close(fd)
     errors = []
@@ -125,6 +124,20 @@ def _build(compiler: str) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _writable(folder: Path) -> Path:
+    """``folder``, created if need be; a per-user folder under the temp dir when it cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.access(folder, os.W_OK):
+            return folder
+    except OSError:
+        pass
+    fallback = Path(tempfile.gettempdir()) / f"medzoo-kernels-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    logger.info("kernel cache %s is not writable: using %s", folder, fallback)
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
 
 
 def _write_note(path: Path, text: str) -> None:
