@@ -5,8 +5,9 @@ Every registered model among :data:`MAIN_MODELS` (whatever is registered when it
 cross-entropy, backward, SGD), in fp32 and PyTorch's default layout. FLOPs come from
 ``torch.utils.flop_counter.FlopCounterMode``. The reference peak is a 32->32 3x3x3 convolution on 64^3, timed in
 the same interleaved rounds. Each model's training step is also timed as ``medzoo train`` runs it on this CPU
-("trained" columns): the memory layout its card asks for (:func:`medzoo.perf.preferred_memory_format`) and bf16
-autocast where the CPU has native bf16 (then against the reference conv in bf16, ``trained_pct_peak``), with
+("trained" columns): the memory layout its card asks for (:func:`medzoo.perf.preferred_memory_format`), bf16
+autocast where the CPU has native bf16 (then against the reference conv in bf16, ``trained_pct_peak``) and
+the fused CPU optimizer of ``medzoo train``, with
 ``trained_speedup`` = fp32 default-layout step / this step. With ``--memory`` each workload also runs in a fresh
 subprocess to read its peak resident memory (VmHWM).
 
@@ -80,10 +81,17 @@ def make_forward(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None = 
     return fwd
 
 
-def make_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None = None):
+def make_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None = None,
+               medzoo_optimizer: bool = False):
     """One SGD training step (cross-entropy, plus the model's auxiliary loss) as a zero-argument callable;
-    ``dtype``: autocast the forward to it, loss in fp32, fp16 with a ``GradScaler``."""
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    ``dtype``: autocast the forward to it, loss in fp32, fp16 with a ``GradScaler``. ``medzoo_optimizer``: SGD
+    as ``medzoo train`` builds it (fused on the CPU, :func:`medzoo.engine.trainer.fused_optimizer_options`),
+    else PyTorch's default."""
+    from medzoo.engine.trainer import fused_optimizer_options
+
+    params = list(model.parameters())
+    fused = fused_optimizer_options(params, "sgd") if medzoo_optimizer else {}
+    opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, **fused)
     scaler = torch.amp.GradScaler(x.device.type, enabled=dtype == torch.float16)
 
     def step() -> None:
@@ -143,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
             f_flops, t_flops = count_flops(fwd), count_flops(step)
             trained_net, trained_x = build(name, args.quick)[:2]
             trained_net, trained_x, layout = in_training_layout(trained_net, trained_x, name)
-            trained = make_train(trained_net, trained_x, y, trained_dtype)
+            trained = make_train(trained_net, trained_x, y, trained_dtype, medzoo_optimizer=True)
             times = interleaved({"forward": fwd, "train": step, "trained": trained, **peaks}, reps=reps,
                                 warmup=args.warmup)  # fmt: skip
         except Exception as err:  # noqa: BLE001 - one broken model must not stop the table

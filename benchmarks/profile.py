@@ -64,7 +64,7 @@ def profile_model(name: str, quick: bool, steps: int, as_trained: bool = False) 
     if as_trained:
         dtype = torch.bfloat16 if cpu_has_native_bf16() else None
         model, x, layout = in_training_layout(model, x, name)
-    step = make_train(model, x, y, dtype)
+    step = make_train(model, x, y, dtype, medzoo_optimizer=as_trained)
     step()  # warm-up (allocations, mkldnn primitive caches)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):

@@ -198,6 +198,9 @@ def test_conv_norm_act_runs_the_modules_when_fusing_would_hide_something():
     assert seen == [torch.Size([1, 4, 5, 5, 5])]  # the hook on the activation fired
     handle.remove()
     assert block._fused_slope() == 0.01
+    handle = block[1].register_full_backward_hook(lambda m, gi, go: None)
+    assert block._fused_slope() is None  # a backward hook on the norm: the modules run one by one
+    handle.remove()
     assert block(torch.randn(2, 5, 5, 5)).shape == (4, 5, 5, 5)  # unbatched input: the modules as they are
 
 

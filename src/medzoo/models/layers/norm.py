@@ -260,8 +260,8 @@ def fused_activation_slope(norm: nn.Module, act: nn.Module) -> float | None:
     """The negative slope with which ``act(norm(x))`` can run as one fused op (:func:`norm_act`), or None.
 
     Fusable: medzoo's :class:`InstanceNorm3d` (and 1d/2d; without running statistics) or :class:`GroupNorm`,
-    followed by ``nn.LeakyReLU`` or ``nn.ReLU`` (slope 0), with no forward hooks on either module or
-    registered globally (fusing would skip them).
+    followed by ``nn.LeakyReLU`` or ``nn.ReLU`` (slope 0), with no forward or backward hooks on either
+    module or registered globally (fusing would skip them).
     """
     if type(norm) in _INSTANCE_NORMS:
         if norm.track_running_stats:
@@ -274,8 +274,10 @@ def fused_activation_slope(norm: nn.Module, act: nn.Module) -> float | None:
         slope = 0.0
     else:
         return None
-    hooked = (norm._forward_hooks or norm._forward_pre_hooks or act._forward_hooks or act._forward_pre_hooks
-              or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks)
+    hooked = any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                 for m in (norm, act))
+    hooked = hooked or any((nn.modules.module._global_forward_hooks, nn.modules.module._global_forward_pre_hooks,
+                            nn.modules.module._global_backward_hooks, nn.modules.module._global_backward_pre_hooks))
     return None if hooked else slope
 
 
