@@ -133,6 +133,26 @@ def ratio(peer_seconds: float, ours_seconds: float) -> float:
     return float(peer_seconds / ours_seconds)
 
 
+# -------------------------------------------------------------------------------------- fused kernels
+def with_fused_kernels(fn: Callable[[], Any], enabled: bool) -> Callable[[], None]:
+    """``fn`` run with medzoo's fused CPU kernels switched on or off (``MEDZOO_FUSED_KERNELS``, restored
+    afterwards), so both sides of a comparison can be interleaved in one process."""
+    value = "1" if enabled else "0"
+
+    def run() -> None:
+        before = os.environ.get("MEDZOO_FUSED_KERNELS")
+        os.environ["MEDZOO_FUSED_KERNELS"] = value
+        try:
+            fn()
+        finally:
+            if before is None:
+                del os.environ["MEDZOO_FUSED_KERNELS"]
+            else:
+                os.environ["MEDZOO_FUSED_KERNELS"] = before
+
+    return run
+
+
 # ---------------------------------------------------------------------------------------- memory layout
 def in_training_layout(net: Any, x: Any, model_name: str, setting: str = "auto") -> tuple[Any, Any, str]:
     """``net`` and its input ``x`` in the memory layout :func:`medzoo.perf.preferred_memory_format` picks for

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,11 +35,12 @@ from benchmarks.common import (
     median,
     ratio,
     reps_for,
+    with_fused_kernels,
     write_results,
 )
 
 NAME = "kernels"
-SIDES = {"kernel": "1", "pytorch_ops": "0"}  # MEDZOO_FUSED_KERNELS for each side
+SIDES = {"kernel": True, "pytorch_ops": False}  # fused kernels on / off
 
 
 def networks(quick: bool) -> list[tuple[str, str, torch.nn.Module, torch.Tensor, torch.Tensor]]:
@@ -59,23 +58,6 @@ def networks(quick: bool) -> list[tuple[str, str, torch.nn.Module, torch.Tensor,
         model, x, y = build(name, quick)
         out.append((f"{name} {'x'.join(map(str, x.shape))}", name, model, x, y))
     return out
-
-
-def _switched(fn: Callable[[], None], value: str) -> Callable[[], None]:
-    """``fn`` run with ``MEDZOO_FUSED_KERNELS=value`` (restored afterwards)."""
-
-    def run() -> None:
-        before = os.environ.get("MEDZOO_FUSED_KERNELS")
-        os.environ["MEDZOO_FUSED_KERNELS"] = value
-        try:
-            fn()
-        finally:
-            if before is None:
-                del os.environ["MEDZOO_FUSED_KERNELS"]
-            else:
-                os.environ["MEDZOO_FUSED_KERNELS"] = before
-
-    return run
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -103,8 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
     for workload, card, net, x, y in networks(args.quick):
         net, x, layout = in_training_layout(net, x, card)
         for precision, dtype in precisions.items():
-            work = {side: _switched(make_step(copy.deepcopy(net), x, y, dtype, medzoo_optimizer=True), value)
-                    for side, value in SIDES.items()}
+            work = {side: with_fused_kernels(make_step(copy.deepcopy(net), x, y, dtype, medzoo_optimizer=True), on)
+                    for side, on in SIDES.items()}
             times = interleaved(work, reps=reps, warmup=max(1, args.warmup))
             med = {side: median(t) for side, t in times.items()}
             rows.append({"workload": workload, "precision": precision, "layout": layout,

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +47,7 @@ from benchmarks.common import (
     median,
     ratio,
     reps_for,
+    with_fused_kernels,
     write_results,
 )
 
@@ -134,20 +134,11 @@ def norm_case(shape: tuple[int, ...], variant: str, dtype: torch.dtype) -> Calla
         "group_norm CL": lambda t: F.leaky_relu(F.group_norm(t, channels, weight, bias, 1e-5), 0.01),
     }
     norm = norms[variant]
-    kernel_switch = "0" if variant.endswith("pytorch ops") else "1"
 
     def run() -> None:  # every variant starts from a fresh copy, as a conv output (medzoo's runs in place)
-        before = os.environ.get("MEDZOO_FUSED_KERNELS")
-        os.environ["MEDZOO_FUSED_KERNELS"] = kernel_switch
-        try:
-            norm(x * 1.0).backward(grad)
-        finally:
-            if before is None:
-                del os.environ["MEDZOO_FUSED_KERNELS"]
-            else:
-                os.environ["MEDZOO_FUSED_KERNELS"] = before
+        norm(x * 1.0).backward(grad)
 
-    return run
+    return with_fused_kernels(run, not variant.endswith("pytorch ops"))
 
 
 CONV_TRANSPOSE_VARIANTS = ("nn default", "nn CL", "medzoo default", "medzoo CL")
