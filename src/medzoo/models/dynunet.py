@@ -11,9 +11,9 @@ With ``conv_bias=True`` (nnU-Net's default plans) the network computes exactly w
 parameters come in the same order with the same shapes (tested), so weights can be copied one to one.
 
 Speed notes (measured on CPU, see ``benchmarks/``): the conv bias in front of an instance norm is cancelled by
-the norm, so ``conv_bias=False`` gives the same function with less work; norm and activation run fused and in
-place in either memory layout (:func:`medzoo.models.layers.norm.instance_norm_act`); the encoder keeps no extra
-copies of the skips.
+the norm, so ``conv_bias=False`` gives the same function with less work; norm and activation run as one fused
+op that keeps either memory layout (:func:`medzoo.models.layers.norm.instance_norm_act`, on the CPU medzoo's
+kernel, :mod:`medzoo.kernels`); the encoder keeps no extra copies of the skips.
 
 Example:
     >>> import medzoo
