@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medzoo.models.layers.factories import ConvNormAct, ConvTranspose, make_act, make_conv, make_norm
-from medzoo.models.layers.norm import norm_act
+from medzoo.models.layers.norm import exporting, norm_act
 from medzoo.models.registry import ModelCard
 
 __all__ = [
@@ -225,6 +225,6 @@ def check_input_size(rule: ModelCard, x: torch.Tensor) -> None:
         rule: a card holding the instance's real ``size_divisor`` / ``min_size``.
         x: the input (B, C, *S).
     """
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if exporting():
         return
     rule.check_input(tuple(x.shape[2:]))

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medzoo.models.layers.norm import memory_format_of
+from medzoo.models.layers.norm import exporting, memory_format_of
 
 __all__ = ["ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "splits_bias"]
 
@@ -35,7 +35,7 @@ _FUNCTIONAL = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose
 def splits_bias(x: torch.Tensor) -> bool:
     """Whether a transposed convolution of ``x`` adds its bias apart from the convolution: on the CPU when
     ``x`` is channels-last, not fp32, or under CPU autocast (see the module docstring)."""
-    if x.device.type != "cpu" or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.jit.is_scripting():
+    if x.device.type != "cpu" or exporting():
         return False
     return (x.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
             or memory_format_of(x) is not torch.contiguous_format)

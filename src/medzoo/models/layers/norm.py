@@ -158,7 +158,8 @@ def _fused_norm_act(x, weight, bias, eps: float, slope: float | None, kernel, gr
     return _FusedNormAct.apply(x, weight, bias, eps, slope, kernel, groups)
 
 
-def _exporting() -> bool:
+def exporting() -> bool:
+    """Whether an ONNX export, ``torch.jit.trace`` or TorchScript scripting is running (plain ops only)."""
     return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.jit.is_scripting()
 
 
@@ -166,7 +167,7 @@ def _fused_kernel(x: torch.Tensor):
     """The fused kernel when it applies to ``x`` (a CPU fp32/bf16 map with more than one spatial element,
     outside export and tracing), else None."""
     if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or x.dim() < 3
-            or x.numel() == 0 or x[0, 0].numel() < 2 or _exporting()):
+            or x.numel() == 0 or x[0, 0].numel() < 2 or exporting()):
         return None
     from medzoo import kernels
 
@@ -211,11 +212,17 @@ def instance_norm_act(
 class _FastInstanceNorm:
     """Forward of :class:`InstanceNorm3d` and its 1D/2D siblings (a mixin over ``nn.InstanceNormNd``)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _norm_act(self, x: torch.Tensor, slope: float | None) -> torch.Tensor | None:
+        """The norm (then a leaky ReLU of ``slope``) by :func:`instance_norm_act`; None where PyTorch's own
+        path is needed (running statistics, or an unbatched input)."""
         if self.track_running_stats or x.dim() != self._get_no_batch_dim() + 1:
-            return super().forward(x)  # running statistics, or an unbatched input: PyTorch's own path
+            return None
         self._check_input_dim(x)
-        return instance_norm_act(x, self.weight, self.bias, self.eps, None)
+        return instance_norm_act(x, self.weight, self.bias, self.eps, slope)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._norm_act(x, None)
+        return super().forward(x) if y is None else y
 
 
 class InstanceNorm1d(_FastInstanceNorm, nn.InstanceNorm1d):
@@ -242,12 +249,18 @@ class GroupNorm(nn.GroupNorm):
     Shapes: (B, C, *S) -> (B, C, *S), the input's memory layout kept.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - see the class
+    def _norm_act(self, x: torch.Tensor, slope: float | None) -> torch.Tensor | None:
+        """The norm (then a leaky ReLU of ``slope``) by the fused kernel; None where it does not apply."""
         kernel = _fused_kernel(x)
-        if kernel is not None:
-            return _fused_norm_act(x, self.weight, self.bias, self.eps, None, kernel, self.num_groups)
+        return None if kernel is None else _fused_norm_act(x, self.weight, self.bias, self.eps, slope, kernel,
+                                                           self.num_groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - see the class
+        y = self._norm_act(x, None)
+        if y is not None:
+            return y
         layout = memory_format_of(x)
-        if layout is torch.contiguous_format or x.device.type != "cpu" or x.dtype == torch.float32 or _exporting():
+        if layout is torch.contiguous_format or x.device.type != "cpu" or x.dtype == torch.float32 or exporting():
             return super().forward(x)
         y = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
         return y.contiguous(memory_format=layout)
@@ -288,12 +301,5 @@ def norm_act(norm: nn.Module, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     Shapes: (B, C, *S) -> (B, C, *S).
     """
     slope = fused_activation_slope(norm, act)
-    if slope is not None:
-        if type(norm) is GroupNorm:
-            kernel = _fused_kernel(x)
-            if kernel is not None:
-                return _fused_norm_act(x, norm.weight, norm.bias, norm.eps, slope, kernel, norm.num_groups)
-        elif x.dim() == norm._get_no_batch_dim() + 1:  # batched (an unbatched input: the modules as they are)
-            norm._check_input_dim(x)
-            return instance_norm_act(x, norm.weight, norm.bias, norm.eps, slope)
-    return act(norm(x))
+    y = None if slope is None else norm._norm_act(x, slope)  # None: the modules as they are
+    return act(norm(x)) if y is None else y
