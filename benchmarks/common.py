@@ -133,6 +133,20 @@ def ratio(peer_seconds: float, ours_seconds: float) -> float:
     return float(peer_seconds / ours_seconds)
 
 
+# ------------------------------------------------------------------------------------------ optimizer
+def sgd(net: Any, medzoo_optimizer: bool, **hyper: Any) -> Any:
+    """``torch.optim.SGD`` over ``net``'s parameters with ``hyper``, built as ``medzoo train`` builds it (fused
+    on the CPU, :func:`medzoo.engine.trainer.fused_optimizer_options`) or, without ``medzoo_optimizer``, with
+    PyTorch's default (one parameter at a time on the CPU, as nnU-Net's trainer and plain PyTorch practice)."""
+    import torch
+
+    from medzoo.engine.trainer import fused_optimizer_options
+
+    params = list(net.parameters())
+    fused = fused_optimizer_options(params, "sgd") if medzoo_optimizer else {}
+    return torch.optim.SGD(params, **hyper, **fused)
+
+
 # -------------------------------------------------------------------------------------- fused kernels
 def with_fused_kernels(fn: Callable[[], Any], enabled: bool) -> Callable[[], None]:
     """``fn`` run with medzoo's fused CPU kernels switched on or off (``MEDZOO_FUSED_KERNELS``, restored

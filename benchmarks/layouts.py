@@ -127,9 +127,8 @@ def norm_case(shape: tuple[int, ...], variant: str, dtype: torch.dtype) -> Calla
     norms: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
         "instance_norm": lambda t: F.leaky_relu(F.instance_norm(t, weight=weight, bias=bias, eps=1e-5), 0.01),
         "instance_norm CL": lambda t: F.leaky_relu(F.instance_norm(t, weight=weight, bias=bias, eps=1e-5), 0.01),
-        "medzoo CL": lambda t: instance_norm_act(t, weight, bias, 1e-5, 0.01),
-        "medzoo CL pytorch ops": lambda t: instance_norm_act(t, weight, bias, 1e-5, 0.01),
-        "medzoo": lambda t: instance_norm_act(t, weight, bias, 1e-5, 0.01),
+        **dict.fromkeys(("medzoo CL", "medzoo CL pytorch ops", "medzoo"),  # apart by layout and kernel switch
+                        lambda t: instance_norm_act(t, weight, bias, 1e-5, 0.01)),
         "batch_norm CL": lambda t: F.leaky_relu(F.batch_norm(t, None, None, weight, bias, True, 0.0, 1e-5), 0.01),
         "group_norm CL": lambda t: F.leaky_relu(F.group_norm(t, channels, weight, bias, 1e-5), 0.01),
     }

@@ -35,6 +35,7 @@ from benchmarks.common import (
     median,
     peak_rss_mb_subprocess,
     reps_for,
+    sgd,
     write_results,
 )
 
@@ -87,11 +88,7 @@ def make_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.
     ``dtype``: autocast the forward to it, loss in fp32, fp16 with a ``GradScaler``. ``medzoo_optimizer``: SGD
     as ``medzoo train`` builds it (fused on the CPU, :func:`medzoo.engine.trainer.fused_optimizer_options`),
     else PyTorch's default."""
-    from medzoo.engine.trainer import fused_optimizer_options
-
-    params = list(model.parameters())
-    fused = fused_optimizer_options(params, "sgd") if medzoo_optimizer else {}
-    opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, **fused)
+    opt = sgd(model, medzoo_optimizer, lr=1e-3, momentum=0.9)
     scaler = torch.amp.GradScaler(x.device.type, enabled=dtype == torch.float16)
 
     def step() -> None:

@@ -63,6 +63,7 @@ from benchmarks.common import (
     own_peak_rss_mb,
     ratio,
     reps_for,
+    sgd,
     time_call,
     write_results,
 )
@@ -122,14 +123,10 @@ def make_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dty
     with ``dtype`` the forward autocasts to it and the loss is taken in fp32 (as ``medzoo train`` does), and
     fp16 scales the loss with a ``GradScaler`` (as ``medzoo train`` and nnU-Net do on CUDA).
     ``medzoo_optimizer``: SGD as ``medzoo train`` builds it (fused on the CPU,
-    :func:`medzoo.engine.trainer.fused_optimizer_options`), else as nnU-Net's trainer does (PyTorch's
-    default: one parameter at a time on the CPU)."""
-    from medzoo.engine.trainer import fused_optimizer_options
-
+    :func:`benchmarks.common.sgd`), else as nnU-Net's trainer does (PyTorch's default: one parameter at a time
+    on the CPU)."""
     net.train()
-    params = list(net.parameters())
-    fused = fused_optimizer_options(params, "sgd") if medzoo_optimizer else {}
-    opt = torch.optim.SGD(params, lr=1e-3, momentum=0.99, nesterov=True, **fused)
+    opt = sgd(net, medzoo_optimizer, lr=1e-3, momentum=0.99, nesterov=True)
     scaler = torch.amp.GradScaler(x.device.type, enabled=dtype == torch.float16)
 
     def step() -> None:

@@ -41,6 +41,10 @@ import threading
 import time
 from pathlib import Path
 
+import torch
+
+from medzoo.perf import _env_flag
+
 __all__ = ["FLAGS", "NormActKernel", "cache_dir", "enabled", "load"]
 
 logger = logging.getLogger(__name__)
@@ -56,14 +60,13 @@ _FALLBACK_FLAGS = (
     tuple(f for f in FLAGS if f not in ("-mprefer-vector-width=512", "-fopenmp", "-march=native")),
 )
 
+_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}  # the kernel's dtype argument
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "kernel": the loaded kernel or None, once tried
 
 
 def enabled() -> bool:
     """False when ``MEDZOO_FUSED_KERNELS`` is set to 0/false/no/off."""
-    from medzoo.perf import _env_flag
-
     return _env_flag("MEDZOO_FUSED_KERNELS", True)
 
 
@@ -195,9 +198,7 @@ class NormActKernel:
 
 
 def _dtype_code(x) -> int:
-    import torch
-
-    return {torch.float32: 0, torch.bfloat16: 1}.get(x.dtype, -1)
+    return _DTYPE_CODES.get(x.dtype, -1)
 
 
 def load() -> NormActKernel | None:
