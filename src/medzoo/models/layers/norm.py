@@ -153,7 +153,6 @@ class _FusedNormAct(torch.autograd.Function):
                 None, None, None, None)
 
 
-@torch.compiler.disable  # torch.compile runs it as it is (a clean graph break, no retracing per shape)
 def _fused_norm_act(x, weight, bias, eps: float, slope: float | None, kernel, groups: int) -> torch.Tensor:
     return _FusedNormAct.apply(x, weight, bias, eps, slope, kernel, groups)
 
@@ -163,11 +162,18 @@ def exporting() -> bool:
     return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.jit.is_scripting()
 
 
+def _plain_ops_graph() -> bool:
+    """Whether a graph of plain ops is being recorded: ONNX export, ``torch.jit.trace`` or ``torch.compile``
+    (whose compiler fuses the plain norm and activation itself; testing the flag, unlike decorating with
+    ``torch.compiler.disable``, does not import ``torch._dynamo``, which takes a second)."""
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
 def _fused_kernel(x: torch.Tensor):
     """The fused kernel when it applies to ``x`` (a CPU fp32/bf16 map with more than one spatial element,
-    outside export and tracing), else None."""
+    outside export, tracing and ``torch.compile``), else None."""
     if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or x.dim() < 3
-            or x.numel() == 0 or x[0, 0].numel() < 2 or exporting()):
+            or x.numel() == 0 or x[0, 0].numel() < 2 or exporting() or torch.compiler.is_compiling()):
         return None
     from medzoo import kernels
 
@@ -182,12 +188,12 @@ def instance_norm_act(
 
     Same values as ``LeakyReLU(negative_slope, inplace=True)(InstanceNorm(affine=True)(x))``; see the module
     docstring for why it is faster. The result is never a view and keeps ``x``'s memory layout on the CPU.
-    Under ONNX export and ``torch.jit.trace`` the plain ``instance_norm`` + ``leaky_relu`` ops are recorded
-    instead, so the graph takes any batch size (the fast paths depend on it).
+    Under ONNX export, ``torch.jit.trace`` and ``torch.compile`` the plain ``instance_norm`` + ``leaky_relu``
+    ops are recorded instead, so the graph takes any batch size (the fast paths depend on it).
 
     Shapes: (B, C, *S) -> (B, C, *S). ``negative_slope=None`` skips the activation.
     """
-    if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():  # a graph that takes any batch size
+    if _plain_ops_graph():  # a graph that takes any batch size
         y = F.instance_norm(x, weight=weight, bias=bias, eps=eps)
         return y if negative_slope is None else F.leaky_relu(y, negative_slope)
     kernel = _fused_kernel(x)
