@@ -55,7 +55,8 @@ def _reference(x, weight, bias, slope, grad):
 def test_builds_once_into_the_cache_and_is_used(fresh_kernels, monkeypatch):
     kernel = kernels.load()
     assert kernel is not None and kernel.path.parent == fresh_kernels and kernel.path.exists()
-    assert [p.name for p in fresh_kernels.iterdir()] == [kernel.path.name]  # no temporary file left behind
+    names = sorted(p.name for p in fresh_kernels.iterdir())  # no temporary file left behind
+    assert names == sorted([kernel.path.name, kernel.path.with_suffix(".checked").name])
     assert kernels.load() is kernel  # loaded once per process
     kernels.reset()
     calls = []
@@ -67,6 +68,34 @@ def test_builds_once_into_the_cache_and_is_used(fresh_kernels, monkeypatch):
     with _Ops() as seen:
         y = instance_norm_act(x, torch.ones(4), torch.zeros(4), 1e-5, 0.01)
     assert "native_batch_norm" not in seen.ops and memory_format_of(y) == CL3
+
+
+@needs_compiler
+def test_a_passed_check_is_remembered_for_that_library_only(fresh_kernels, monkeypatch):
+    """Later processes skip the self-check of a library that passed it; a changed file is checked again,
+    and one that fails is not used."""
+    from medzoo.kernels import check
+
+    path = kernels.load().path
+    assert path.with_suffix(".checked").exists()
+    runs = []
+    real = check.check_norm_act
+    monkeypatch.setattr(check, "check_norm_act", lambda k: runs.append(k) or real(k))
+    kernels.reset()
+    assert kernels.load() is not None and runs == []  # vouched for: not checked again
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # the file was replaced
+    kernels.reset()
+    assert kernels.load() is not None and len(runs) == 1
+    kernels.reset()
+    assert kernels.load() is not None and len(runs) == 1  # the new file's pass is remembered in turn
+
+    def failing(kernel):
+        raise AssertionError("fused norm kernel disagrees with PyTorch")
+
+    monkeypatch.setattr(check, "check_norm_act", failing)
+    path.with_suffix(".checked").unlink()
+    kernels.reset()
+    assert kernels.load() is None and not path.with_suffix(".checked").exists()
 
 
 def test_switched_off_uses_pytorch_ops(monkeypatch):

@@ -17,7 +17,9 @@ the flags, the compiler and the CPU's feature flags, so a cache shared between m
 build for another. The build is written to a temporary file and renamed into place, so processes that build
 at once (DDP ranks) do not see half a file. A build that fails leaves a ``.failed`` note with the compiler's
 message beside it, so later processes do not try again (delete the note to retry). Before first use the
-kernel is checked against float64 PyTorch on a small map.
+kernel is checked against float64 PyTorch on a small map; a ``.checked`` note records the pass (for that file
+and PyTorch version), so later processes skip the check (it costs about 0.3 s, mostly the first autograd
+backward's imports, which a process that only predicts would not pay otherwise).
 
 When there is no compiler, the build or the check fails, or ``MEDZOO_FUSED_KERNELS=0``, :func:`load` returns
 None (with one warning for a failure) and the callers use PyTorch's ops: same results, slower.
@@ -220,14 +222,24 @@ def _try_load() -> NormActKernel | None:
         logger.info("no C++ compiler found: norms run on PyTorch's ops")
         return None
     try:
-        kernel = NormActKernel(_build(compiler))
-        from medzoo.kernels.check import check_norm_act
+        path = _build(compiler)
+        kernel = NormActKernel(path)
+        passed = path.with_suffix(".checked")
+        if not (passed.exists() and passed.read_text() == _check_stamp(path)):
+            from medzoo.kernels.check import check_norm_act
 
-        check_norm_act(kernel)
+            check_norm_act(kernel)
+            _write_note(passed, _check_stamp(path))
     except Exception as err:  # noqa: BLE001 - any failure means: use PyTorch's ops
         logger.warning("fused norm kernel unavailable, using PyTorch's ops (%s)", err)
         return None
     return kernel
+
+
+def _check_stamp(library: Path) -> str:
+    """What a passed check vouches for: this very file (size, modification time) under this PyTorch."""
+    st = library.stat()
+    return f"{torch.__version__} {st.st_size} {st.st_mtime_ns}"
 
 
 def reset() -> None:
