@@ -21,7 +21,8 @@ class _BiasInConv(TorchDispatchMode):
         self.biases = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket is torch.ops.aten.convolution:
+        # inference mode dispatches the composite conv_transpose op before it becomes a convolution
+        if func.overloadpacket in (torch.ops.aten.convolution, torch.ops.aten.conv_transpose3d):
             self.biases.append(args[2] is not None)
         return func(*args, **(kwargs or {}))
 
@@ -72,9 +73,27 @@ def test_output_size_and_no_bias_and_the_factory():
 
 
 def test_splits_bias_rules():
-    x = torch.randn(1, 2, 3, 4, 5)
-    assert not splits_bias(x)  # fp32 default layout: PyTorch's fused bias is as fast
-    assert splits_bias(x.contiguous(memory_format=CL3))
-    assert splits_bias(x.to(torch.bfloat16))
+    x, bias = torch.randn(1, 2, 3, 4, 5), torch.zeros(2, requires_grad=True)
+    assert not splits_bias(x, bias)  # fp32 default layout: PyTorch's fused bias is as fast
+    assert splits_bias(x.contiguous(memory_format=CL3), bias)
+    assert splits_bias(x.to(torch.bfloat16), bias)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert splits_bias(x)
+        assert splits_bias(x, bias)
+    # no bias gradient to take: the bias stays in the convolution, where it costs nothing
+    assert not splits_bias(x.contiguous(memory_format=CL3), bias.detach())
+    for context in (torch.no_grad(), torch.inference_mode()):
+        with context:
+            assert not splits_bias(x.contiguous(memory_format=CL3), bias)
+
+
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode"])
+def test_prediction_keeps_the_bias_in_the_convolution(context):
+    up = ConvTranspose3d(6, 4, 2, stride=2)
+    ref = nn.ConvTranspose3d(6, 4, 2, stride=2)
+    ref.load_state_dict(up.state_dict())
+    x = torch.randn(2, 6, 3, 4, 5).contiguous(memory_format=CL3)
+    with {"no_grad": torch.no_grad(), "inference_mode": torch.inference_mode()}[context], _BiasInConv() as seen:
+        y = up(x)
+        y_ref = ref(x)
+    assert seen.biases == [True, True]
+    torch.testing.assert_close(y, y_ref, atol=1e-6, rtol=1e-6)

@@ -12,8 +12,8 @@ layout. fp32 in the default layout stays on PyTorch's path, where the split meas
 nnU-Net training step the gain is 1-2 %: the bias add costs a pass over the output.
 
 They are drop-ins for ``nn.ConvTransposeNd`` (same parameters, state dict and ``output_size`` argument); on
-other devices, without a bias, and under ONNX export, tracing or scripting they run PyTorch's forward as it
-is.
+other devices, without a bias, when no bias gradient is wanted (``no_grad``, inference mode, a frozen bias)
+and under ONNX export, tracing or scripting they run PyTorch's forward as it is.
 
 Example:
     >>> up = ConvTranspose3d(64, 32, kernel_size=2, stride=2)   # drop-in for nn.ConvTranspose3d
@@ -32,10 +32,12 @@ __all__ = ["ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "splits_bias
 _FUNCTIONAL = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
-def splits_bias(x: torch.Tensor) -> bool:
-    """Whether a transposed convolution of ``x`` adds its bias apart from the convolution: on the CPU when
-    ``x`` is channels-last, not fp32, or under CPU autocast (see the module docstring)."""
-    if x.device.type != "cpu" or exporting():
+def splits_bias(x: torch.Tensor, bias: torch.Tensor) -> bool:
+    """Whether a transposed convolution of ``x`` adds ``bias`` apart from the convolution: when autograd
+    will take the bias's gradient, on the CPU, and ``x`` is channels-last, not fp32, or under CPU autocast
+    (see the module docstring). Without that gradient (prediction), the bias stays in the convolution,
+    where it is free: 16 against 31 ms for a 16->8 fp32 channels-last convolution on a 4x16x48^3 input."""
+    if x.device.type != "cpu" or not (bias.requires_grad and torch.is_grad_enabled()) or exporting():
         return False
     return (x.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
             or memory_format_of(x) is not torch.contiguous_format)
@@ -47,7 +49,7 @@ class _SplitBias:
     _spatial_dims: int
 
     def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        if self.bias is None or self.padding_mode != "zeros" or not splits_bias(input):
+        if self.bias is None or self.padding_mode != "zeros" or not splits_bias(input, self.bias):
             return super().forward(input, output_size)
         dims = self._spatial_dims
         output_padding = self._output_padding(
