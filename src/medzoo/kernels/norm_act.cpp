@@ -24,7 +24,7 @@ inline int omp_get_num_threads() { return 1; }
 
 namespace {
 
-constexpr int64_t kBlock = 64;  // about this many rows (channels-last) summed in float, then added in double
+constexpr int64_t kBlock = 64;  // channels-last: this many patterns summed in float, then added in double
 
 inline float load(const float* p, int64_t i) { return p[i]; }
 inline float load(const uint16_t* p, int64_t i) {
@@ -83,9 +83,11 @@ inline float activate(float y, int act, float slope) {
 inline float activation_grad(float y, float g, int act, float slope) { return act && !(y > 0.f) ? g * slope : g; }
 
 // ---------------------------------------------------------------- channels-last: x[n][s][c]
-// A sample is S rows of C channels. The loops run over "patterns" of P = lcm(C, 16) values (rep = P / C rows),
-// with per-channel constants repeated to length P, so that a few channels (segresnet's 8) still fill whole
-// vectors; the S % rep rows left over (the tail) run row by row.
+// A sample is S rows of C channels. The loops run over "patterns" of P values (rep = P / C rows): P is
+// lcm(C, 16), times the smallest whole number that makes it at least kMinPattern, with per-channel constants
+// repeated to length P, so that a few channels (segresnet's and unet3d's 8) still fill whole vectors and each
+// inner loop is long enough to pay for itself; the S % rep rows left over (the tail) run row by row.
+constexpr int64_t kMinPattern = 256;
 inline int64_t pattern_length(int64_t C) {
   int64_t a = C, b = 16;
   while (b) {
@@ -93,7 +95,8 @@ inline int64_t pattern_length(int64_t C) {
     a = b;
     b = t;
   }
-  return C / a * 16;
+  const int64_t lcm = C / a * 16;
+  return lcm * ((kMinPattern + lcm - 1) / lcm);
 }
 
 inline void repeat(const float* per_channel, int64_t C, int64_t P, float* out) {
@@ -101,11 +104,11 @@ inline void repeat(const float* per_channel, int64_t C, int64_t P, float* out) {
 }
 
 // Per-position sums over patterns [r0, r1) of one sample (and the tail rows when tail is set), in float per block
-// of about kBlock rows and in double across blocks: su[j] += u(x[j], g[j]), sv[j] += v(...), j < P.
+// of kBlock patterns and in double across blocks: su[j] += u(x[j], g[j]), sv[j] += v(...), j < P.
 template <typename T, typename F>
 inline void pattern_sums(const T* x, const T* g, int64_t r0, int64_t r1, int64_t P, int64_t C, int64_t S,
                          bool tail, double* su, double* sv, F f) {
-  const int64_t rep = P / C, per_block = kBlock / rep > 0 ? kBlock / rep : 1;
+  const int64_t rep = P / C, per_block = kBlock;  // each float accumulator takes kBlock values
   std::vector<float> fu(P), fv(P);
   float* fup = fu.data();
   float* fvp = fv.data();
