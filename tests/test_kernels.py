@@ -79,8 +79,8 @@ def test_a_passed_check_is_remembered_for_that_library_only(fresh_kernels, monke
     path = kernels.load().path
     assert path.with_suffix(".checked").exists()
     runs = []
-    real = check.check_norm_act
-    monkeypatch.setattr(check, "check_norm_act", lambda k: runs.append(k) or real(k))
+    real = check.check_kernels
+    monkeypatch.setattr(check, "check_kernels", lambda k: runs.append(k) or real(k))
     kernels.reset()
     assert kernels.load() is not None and runs == []  # vouched for: not checked again
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # the file was replaced
@@ -92,7 +92,7 @@ def test_a_passed_check_is_remembered_for_that_library_only(fresh_kernels, monke
     def failing(kernel):
         raise AssertionError("fused norm kernel disagrees with PyTorch")
 
-    monkeypatch.setattr(check, "check_norm_act", failing)
+    monkeypatch.setattr(check, "check_kernels", failing)
     path.with_suffix(".checked").unlink()
     kernels.reset()
     assert kernels.load() is None and not path.with_suffix(".checked").exists()

@@ -1,23 +1,27 @@
-"""CPU kernels that PyTorch has no fused op for, compiled on first use and called through ctypes.
+"""CPU kernels that PyTorch has no fused or fast op for, compiled on first use and called through ctypes.
 
-One kernel so far: group norm and instance norm (one channel per group) fused with a leaky ReLU or ReLU
-(``norm_act.cpp``), used on CPU tensors by :func:`medzoo.models.layers.norm.instance_norm_act`,
-:class:`~medzoo.models.layers.norm.GroupNorm` and :func:`~medzoo.models.layers.norm.norm_act`. It passes
-over a feature map about half as often as PyTorch's norm + activation and their backwards, in either memory
-layout. Whole training steps, kernel against the fallback on PyTorch's ops (``python -m benchmarks.kernels``,
-medians of 5 interleaved steps, channels-last): in bf16 nnU-Net's network 1.14x at 1x1x64^3 and 1.18x on
-hippocampus patches, unet3d 1.13x, segresnet 1.26x, resnet3d_vae 1.44x; in fp32 1.03-1.05x. Per layer:
-``python -m benchmarks.layouts``, "norm+lrelu" rows.
+Two kernels, built into one library:
 
-The source is compiled once per machine with the system C++ compiler (``$CXX``, else ``c++`` / ``g++`` /
+- group norm and instance norm (one channel per group) fused with a leaky ReLU or ReLU
+  (``norm_act.cpp``), used on CPU tensors by :func:`medzoo.models.layers.norm.instance_norm_act`,
+  :class:`~medzoo.models.layers.norm.GroupNorm` and :func:`~medzoo.models.layers.norm.norm_act`. It passes
+  over a feature map about half as often as PyTorch's norm + activation and their backwards, in either
+  memory layout. Whole training steps, kernel against the fallback on PyTorch's ops (``python -m
+  benchmarks.kernels``, medians of 5 interleaved steps, channels-last): in bf16 nnU-Net's network 1.14x at
+  1x1x64^3 and 1.18x on hippocampus patches, unet3d 1.13x, segresnet 1.26x, resnet3d_vae 1.44x; in fp32
+  1.03-1.05x. Per layer: ``python -m benchmarks.layouts``, "norm+lrelu" rows.
+- the concatenation of channels-last maps along the channels (``concat.cpp``), used by
+  :func:`medzoo.models.layers.concat.cat_channels` where no gradient is recorded (see that module).
+
+The sources are compiled once per machine with the system C++ compiler (``$CXX``, else ``c++`` / ``g++`` /
 ``clang++``; about a second; with OpenMP and ``-march=native`` where the compiler takes them, else without)
 into ``$MEDZOO_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/medzoo/kernels``, else ``~/.cache/medzoo/kernels`` (a
-per-user folder under the temp dir when that cannot be written). The file name carries a hash of the source,
+per-user folder under the temp dir when that cannot be written). The file name carries a hash of the sources,
 the flags, the compiler and the CPU's feature flags, so a cache shared between machines never hands one a
 build for another. The build is written to a temporary file and renamed into place, so processes that build
 at once (DDP ranks) do not see half a file. A build that fails leaves a ``.failed`` note with the compiler's
 message beside it, so later processes do not try again (delete the note to retry). Before first use the
-kernel is checked against float64 PyTorch on a small map; a ``.checked`` note records the pass (for that file
+kernels are checked against PyTorch on small maps (:mod:`medzoo.kernels.check`); a ``.checked`` note records the pass (for that file
 and PyTorch version), so later processes skip the check (it costs about 0.3 s, mostly the first autograd
 backward's imports, which a process that only predicts would not pay otherwise).
 
@@ -26,7 +30,7 @@ None (with one warning for a failure) and the callers use PyTorch's ops: same re
 
 Example:
     >>> from medzoo import kernels
-    >>> kernels.load() is not None   # True where the kernel built and passed its check
+    >>> kernels.load() is not None   # True where the kernels built and passed their checks
 """
 
 from __future__ import annotations
@@ -47,11 +51,11 @@ import torch
 
 from medzoo.perf import _env_flag
 
-__all__ = ["FLAGS", "NormActKernel", "cache_dir", "enabled", "load"]
+__all__ = ["FLAGS", "CpuKernels", "cache_dir", "enabled", "load"]
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("norm_act.cpp")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("norm_act.cpp", "concat.cpp"))  # one library
 FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno")
 # tried in turn when the compiler refuses FLAGS: without the vector-width hint (512-bit vectors were 10-25 %
 # faster on this AVX-512 CPU; a no-op without AVX-512), then also without OpenMP threads (one thread, still
@@ -98,13 +102,13 @@ def _cpu_signature() -> str:
 
 
 def _build(compiler: str) -> Path:
-    """Compile the kernel into the cache (if it is not there yet) and return the library's path."""
-    source = SOURCE.read_bytes()
+    """Compile the kernels into the cache (if they are not there yet) and return the library's path."""
+    sources = [path.read_bytes() for path in SOURCES]
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(),
+    key = hashlib.sha256(b"\0".join([*sources, " ".join(FLAGS).encode(), version.encode(),
                                      _cpu_signature().encode()])).hexdigest()[:16]
     folder = _writable(cache_dir())
-    target = folder / f"norm_act-{key}.so"
+    target = folder / f"medzoo_kernels-{key}.so"
     failed = target.with_suffix(".failed")
     if target.exists():
         return target
@@ -116,11 +120,11 @@ def _build(compiler: str) -> Path:
     try:
         start = time.perf_counter()
         for flags in (FLAGS, *_FALLBACK_FLAGS):
-            done = subprocess.run([compiler, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True,
-                                  timeout=300)
+            done = subprocess.run([compiler, *flags, *map(str, SOURCES), "-o", tmp], capture_output=True,
+                                  text=True, timeout=300)
             if done.returncode == 0:
                 os.replace(tmp, target)
-                logger.info("built the fused norm kernel in %.1f s (%s): %s", time.perf_counter() - start,
+                logger.info("built medzoo's CPU kernels in %.1f s (%s): %s", time.perf_counter() - start,
                             " ".join(flags), target)
                 return target
             errors.append(f"{compiler} {' '.join(flags)} failed ({done.returncode}): {done.stderr.strip()[-800:]}")
@@ -153,12 +157,13 @@ def _write_note(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-class NormActKernel:
-    """The loaded norm + activation kernel: two calls over raw pointers (see the C++ source).
+class CpuKernels:
+    """The loaded kernel library: calls over raw pointers (see the C++ sources).
 
-    Use :meth:`forward` and :meth:`backward` through :mod:`medzoo.models.layers.norm`, which checks the
-    tensors (CPU, fp32/bf16, dense in one of the two layouts) before it calls them. ``groups`` channels
+    Use :meth:`norm_forward` and :meth:`norm_backward` through :mod:`medzoo.models.layers.norm`, which checks
+    the tensors (CPU, fp32/bf16, dense in one of the two layouts) before it calls them. ``groups`` channels
     groups share statistics (``groups == C``: instance norm); ``mean`` and ``invstd`` are (B, groups).
+    :meth:`concat_channels_last` through :func:`medzoo.models.layers.concat.cat_channels`.
     """
 
     def __init__(self, path: Path) -> None:
@@ -170,14 +175,17 @@ class NormActKernel:
         self._bwd = lib.medzoo_norm_act_backward
         self._bwd.argtypes = [p] * 9 + [i64] * 4 + [f32] + [i32] * 4
         self._bwd.restype = i32
+        self._cat = lib.medzoo_concat_rows
+        self._cat.argtypes = [p, p, i64, p, i64, i32]
+        self._cat.restype = i32
         self.path = path
 
     @staticmethod
     def _ptr(t):  # None -> NULL
         return None if t is None else t.data_ptr()
 
-    def forward(self, x, out, weight, bias, mean, invstd, eps: float, slope: float | None, channels_last: bool,
-                threads: int, groups: int) -> None:
+    def norm_forward(self, x, out, weight, bias, mean, invstd, eps: float, slope: float | None,
+                     channels_last: bool, threads: int, groups: int) -> None:
         """Normalise ``x`` (B, C, *S) into ``out``; write each sample's per-group mean and 1/std (B, groups)."""
         b, c = x.shape[:2]
         rc = self._fwd(x.data_ptr(), out.data_ptr(), self._ptr(weight), self._ptr(bias), mean.data_ptr(),
@@ -186,8 +194,8 @@ class NormActKernel:
         if rc != 0:
             raise RuntimeError(f"fused norm: unsupported dtype {x.dtype} or {groups} groups of {c} channels")
 
-    def backward(self, grad, x, dx, weight, bias, mean, invstd, dweight, dbias, slope: float | None,
-                 channels_last: bool, threads: int, groups: int) -> None:
+    def norm_backward(self, grad, x, dx, weight, bias, mean, invstd, dweight, dbias, slope: float | None,
+                      channels_last: bool, threads: int, groups: int) -> None:
         """Write the input gradient into ``dx`` (unless None) and add the parameter gradients to ``dweight`` /
         ``dbias`` (unless None)."""
         b, c = x.shape[:2]
@@ -199,11 +207,23 @@ class NormActKernel:
             raise RuntimeError(f"fused norm: unsupported dtype {x.dtype} or {groups} groups of {c} channels")
 
 
+    def concat_channels_last(self, tensors, out, threads: int) -> None:
+        """Write the channels-last maps ``tensors`` (each (B, C_i, *S), dense, one dtype) into ``out``
+        (B, sum C_i, *S, channels-last) as their concatenation along the channels."""
+        count = len(tensors)
+        pointers = (ctypes.c_void_p * count)(*[t.data_ptr() for t in tensors])
+        row_bytes = (ctypes.c_int64 * count)(*[t.shape[1] * t.element_size() for t in tensors])
+        rc = self._cat(ctypes.cast(pointers, ctypes.c_void_p), ctypes.cast(row_bytes, ctypes.c_void_p), count,
+                       out.data_ptr(), out.numel() // max(1, out.shape[1]), threads)
+        if rc != 0:
+            raise RuntimeError(f"concat: bad sizes {[tuple(t.shape) for t in tensors]}")
+
+
 def _dtype_code(x) -> int:
     return _DTYPE_CODES.get(x.dtype, -1)
 
 
-def load() -> NormActKernel | None:
+def load() -> CpuKernels | None:
     """The norm + activation kernel, built and checked on first call; None where it cannot be had
     (see the module docstring). Thread-safe; tried once per process."""
     if not enabled():
@@ -216,22 +236,22 @@ def load() -> NormActKernel | None:
     return _state["kernel"]  # type: ignore[return-value]
 
 
-def _try_load() -> NormActKernel | None:
+def _try_load() -> CpuKernels | None:
     compiler = _compiler()
     if compiler is None:
         logger.info("no C++ compiler found: norms run on PyTorch's ops")
         return None
     try:
         path = _build(compiler)
-        kernel = NormActKernel(path)
+        kernel = CpuKernels(path)
         passed = path.with_suffix(".checked")
         if not (passed.exists() and passed.read_text() == _check_stamp(path)):
-            from medzoo.kernels.check import check_norm_act
+            from medzoo.kernels.check import check_kernels
 
-            check_norm_act(kernel)
+            check_kernels(kernel)
             _write_note(passed, _check_stamp(path))
     except Exception as err:  # noqa: BLE001 - any failure means: use PyTorch's ops
-        logger.warning("fused norm kernel unavailable, using PyTorch's ops (%s)", err)
+        logger.warning("medzoo's CPU kernels unavailable, using PyTorch's ops (%s)", err)
         return None
     return kernel
 

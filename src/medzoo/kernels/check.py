@@ -1,6 +1,7 @@
-"""The check a freshly loaded kernel must pass before medzoo uses it: its forward and backward against
-PyTorch's group norm + leaky ReLU in float64, on a small map in both layouts, in fp32 and bf16, as an
-instance norm (one channel per group) and as a group norm (two channels per group)."""
+"""The checks a freshly built kernel library must pass before medzoo uses it: the norm's forward and
+backward against PyTorch's group norm + leaky ReLU in float64, on a small map in both layouts, in fp32 and
+bf16, as an instance norm (one channel per group) and as a group norm (two channels per group); the
+channels-last concatenation against ``torch.cat``, bit for bit, for 4-, 2- and 1-byte values."""
 
 from __future__ import annotations
 
@@ -20,8 +21,30 @@ def _reference(x, groups, weight, bias, eps, slope, grad):
     return out, x.grad, w.grad, b.grad
 
 
+def check_kernels(kernel) -> None:
+    """Raise ``RuntimeError`` unless every kernel of the library passes its check (see the module docstring)."""
+    check_norm_act(kernel)
+    check_concat(kernel)
+
+
+def check_concat(kernel) -> None:
+    """Raise ``RuntimeError`` unless the channels-last concatenation equals ``torch.cat`` exactly, for maps of
+    5, 8 and 3 channels (odd row lengths and one of the unrolled ones), 2 and 3 inputs, in fp32, bf16 and
+    uint8 (4-, 2- and 1-byte copies)."""
+    gen = torch.Generator().manual_seed(1)
+    for dtype in (torch.float32, torch.bfloat16, torch.uint8):
+        parts = [(torch.randn(2, c, 5, 7, 9, generator=gen) * 50).to(dtype).contiguous(
+            memory_format=torch.channels_last_3d) for c in (5, 8, 3)]
+        for inputs in (parts[:2], parts):
+            want = torch.cat(inputs, dim=1)
+            out = torch.empty_like(want, memory_format=torch.channels_last_3d)
+            kernel.concat_channels_last(inputs, out, 2)
+            if not torch.equal(out, want):
+                raise RuntimeError(f"self-check failed: concatenation of {len(inputs)} {dtype} maps differs")
+
+
 def check_norm_act(kernel) -> None:
-    """Raise ``RuntimeError`` unless ``kernel`` (a :class:`~medzoo.kernels.NormActKernel`) matches PyTorch on a
+    """Raise ``RuntimeError`` unless ``kernel`` (a :class:`~medzoo.kernels.CpuKernels`) matches PyTorch on a
     (2, 6, 5, 7, 9) map, channels-first and channels-last, fp32 and bf16, 6 and 3 groups, with and without
     the activation (relative error of output, input gradient and parameter gradients).
 
@@ -54,8 +77,8 @@ def _check_one(kernel, x, grad, weight, bias, want, groups, eps, slope, dtype, c
     out, dx = torch.empty_like(xs), torch.empty_like(xs)
     mean, invstd = torch.empty(x.shape[0], groups), torch.empty(x.shape[0], groups)
     dw, db = torch.zeros(x.shape[1]), torch.zeros(x.shape[1])
-    kernel.forward(xs, out, weight, bias, mean, invstd, eps, slope, channels_last, 2, groups)
-    kernel.backward(gs, xs, dx, weight, bias, mean, invstd, dw, db, slope, channels_last, 2, groups)
+    kernel.norm_forward(xs, out, weight, bias, mean, invstd, eps, slope, channels_last, 2, groups)
+    kernel.norm_backward(gs, xs, dx, weight, bias, mean, invstd, dw, db, slope, channels_last, 2, groups)
     for name, got, ref in zip(("output", "input gradient", "weight gradient", "bias gradient"),
                               (out, dx, dw, db), want):
         err = ((got.double() - ref).abs().max() / ref.abs().max()).item()

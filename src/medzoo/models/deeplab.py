@@ -28,6 +28,7 @@ from torch import nn
 from medzoo.models.encoders.resnet import ResNetEncoder, dilation_for_output_stride
 from medzoo.models.layers.aspp import ASPP, default_rates
 from medzoo.models.layers.blocks import check_input_size, resize_to
+from medzoo.models.layers.concat import cat_channels
 from medzoo.models.layers.factories import ConvNormAct, make_conv
 from medzoo.models.registry import ModelCard, register_model
 
@@ -98,7 +99,7 @@ class DeepLabV3Plus(nn.Module):
         feats = self.encoder(x)
         low = self.low_level(feats[1])
         high = resize_to(self.aspp(feats[-1]), low.shape[2:])
-        out = self.head(self.decoder(torch.cat((high, low), dim=1)))
+        out = self.head(self.decoder(cat_channels((high, low))))
         return resize_to(out, x.shape[2:])
 
 

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from medzoo.errors import InputSizeError, ModelError
+from medzoo.models.layers.concat import cat_channels
 from medzoo.models.layers.factories import Conv, ConvTranspose
 from medzoo.models.layers.norm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, instance_norm_act
 from medzoo.models.registry import ModelCard, register_model
@@ -249,7 +250,7 @@ class DynUNet(nn.Module):
         outputs = []
         last = len(self.decoder) - 1
         for i, (up, block) in enumerate(zip(self.upsamples, self.decoder)):
-            x = block(torch.cat((up(x), skips[-(i + 2)]), dim=1))
+            x = block(cat_channels((up(x), skips[-(i + 2)])))
             if want_all or i == last:
                 outputs.append(self.heads[i if self.deep_supervision else 0](x))
         if want_all:

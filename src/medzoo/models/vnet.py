@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medzoo.models.layers.concat import cat_channels
 from medzoo.models.layers.factories import ConvTranspose, make_conv, make_dropout, make_norm
 from medzoo.models.registry import ModelCard, register_model
 
@@ -130,7 +131,7 @@ class _UpStage(nn.Module):
         self.act = nn.PReLU(out_channels)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        cat = torch.cat([self.up(self.drop(x)), self.drop(skip)], dim=1)
+        cat = cat_channels([self.up(self.drop(x)), self.drop(skip)])
         return self.act(self.convs(cat) + cat)
 
 

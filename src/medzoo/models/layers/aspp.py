@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from medzoo.models.layers.concat import cat_channels
 from medzoo.models.layers.factories import AdaptiveAvgPool, ConvNormAct, make_act, make_conv, make_dropout
 
 __all__ = ["ASPP", "default_rates"]
@@ -73,4 +74,4 @@ class ASPP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = [b(x) for b in self.branches]
         feats.append(self.pooling(x).expand_as(feats[0]))
-        return self.project(torch.cat(feats, dim=1))
+        return self.project(cat_channels(feats))

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medzoo.models.layers.concat import cat_channels
 from medzoo.models.layers.factories import ConvNormAct, ConvTranspose, make_act, make_conv, make_norm
 from medzoo.models.layers.norm import exporting, norm_act
 from medzoo.models.registry import ModelCard
@@ -93,7 +94,7 @@ class UpConcat(nn.Module):
         up = self.up(low)
         if up.shape[2:] != skip.shape[2:]:  # odd skip sizes: crop the (one voxel larger) upsampled map
             up = up[(...,) + tuple(slice(0, s) for s in skip.shape[2:])]
-        return self.conv(torch.cat((up, skip), dim=1))
+        return self.conv(cat_channels((up, skip)))
 
 
 class BasicBlock(nn.Module):

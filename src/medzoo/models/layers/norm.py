@@ -131,7 +131,7 @@ class _FusedNormAct(torch.autograd.Function):
         out = torch.empty_like(x)
         mean = torch.empty((x.shape[0], groups), dtype=torch.float32)
         invstd = torch.empty_like(mean)
-        kernel.forward(x, out, w32, b32, mean, invstd, eps, slope, channels_last, torch.get_num_threads(), groups)
+        kernel.norm_forward(x, out, w32, b32, mean, invstd, eps, slope, channels_last, torch.get_num_threads(), groups)
         ctx.save_for_backward(x, mean, invstd, w32, b32)  # saved: an in-place change before backward is an error
         ctx.param_dtypes = (None if weight is None else weight.dtype, None if bias is None else bias.dtype)
         ctx.slope, ctx.kernel, ctx.layout, ctx.groups = slope, kernel, layout, groups
@@ -147,7 +147,7 @@ class _FusedNormAct(torch.autograd.Function):
         dx = torch.empty_like(x) if want_x else None
         dw = torch.zeros(x.shape[1], dtype=torch.float32) if want_w else None
         db = torch.zeros(x.shape[1], dtype=torch.float32) if want_b else None
-        ctx.kernel.backward(grad, x, dx, w32, b32, mean, invstd, dw, db, ctx.slope,
+        ctx.kernel.norm_backward(grad, x, dx, w32, b32, mean, invstd, dw, db, ctx.slope,
                             ctx.layout is not torch.contiguous_format, torch.get_num_threads(), ctx.groups)
         return (dx, None if dw is None else dw.to(w_dtype), None if db is None else db.to(b_dtype),
                 None, None, None, None)
