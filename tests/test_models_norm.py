@@ -226,3 +226,76 @@ def test_fused_sequential_and_preact_block_match_running_the_modules_one_by_one(
         for got, want in zip(*results):
             torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     assert seq.state_dict().keys() == nn.Sequential(*seq).state_dict().keys()
+
+
+@pytest.mark.parametrize("layout", [CL3, torch.contiguous_format])
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode"])
+def test_overwrite_reuses_the_input_only_where_no_gradient_is_recorded(layout, context, norm_path):
+    x = torch.randn(2, 5, 6, 7, 4).contiguous(memory_format=layout)
+    w, b = torch.rand(5) + 0.5, torch.randn(5)
+    want = _reference(x, w, b, 0.01)
+    with {"no_grad": torch.no_grad(), "inference_mode": torch.inference_mode()}[context]:
+        kept = x.clone()
+        assert torch.equal(instance_norm_act(kept, w, b, 1e-5, 0.01), instance_norm_act(kept, w, b, 1e-5, 0.01))
+        assert torch.equal(kept, x)  # without overwrite the input is left alone
+        target = x.clone()
+        y = instance_norm_act(target, w, b, 1e-5, 0.01, overwrite=True)
+    torch.testing.assert_close(y, want, atol=1e-5, rtol=1e-5)
+    assert memory_format_of(y) == layout
+    if norm_path == "fused kernel":
+        assert y.data_ptr() == target.data_ptr()  # written into the input's memory
+    xr = x.clone().requires_grad_(True)
+    y = instance_norm_act(xr, w, b, 1e-5, 0.01, overwrite=True)  # a gradient is recorded: no overwriting
+    assert torch.equal(xr.detach(), x) and y.data_ptr() != xr.data_ptr()
+    y.sum().backward()
+    assert torch.isfinite(xr.grad).all()
+
+
+def test_only_a_hookless_convolutions_output_is_overwritable(norm_path):
+    from medzoo.models.layers.factories import ConvNormAct
+    from medzoo.models.layers.norm import overwritable
+
+    conv = nn.Conv3d(2, 4, 3, padding=1)
+    assert overwritable(conv) and not overwritable(nn.Identity()) and not overwritable(InstanceNorm3d(4))
+    block = ConvNormAct(3, 2, 4).eval()
+    x = torch.randn(1, 2, 5, 6, 7)
+    with torch.no_grad():
+        plain = block(x)
+    kept = []
+    handle = block[0].register_forward_hook(lambda m, i, o: kept.append((o, o.clone())))
+    assert not overwritable(block[0])
+    with torch.no_grad():
+        hooked = block(x)
+    handle.remove()
+    (held, copy), = kept
+    assert torch.equal(held, copy)  # what the hook holds was not overwritten by the norm
+    torch.testing.assert_close(hooked, plain, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name, kwargs", [("unet3d", {"features": [4, 8, 16]}), ("dynunet", {"features": [4, 8, 16]}),
+                                          ("segresnet", {"init_filters": 4}), ("resnetmed3d_10", {})])
+def test_networks_predict_the_same_with_and_without_overwriting(name, kwargs, monkeypatch, norm_path):
+    from medzoo.models import create_model
+    from medzoo.models.layers import norm
+
+    torch.manual_seed(0)
+    net = create_model(name, in_channels=1, num_classes=3, spatial_dims=3, **kwargs).eval()
+    net = net.to(memory_format=CL3)
+    x = torch.randn(2, 1, 16, 16, 16).contiguous(memory_format=CL3)
+    real, asked = norm._kernel_forward, []
+
+    def recorded(*args, force=None):
+        asked.append(args[-1])
+        return real(*args[:-1], args[-1] if force is None else force)
+
+    monkeypatch.setattr(norm, "_kernel_forward", recorded)
+    with torch.inference_mode():
+        fast = net(x)
+    overwrites = sum(asked)
+    monkeypatch.setattr(norm, "_kernel_forward", lambda *args: recorded(*args, force=False))
+    with torch.inference_mode():
+        slow = net(x)
+    torch.testing.assert_close(fast, slow, atol=0, rtol=0)
+    # conv -> norm -> act: unet3d, dynunet; segresnet normalises before its convolutions, resnetmed3d_10 has
+    # batch norms (PyTorch's)
+    assert (overwrites > 0) is (norm_path == "fused kernel" and name in ("unet3d", "dynunet"))

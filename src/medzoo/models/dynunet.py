@@ -35,7 +35,13 @@ from torch import nn
 from medzoo.errors import InputSizeError, ModelError
 from medzoo.models.layers.concat import cat_channels
 from medzoo.models.layers.factories import Conv, ConvTranspose
-from medzoo.models.layers.norm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, instance_norm_act
+from medzoo.models.layers.norm import (
+    InstanceNorm1d,
+    InstanceNorm2d,
+    InstanceNorm3d,
+    instance_norm_act,
+    overwritable,
+)
 from medzoo.models.registry import ModelCard, register_model
 
 __all__ = ["DynUNet", "DynUNetConfig", "dynunet_config_for", "instance_norm_act"]
@@ -80,7 +86,7 @@ class ConvNormAct(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return instance_norm_act(self.conv(x), self.norm.weight, self.norm.bias, self.norm.eps,
-                                 self.negative_slope)
+                                 self.negative_slope, overwrite=overwritable(self.conv))
 
 
 class ResidualBlock(nn.Module):

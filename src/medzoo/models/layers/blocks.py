@@ -28,7 +28,7 @@ from torch import nn
 
 from medzoo.models.layers.concat import cat_channels
 from medzoo.models.layers.factories import ConvNormAct, ConvTranspose, make_act, make_conv, make_norm
-from medzoo.models.layers.norm import exporting, norm_act
+from medzoo.models.layers.norm import exporting, norm_act, overwritable
 from medzoo.models.registry import ModelCard
 
 __all__ = [
@@ -127,7 +127,7 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = norm_act(self.bn1, self.act, self.conv1(x))
+        out = norm_act(self.bn1, self.act, self.conv1(x), overwritable(self.conv1))
         out = self.bn2(self.conv2(out))
         out += identity
         return self.act(out)
@@ -166,8 +166,8 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = norm_act(self.bn1, self.act, self.conv1(x))
-        out = norm_act(self.bn2, self.act, self.conv2(out))
+        out = norm_act(self.bn1, self.act, self.conv1(x), overwritable(self.conv1))
+        out = norm_act(self.bn2, self.act, self.conv2(out), overwritable(self.conv2))
         out = self.bn3(self.conv3(out))
         out += identity
         return self.act(out)

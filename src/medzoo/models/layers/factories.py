@@ -19,6 +19,7 @@ from medzoo.models.layers.norm import (
     InstanceNorm3d,
     fused_activation_slope,
     norm_act,
+    overwritable,
 )
 
 Conv: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -115,7 +116,7 @@ class FusedSequential(nn.Sequential):
         i = 0
         while i < len(modules):
             if i + 1 < len(modules) and fused_activation_slope(modules[i], modules[i + 1]) is not None:
-                x = norm_act(modules[i], modules[i + 1], x)
+                x = norm_act(modules[i], modules[i + 1], x, overwrite=i > 0 and overwritable(modules[i - 1]))
                 i += 2
             else:
                 x = modules[i](x)

@@ -47,7 +47,7 @@ from torch.autograd.function import once_differentiable
 
 __all__ = [
     "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "fused_activation_slope", "instance_norm_act",
-    "memory_format_of", "norm_act",
+    "memory_format_of", "norm_act", "overwritable",
 ]
 
 
@@ -123,18 +123,10 @@ class _FusedNormAct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps: float, slope: float | None, kernel, groups: int):  # noqa: D102
-        layout = memory_format_of(x)
-        x = x.contiguous(memory_format=layout)
-        channels_last = layout is not torch.contiguous_format
-        w32 = None if weight is None else weight.detach().float().contiguous()
-        b32 = None if bias is None else bias.detach().float().contiguous()
-        out = torch.empty_like(x)
-        mean = torch.empty((x.shape[0], groups), dtype=torch.float32)
-        invstd = torch.empty_like(mean)
-        kernel.norm_forward(x, out, w32, b32, mean, invstd, eps, slope, channels_last, torch.get_num_threads(), groups)
+        out, x, mean, invstd, w32, b32 = _kernel_forward(x, weight, bias, eps, slope, kernel, groups, False)
         ctx.save_for_backward(x, mean, invstd, w32, b32)  # saved: an in-place change before backward is an error
         ctx.param_dtypes = (None if weight is None else weight.dtype, None if bias is None else bias.dtype)
-        ctx.slope, ctx.kernel, ctx.layout, ctx.groups = slope, kernel, layout, groups
+        ctx.slope, ctx.kernel, ctx.layout, ctx.groups = slope, kernel, memory_format_of(x), groups
         return out
 
     @staticmethod
@@ -153,8 +145,35 @@ class _FusedNormAct(torch.autograd.Function):
                 None, None, None, None)
 
 
-def _fused_norm_act(x, weight, bias, eps: float, slope: float | None, kernel, groups: int) -> torch.Tensor:
+def _kernel_forward(x, weight, bias, eps: float, slope: float | None, kernel, groups: int, overwrite: bool):
+    """The kernel's forward of ``x`` in its own layout: (out, x as read, mean, invstd, fp32 weight and bias);
+    ``out`` is ``x`` itself when ``overwrite`` (the kernel works element by element, so it may)."""
+    layout = memory_format_of(x)
+    x = x.contiguous(memory_format=layout)
+    w32 = None if weight is None else weight.detach().float().contiguous()
+    b32 = None if bias is None else bias.detach().float().contiguous()
+    out = x if overwrite else torch.empty_like(x)
+    mean = torch.empty((x.shape[0], groups), dtype=torch.float32)
+    invstd = torch.empty_like(mean)
+    kernel.norm_forward(x, out, w32, b32, mean, invstd, eps, slope, layout is not torch.contiguous_format,
+                        torch.get_num_threads(), groups)
+    return out, x, mean, invstd, w32, b32
+
+
+def _fused_norm_act(x, weight, bias, eps: float, slope: float | None, kernel, groups: int,
+                    overwrite: bool = False) -> torch.Tensor:
+    """The kernel's norm + activation; where no gradient is recorded, without autograd, and into ``x``
+    itself when ``overwrite`` (fp32 channels-last 4x8x96^3: 15.0 against 11.3 ms)."""
+    if not torch.is_grad_enabled():
+        return _kernel_forward(x, weight, bias, eps, slope, kernel, groups, overwrite)[0]
     return _FusedNormAct.apply(x, weight, bias, eps, slope, kernel, groups)
+
+
+def overwritable(module: nn.Module) -> bool:
+    """Whether ``module``'s output is a fresh map that only its caller holds, so that a norm may overwrite it
+    where no gradient is recorded: a convolution without forward hooks (a hook might keep the output)."""
+    return (isinstance(module, nn.modules.conv._ConvNd) and not module._forward_hooks
+            and not nn.modules.module._global_forward_hooks)
 
 
 def exporting() -> bool:
@@ -182,7 +201,7 @@ def _fused_kernel(x: torch.Tensor):
 
 def instance_norm_act(
     x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float = 1e-5,
-    negative_slope: float | None = 0.01,
+    negative_slope: float | None = 0.01, overwrite: bool = False,
 ) -> torch.Tensor:
     """Instance norm (affine when ``weight``/``bias`` are given), then an in-place leaky ReLU.
 
@@ -191,14 +210,16 @@ def instance_norm_act(
     Under ONNX export, ``torch.jit.trace`` and ``torch.compile`` the plain ``instance_norm`` + ``leaky_relu``
     ops are recorded instead, so the graph takes any batch size (the fast paths depend on it).
 
-    Shapes: (B, C, *S) -> (B, C, *S). ``negative_slope=None`` skips the activation.
+    Shapes: (B, C, *S) -> (B, C, *S). ``negative_slope=None`` skips the activation. ``overwrite``: ``x`` may
+    hold the result where no gradient is recorded (a fresh map nobody else holds, e.g. a convolution's
+    output; see :func:`overwritable`).
     """
     if _plain_ops_graph():  # a graph that takes any batch size
         y = F.instance_norm(x, weight=weight, bias=bias, eps=eps)
         return y if negative_slope is None else F.leaky_relu(y, negative_slope)
     kernel = _fused_kernel(x)
     if kernel is not None:
-        return _fused_norm_act(x, weight, bias, eps, negative_slope, kernel, x.shape[1])
+        return _fused_norm_act(x, weight, bias, eps, negative_slope, kernel, x.shape[1], overwrite)
     b, c = x.shape[:2]
     fused = negative_slope is None or negative_slope >= 0  # in place needs a slope that keeps the sign
     if b > 1 and x.device.type == "cpu":
@@ -218,13 +239,13 @@ def instance_norm_act(
 class _FastInstanceNorm:
     """Forward of :class:`InstanceNorm3d` and its 1D/2D siblings (a mixin over ``nn.InstanceNormNd``)."""
 
-    def _norm_act(self, x: torch.Tensor, slope: float | None) -> torch.Tensor | None:
+    def _norm_act(self, x: torch.Tensor, slope: float | None, overwrite: bool = False) -> torch.Tensor | None:
         """The norm (then a leaky ReLU of ``slope``) by :func:`instance_norm_act`; None where PyTorch's own
         path is needed (running statistics, or an unbatched input)."""
         if self.track_running_stats or x.dim() != self._get_no_batch_dim() + 1:
             return None
         self._check_input_dim(x)
-        return instance_norm_act(x, self.weight, self.bias, self.eps, slope)
+        return instance_norm_act(x, self.weight, self.bias, self.eps, slope, overwrite)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self._norm_act(x, None)
@@ -255,11 +276,11 @@ class GroupNorm(nn.GroupNorm):
     Shapes: (B, C, *S) -> (B, C, *S), the input's memory layout kept.
     """
 
-    def _norm_act(self, x: torch.Tensor, slope: float | None) -> torch.Tensor | None:
+    def _norm_act(self, x: torch.Tensor, slope: float | None, overwrite: bool = False) -> torch.Tensor | None:
         """The norm (then a leaky ReLU of ``slope``) by the fused kernel; None where it does not apply."""
         kernel = _fused_kernel(x)
         return None if kernel is None else _fused_norm_act(x, self.weight, self.bias, self.eps, slope, kernel,
-                                                           self.num_groups)
+                                                           self.num_groups, overwrite)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - see the class
         y = self._norm_act(x, None)
@@ -300,12 +321,13 @@ def fused_activation_slope(norm: nn.Module, act: nn.Module) -> float | None:
     return None if hooked else slope
 
 
-def norm_act(norm: nn.Module, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def norm_act(norm: nn.Module, act: nn.Module, x: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
     """``act(norm(x))``, as one fused op where :func:`fused_activation_slope` allows (same values; the input
-    is left as it is, so it may still be used, e.g. by a residual path).
+    is left as it is, so it may still be used, e.g. by a residual path, unless ``overwrite``: then the fused
+    op may write its result into ``x`` where no gradient is recorded, see :func:`overwritable`).
 
     Shapes: (B, C, *S) -> (B, C, *S).
     """
     slope = fused_activation_slope(norm, act)
-    y = None if slope is None else norm._norm_act(x, slope)  # None: the modules as they are
+    y = None if slope is None else norm._norm_act(x, slope, overwrite)  # None: the modules as they are
     return act(norm(x)) if y is None else y
