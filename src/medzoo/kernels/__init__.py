@@ -7,9 +7,9 @@ Two kernels, built into one library:
   :class:`~medzoo.models.layers.norm.GroupNorm` and :func:`~medzoo.models.layers.norm.norm_act`. It passes
   over a feature map about half as often as PyTorch's norm + activation and their backwards, in either
   memory layout. Whole training steps, kernel against the fallback on PyTorch's ops (``python -m
-  benchmarks.kernels``, medians of 5 interleaved steps, channels-last): in bf16 nnU-Net's network 1.14x at
-  1x1x64^3 and 1.18x on hippocampus patches, unet3d 1.13x, segresnet 1.26x, resnet3d_vae 1.44x; in fp32
-  1.03-1.05x. Per layer: ``python -m benchmarks.layouts``, "norm+lrelu" rows.
+  benchmarks.kernels``, medians of 5 interleaved steps, channels-last): in bf16 nnU-Net's network 1.16x at
+  1x1x64^3 and 1.19x on hippocampus patches, unet3d 1.18x, segresnet 1.34x, resnet3d_vae 1.50x; in fp32
+  1.04-1.07x. Per layer: ``python -m benchmarks.layouts``, "norm+lrelu" rows.
 - the concatenation of channels-last maps along the channels (``concat.cpp``), used by
   :func:`medzoo.models.layers.concat.cat_channels` where no gradient is recorded (see that module).
 
