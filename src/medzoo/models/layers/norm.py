@@ -140,7 +140,7 @@ class _FusedNormAct(torch.autograd.Function):
         dw = torch.zeros(x.shape[1], dtype=torch.float32) if want_w else None
         db = torch.zeros(x.shape[1], dtype=torch.float32) if want_b else None
         ctx.kernel.norm_backward(grad, x, dx, w32, b32, mean, invstd, dw, db, ctx.slope,
-                            ctx.layout is not torch.contiguous_format, torch.get_num_threads(), ctx.groups)
+                                 ctx.layout is not torch.contiguous_format, torch.get_num_threads(), ctx.groups)
         return (dx, None if dw is None else dw.to(w_dtype), None if db is None else db.to(b_dtype),
                 None, None, None, None)
 
