@@ -67,6 +67,7 @@ from benchmarks.common import (
     time_call,
     write_results,
 )
+from medzoo.perf import keep_native_conv_weights_contiguous
 
 NAME = "training_step"
 
@@ -141,9 +142,13 @@ def make_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dty
     return step
 
 
-def _channels_last(net: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
-    """``net`` and ``x`` in channels-last, whatever the card says (to time either network in that layout)."""
+def _channels_last(net: nn.Module, x: torch.Tensor, fp32_medzoo: bool = False) -> tuple[nn.Module, torch.Tensor]:
+    """``net`` and ``x`` in channels-last, whatever the card says (to time either network in that layout);
+    ``fp32_medzoo``: also as ``medzoo train --amp none`` lays out a channels-last network
+    (:func:`medzoo.perf.keep_native_conv_weights_contiguous`)."""
     net, x, _ = in_training_layout(net, x, "dynunet", setting="channels_last")
+    if fp32_medzoo:
+        keep_native_conv_weights_contiguous(net, x.shape)
     return net, x
 
 
@@ -187,6 +192,8 @@ def _child(what: str, index: int, steps: int, quick: bool, tune: bool, warmup: i
         del ours, peer  # only this side's network stays in memory (its peak RSS is reported)
         if what == "medzoo":  # in the layout medzoo trains it in
             net, x, _ = in_training_layout(net, x, "dynunet")
+            if _amp(precision) is None:  # as `medzoo train --amp none` lays out an fp32 network
+                keep_native_conv_weights_contiguous(net, x.shape)
         fn = make_step(net, x, y, _amp(precision), medzoo_optimizer=what == "medzoo")
     for _ in range(max(1, warmup)):
         fn()
@@ -256,7 +263,8 @@ def main(argv: list[str] | None = None) -> dict:
         flops = count_flops(make_step(ours, x, y))
         peak_fn, peak_flops = conv_peak_workload(args.quick)
         work = {"medzoo": make_step(ours, x, y, medzoo_optimizer=True), "conv_peak": peak_fn,
-                "medzoo_cl": make_step(*_channels_last(copy.deepcopy(ours), x), y, medzoo_optimizer=True)}
+                "medzoo_cl": make_step(*_channels_last(copy.deepcopy(ours), x, fp32_medzoo=True), y,
+                                       medzoo_optimizer=True)}
         if peer is not None:
             work["dna"] = make_step(peer, x, y)
         if args.bf16:

@@ -456,3 +456,19 @@ def test_channels_last_training_matches_contiguous(phantom, cache, tmp_path, cap
         torch.testing.assert_close(weights["channels_last"][key], value, atol=2e-4, rtol=1e-3, msg=key)
     model, _ = load_model_from_run(tmp_path / "channels_last")  # loads into a default-layout network
     assert all(p.is_contiguous() for p in model.parameters())
+
+
+@pytest.mark.parametrize("amp, expect", [("none", True), ("bf16", False)])
+def test_fp32_channels_last_training_keeps_native_path_conv_weights_contiguous(phantom, cache, tmp_path, caplog,
+                                                                                amp, expect):
+    """``medzoo train`` in fp32 and channels-last, batch of one: the convolutions PyTorch runs on its own fp32
+    path get contiguous weights (medzoo.perf.keep_native_conv_weights_contiguous); bf16 runs all on oneDNN."""
+    from medzoo.perf import cpu_has_native_bf16
+
+    if amp == "bf16" and not cpu_has_native_bf16():
+        pytest.skip("no native bf16 on this CPU")
+    with caplog.at_level("INFO", logger="medzoo.engine.trainer"):
+        result = train(_config(phantom, tmp_path / "run", cache, batch_size=1, amp=amp, memory_format="channels_last",
+                               model_kwargs={"features": [4, 8, 16]}, log_images=False))
+    assert result.steps == 4
+    assert ("their weights stay contiguous" in caplog.text) is expect

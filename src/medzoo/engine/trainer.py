@@ -52,6 +52,7 @@ from medzoo.perf import (
     conv_census,
     cpu_has_native_bf16,
     cuda_amp_dtype,
+    keep_native_conv_weights_contiguous,
     maybe_compile,
     preferred_memory_format,
     release_memory,
@@ -415,6 +416,10 @@ def _train_segmentation(
     dtype = cpu_bf16_guard(amp_dtype(config, device), model, plan, device, auto=config.amp == "auto")
     log.info("precision: %s (amp '%s' on %s)", "fp32" if dtype is None else f"{str(dtype).removeprefix('torch.')} autocast",
              config.amp, device.type)
+    if memory_format is not None and dtype is None and device.type == "cpu":  # before DDP keeps views of them
+        kept = keep_native_conv_weights_contiguous(model, (plan.batch_size, plan.in_channels, *plan.patch_size))
+        if kept:
+            log.info("%d convolutions run on PyTorch's own fp32 path: their weights stay contiguous", kept)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     loss_fn = create_loss(config.loss)
     deep_loss_fn = DeepSupervisionLoss(loss_fn)  # used when the network returns a list in train mode
