@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-from medzoo.models.layers.norm import exporting
+from medzoo.models.layers.norm import recording_graph
 
 __all__ = ["cat_channels"]
 
@@ -45,7 +45,7 @@ def cat_channels(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 def _kernel_for(tensors: Sequence[torch.Tensor]):
     """The kernel library when every tensor is a dense channels-last CPU map of one dtype and one batch and
     spatial size, and nothing records a graph (autograd, export, tracing, ``torch.compile``); else None."""
-    if len(tensors) < 2 or exporting() or torch.compiler.is_compiling():
+    if len(tensors) < 2 or recording_graph():
         return None
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return None

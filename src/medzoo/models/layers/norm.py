@@ -181,18 +181,18 @@ def exporting() -> bool:
     return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.jit.is_scripting()
 
 
-def _plain_ops_graph() -> bool:
-    """Whether a graph of plain ops is being recorded: ONNX export, ``torch.jit.trace`` or ``torch.compile``
-    (whose compiler fuses the plain norm and activation itself; testing the flag, unlike decorating with
+def recording_graph() -> bool:
+    """Whether a graph of plain ops is being recorded, where medzoo's kernels must not run: :func:`exporting`,
+    or ``torch.compile`` (whose compiler fuses the plain ops itself; testing its flag, unlike decorating with
     ``torch.compiler.disable``, does not import ``torch._dynamo``, which takes a second)."""
-    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+    return exporting() or torch.compiler.is_compiling()
 
 
 def _fused_kernel(x: torch.Tensor):
     """The fused kernel when it applies to ``x`` (a CPU fp32/bf16 map with more than one spatial element,
     outside export, tracing and ``torch.compile``), else None."""
     if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or x.dim() < 3
-            or x.numel() == 0 or x[0, 0].numel() < 2 or exporting() or torch.compiler.is_compiling()):
+            or x.numel() == 0 or x[0, 0].numel() < 2 or recording_graph()):
         return None
     from medzoo import kernels
 
@@ -214,7 +214,7 @@ def instance_norm_act(
     hold the result where no gradient is recorded (a fresh map nobody else holds, e.g. a convolution's
     output; see :func:`overwritable`).
     """
-    if _plain_ops_graph():  # a graph that takes any batch size
+    if recording_graph():  # a graph that takes any batch size
         y = F.instance_norm(x, weight=weight, bias=bias, eps=eps)
         return y if negative_slope is None else F.leaky_relu(y, negative_slope)
     kernel = _fused_kernel(x)
