@@ -18,7 +18,7 @@ from medzoo.models.layers.norm import (
     InstanceNorm2d,
     InstanceNorm3d,
     fused_activation_slope,
-    norm_act,
+    fused_norm_act,
     overwritable,
 )
 
@@ -115,8 +115,9 @@ class FusedSequential(nn.Sequential):
         modules = list(self)
         i = 0
         while i < len(modules):
-            if i + 1 < len(modules) and fused_activation_slope(modules[i], modules[i + 1]) is not None:
-                x = norm_act(modules[i], modules[i + 1], x, overwrite=i > 0 and overwritable(modules[i - 1]))
+            slope = fused_activation_slope(modules[i], modules[i + 1]) if i + 1 < len(modules) else None
+            if slope is not None:
+                x = fused_norm_act(modules[i], modules[i + 1], x, slope, i > 0 and overwritable(modules[i - 1]))
                 i += 2
             else:
                 x = modules[i](x)

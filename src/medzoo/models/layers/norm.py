@@ -47,7 +47,7 @@ from torch.autograd.function import once_differentiable
 
 __all__ = [
     "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "fused_activation_slope", "instance_norm_act",
-    "memory_format_of", "norm_act", "overwritable",
+    "fused_norm_act", "memory_format_of", "norm_act", "overwritable", "recording_graph",
 ]
 
 
@@ -328,6 +328,12 @@ def norm_act(norm: nn.Module, act: nn.Module, x: torch.Tensor, overwrite: bool =
 
     Shapes: (B, C, *S) -> (B, C, *S).
     """
-    slope = fused_activation_slope(norm, act)
+    return fused_norm_act(norm, act, x, fused_activation_slope(norm, act), overwrite)
+
+
+def fused_norm_act(norm: nn.Module, act: nn.Module, x: torch.Tensor, slope: float | None,
+                   overwrite: bool = False) -> torch.Tensor:
+    """:func:`norm_act` with ``slope = fused_activation_slope(norm, act)`` already known (None: the modules
+    as they are), for callers that tested it first."""
     y = None if slope is None else norm._norm_act(x, slope, overwrite)  # None: the modules as they are
     return act(norm(x)) if y is None else y
