@@ -150,6 +150,13 @@ BF16_MIN_CONV_VOXELS = 64
 BF16_MIN_CONV_WIDTH = 16
 
 
+def _meta_forward(model: nn.Module, input_shape: Sequence[int]) -> None:
+    """One forward pass of ``model`` on the meta device (shapes only: no arithmetic, no weight touched), for
+    its hooks to see; raises what the model raises where it needs real values."""
+    state = {name: torch.empty_like(t, device="meta") for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    torch.func.functional_call(model, state, (torch.empty(tuple(input_shape), device="meta"),))
+
+
 @dataclass(frozen=True)
 class ConvCensus:
     """What the convolutions (kernels wider than 1) of a network see in one forward pass.
@@ -188,9 +195,7 @@ def conv_census(model: nn.Module, input_shape: Sequence[int], device: torch.devi
     model.eval()
     try:
         try:
-            state = {name: torch.empty_like(t, device="meta")
-                     for name, t in [*model.named_parameters(), *model.named_buffers()]}
-            torch.func.functional_call(model, state, (torch.empty(tuple(input_shape), device="meta"),))
+            _meta_forward(model, input_shape)
         except Exception:  # noqa: BLE001 - e.g. a data-dependent branch: measure on real zeros instead
             seen.clear()
             model(torch.zeros(tuple(input_shape), device=device))
@@ -221,7 +226,8 @@ def takes_native_conv_path(conv: nn.Module, input_shape: Sequence[int]) -> bool:
     n = input_shape[0]
     plain_1x1 = (all(s == 1 for s in conv.stride) and all(d == 1 for d in conv.dilation) and n < 16
                  and kh == 1 and kw == 1 and torch.get_num_threads() == 1)
-    onednn_by_size = conv.groups > 1 or (kh > 3 and kw > 3) or n > 1 or math.prod(input_shape[:4]) > _NATIVE_CONV_MAX_SIZE
+    onednn_by_size = (conv.groups > 1 or (kh > 3 and kw > 3) or n > 1
+                      or math.prod(input_shape[:4]) > _NATIVE_CONV_MAX_SIZE)
     return plain_1x1 or not onednn_by_size
 
 
@@ -248,9 +254,7 @@ def keep_native_conv_weights_contiguous(model: nn.Module, input_shape: Sequence[
     hooks = [m.register_forward_pre_hook(lambda mod, args: shapes.setdefault(mod, []).append(tuple(args[0].shape)))
              for m in convs]
     try:
-        state = {name: torch.empty_like(t, device="meta")
-                 for name, t in [*model.named_parameters(), *model.named_buffers()]}
-        torch.func.functional_call(model, state, (torch.empty(tuple(input_shape), device="meta"),))
+        _meta_forward(model, input_shape)
     except Exception as err:  # noqa: BLE001 - e.g. a data-dependent branch: leave the layout as it is
         logger.debug("no meta pass (%s): conv weights left channels-last", err)
         return 0
