@@ -225,8 +225,8 @@ def _dtype_code(x) -> int:
 
 
 def load() -> CpuKernels | None:
-    """The norm + activation kernel, built and checked on first call; None where it cannot be had
-    (see the module docstring). Thread-safe; tried once per process."""
+    """The kernel library (norm + activation, concatenation), built and checked on first call; None where it
+    cannot be had (see the module docstring). Thread-safe; tried once per process."""
     if not enabled():
         return None
     if "kernel" in _state:
@@ -240,17 +240,20 @@ def load() -> CpuKernels | None:
 def _try_load() -> CpuKernels | None:
     compiler = _compiler()
     if compiler is None:
-        logger.info("no C++ compiler found: norms run on PyTorch's ops")
+        logger.info("no C++ compiler found: norms and concatenations run on PyTorch's ops")
         return None
     try:
         path = _build(compiler)
         kernel = CpuKernels(path)
-        passed = path.with_suffix(".checked")
-        if not (passed.exists() and passed.read_text() == _check_stamp(path)):
+        passed, stamp = path.with_suffix(".checked"), _check_stamp(path)
+        if not (passed.exists() and passed.read_text() == stamp):
             from medzoo.kernels.check import check_kernels
 
             check_kernels(kernel)
-            _write_note(passed, _check_stamp(path))
+            try:
+                _write_note(passed, stamp)
+            except OSError as err:  # the check passed; only later processes will run it again
+                logger.info("could not record the kernels' check in %s (%s)", passed, err)
     except Exception as err:  # noqa: BLE001 - any failure means: use PyTorch's ops
         logger.warning("medzoo's CPU kernels unavailable, using PyTorch's ops (%s)", err)
         return None
