@@ -4,9 +4,9 @@ Each model is profiled twice: in fp32 and PyTorch's default layout, and as ``med
 (its memory format, :func:`medzoo.perf.preferred_memory_format`, and bf16 autocast where the CPU has native
 bf16).
 
-CPU self-time of every aten op (and of medzoo's fused norm kernel, :mod:`medzoo.kernels`) is grouped as convolutions, normalisation, activations, copies (copy_, cat,
-contiguous, CopySlices ...), optimizer (SGD step) and other, and printed as a table (share of the step) and
-written to ``benchmarks/results/profile.json``.
+CPU self-time of every aten op (and of medzoo's fused norm kernel, :mod:`medzoo.kernels`) is grouped as
+convolutions, normalisation, activations, copies (copy_, cat, contiguous, CopySlices ...), optimizer (SGD
+step) and other, and printed as a table (share of the step) and written to ``benchmarks/results/profile.json``.
 
 Run: ``python -m benchmarks.profile [--quick] [--steps N] [--models dynunet,unet3d]``.
 """
