@@ -16,12 +16,14 @@ MRI in that field of view. Labels: 0 air/background, 1 scalp+skull, 2 CSF, 3 bra
    imports excluded:
    - ``medzoo``: ``medzoo.inference.predict`` with its defaults: the plan crops to the non-zero region and
      z-scores non-zero voxels, windows whose input is all air are skipped, and on the CPU the network runs
-     under OpenVINO through an export cached in the run folder (it needs OpenVINO, a runtime
-     dependency; without it medzoo predicts with PyTorch, the ``medzoo_torch`` side). The export and its
-     checks are made before the timed runs (once per checkpoint; reported as ``export_s``).
-   - ``medzoo_onnxruntime`` and ``medzoo_torch``: the same with ``backend="onnxruntime"`` / ``"torch"``
-     (eager PyTorch, in the layout the card asks for: channels-last for unet3d on the CPU), to show what each
-     backend brings; ``medzoo_torch_contiguous``: PyTorch in the default layout, MONAI's exact arithmetic.
+     under the faster of OpenVINO (through an export cached in the run folder) and PyTorch, timed once on
+     one window batch (:mod:`medzoo.inference.race`; without OpenVINO, a runtime dependency, medzoo predicts
+     with PyTorch). The export, its checks and the race are made before the timed runs (once per
+     checkpoint; reported as ``export_s``, the chosen runtime as ``medzoo_backend``).
+   - ``medzoo_openvino``, ``medzoo_onnxruntime`` and ``medzoo_torch``: the same with ``backend="openvino"`` /
+     ``"onnxruntime"`` / ``"torch"`` (eager PyTorch, in the layout the card asks for: channels-last for
+     unet3d on the CPU), to show what each backend brings; ``medzoo_torch_contiguous``: PyTorch in the
+     default layout, MONAI's exact arithmetic.
    - ``monai``: the MONAI equivalent of that pipeline: LoadImage + CropForeground (``x > 0``, the same box
      medzoo crops to) + NormalizeIntensity(nonzero, channel-wise) + sliding_window_inference (same window
      settings) + argmax, pasted back into the full grid as background, + SaveImage.
@@ -265,18 +267,19 @@ def _child(side: str, folder: Path, patch: tuple[int, ...], batch: int, device: 
     if side.startswith("medzoo"):
         from medzoo.inference.predictor import predict
 
-        backend = {"medzoo_torch": "torch", "medzoo_torch_contiguous": "torch",
+        backend = {"medzoo_torch": "torch", "medzoo_torch_contiguous": "torch", "medzoo_openvino": "openvino",
                    "medzoo_onnxruntime": "onnxruntime"}.get(side, "auto")  # fmt: skip
         layout = "contiguous" if side == "medzoo_torch_contiguous" else "auto"
         out = folder / side
 
         def run():
             if side == "medzoo_export":  # the one-off export and checks (cached in the run folder)
-                from medzoo.inference.backends import load_backend
+                from medzoo.inference.backends import cached_onnx_export, load_backend
 
-                model, _ = load_backend(folder / "run", backend="auto", device="cpu")
-                assert not isinstance(model, torch.nn.Module), "the network did not export; auto fell back"
-                (folder / "auto_backend.txt").write_text(type(model).__name__)
+                assert cached_onnx_export(folder / "run") is not None, "the network did not export"
+                model, _ = load_backend(folder / "run", backend="auto", device="cpu", batch_size=batch)
+                chosen = "PyTorch (the race's winner)" if isinstance(model, torch.nn.Module) else type(model).__name__
+                (folder / "auto_backend.txt").write_text(chosen)
                 return
             report = predict(folder / "run", folder / "in" / "case.nii.gz", out, progress=False, device=device,
                              backend=backend, amp="none" if side == "medzoo_fp32" else "auto",
@@ -357,7 +360,8 @@ def _end_to_end_in(tmp: Path, net, features, shape, patch, batch, reps, threads,
 
     if torch.device(device).type == "cpu":
         export_s = _spawn("medzoo_export", tmp, patch, batch, threads)["seconds"]
-        sides = list(sides or ["medzoo", "medzoo_onnxruntime", "medzoo_torch", "medzoo_torch_contiguous", "monai"])
+        sides = list(sides or ["medzoo", "medzoo_openvino", "medzoo_onnxruntime", "medzoo_torch",
+                               "medzoo_torch_contiguous", "monai"])  # fmt: skip
     else:  # a GPU runs PyTorch (resolve_backend), nothing to export
         export_s = float("nan")
         (tmp / "auto_backend.txt").write_text("torch")
@@ -405,7 +409,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=4, help="windows per forward pass (both libraries)")
     parser.add_argument("--train-steps", type=int, default=200, help="training steps of the benchmark net")
     parser.add_argument("--skip-core", action="store_true", help="only the end-to-end comparison")
-    parser.add_argument("--child", choices=["medzoo", "medzoo_onnxruntime", "medzoo_torch", "medzoo_torch_contiguous",
+    parser.add_argument("--child", choices=["medzoo", "medzoo_openvino", "medzoo_onnxruntime", "medzoo_torch", "medzoo_torch_contiguous",
                                             "medzoo_fp32", "medzoo_export", "monai", "monai_amp"],
                         help=argparse_hidden())
     parser.add_argument("--child-dir", type=Path, help=argparse_hidden())

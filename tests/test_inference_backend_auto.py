@@ -33,6 +33,29 @@ def run(tmp_path):
     return run_dir
 
 
+def _rig_race(monkeypatch, openvino_s: float, torch_s: float) -> list[str]:
+    """Make the OpenVINO-against-PyTorch race deterministic: each side's timed call takes the given seconds.
+    Returns the list of sides timed, in order."""
+    from medzoo.inference import race
+
+    timed: list[str] = []
+
+    def fake_time_call(model, x):
+        side = "torch" if isinstance(model, torch.nn.Module) else "openvino"
+        assert side == "torch" or isinstance(model, OpenVinoModel)
+        timed.append(side)
+        return torch_s if side == "torch" else openvino_s
+
+    monkeypatch.setattr(race, "time_call", fake_time_call)
+    return timed
+
+
+@pytest.fixture
+def openvino_wins(monkeypatch):
+    """The race, where these tests want OpenVINO from "auto", picks it whatever this machine measures."""
+    _rig_race(monkeypatch, openvino_s=1.0, torch_s=2.0)
+
+
 def _without(monkeypatch, *missing: str) -> None:
     """Pretend these packages are not installed (for the backend choice)."""
     real = backends._installed
@@ -66,7 +89,7 @@ def test_onnxruntime_predicts_with_a_cached_onnx_export_and_the_same_labels_as_t
     assert card["dynamic_axes"] == ["batch"] and card["patch_size"] == [16, 16, 8]
 
 
-def test_auto_picks_openvino_then_torch_on_cpu_and_torch_on_gpu(run, monkeypatch):
+def test_auto_picks_openvino_then_torch_on_cpu_and_torch_on_gpu(run, monkeypatch, openvino_wins):
     if backends._installed("openvino"):
         model, _ = load_backend(run, backend="auto", device="cpu")
         assert isinstance(model, OpenVinoModel)
@@ -92,7 +115,7 @@ needs_openvino = pytest.mark.skipif(not backends._installed("openvino"), reason=
 
 
 @needs_openvino
-def test_openvino_labels_differ_from_torch_only_at_near_ties(run, tmp_path):
+def test_openvino_labels_differ_from_torch_only_at_near_ties(run, tmp_path, openvino_wins):
     image = blob_image(shape=(29, 21, 13), spacing=(0.9, 1.4, 2.5))
     model, plan = load_backend(run, backend="auto", device="cpu")
     assert isinstance(model, OpenVinoModel)
@@ -168,7 +191,7 @@ def test_an_unwritable_run_folder_exports_to_a_temporary_folder(run):
     assert (run / ".medzoo_cache").read_text() == "not a folder"
 
 
-def test_onnxruntime_on_a_run_folder_uses_the_cached_export_unless_medzoo_export_wrote_one(run):
+def test_onnxruntime_on_a_run_folder_uses_the_cached_export_unless_medzoo_export_wrote_one(run, openvino_wins):
     from medzoo.export import export_model
 
     model, _ = load_backend(run, backend="onnxruntime", device="cpu")
@@ -178,3 +201,75 @@ def test_onnxruntime_on_a_run_folder_uses_the_cached_export_unless_medzoo_export
     assert model.path == run / "model.onnx"
     auto_model, _ = load_backend(run, backend="auto", device="cpu")  # OpenVINO or ONNX Runtime
     assert auto_model.path.parent == run / ".medzoo_cache"  # auto always takes the export keyed by checkpoint
+
+
+@needs_openvino
+def test_auto_races_openvino_against_torch_once_and_predicts_with_the_faster(run, tmp_path, monkeypatch):
+    timed = _rig_race(monkeypatch, openvino_s=1.0, torch_s=0.5)  # PyTorch twice as fast
+    model, plan = load_backend(run, backend="auto", device="cpu", batch_size=3)
+    assert isinstance(model, torch.nn.Module) and not model.training
+    assert next(model.parameters()).is_contiguous(memory_format=torch.channels_last_3d)  # unet3d's card layout
+    assert timed == ["openvino", "torch", "openvino", "torch"]  # one untimed call each, one clear round
+    (record,) = (run / ".medzoo_cache").glob("*.race.json")
+    race = json.loads(record.read_text())[f"batch3_threads{torch.get_num_threads()}"]
+    assert race["winner"] == "torch" and race["batch_size"] == 3 and race["torch_layout"] == "channels_last"
+    assert (race["openvino_s"], race["torch_s"]) == (1.0, 0.5)
+
+    def no_openvino(*args, **kwargs):
+        raise AssertionError("the recorded winner is PyTorch: OpenVINO is not compiled again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(backends, "OpenVinoModel", no_openvino)
+        patch.setattr("medzoo.inference.race.race_runtimes", no_openvino)
+        again, _ = load_backend(run, backend="auto", device="cpu", batch_size=3)
+    assert isinstance(again, torch.nn.Module) and len(timed) == 4
+    # predict() races the batch size it predicts with; its labels are PyTorch's
+    image = blob_image(shape=(29, 21, 13), spacing=(0.9, 1.4, 2.5))
+    write_volume(image, tmp_path / "in" / "scan.nii.gz")
+    assert predict(run, tmp_path / "in", tmp_path / "auto", progress=False, device="cpu", batch_size=2).ok
+    assert sorted(json.loads(record.read_text())) == sorted(f"batch{b}_threads{torch.get_num_threads()}"
+                                                            for b in (2, 3))  # fmt: skip
+    assert predict(run, tmp_path / "in", tmp_path / "torch", progress=False, device="cpu", backend="torch").ok
+    ours = read_volume(tmp_path / "auto" / "scan.nii.gz")
+    np.testing.assert_array_equal(ours.array, read_volume(tmp_path / "torch" / "scan.nii.gz").array)
+    np.testing.assert_allclose(ours.affine, image.affine, atol=1e-5)
+
+
+@needs_openvino
+def test_a_near_tie_keeps_openvino_and_only_a_close_race_gets_a_second_round(run, monkeypatch):
+    from medzoo.inference.race import TORCH_MARGIN
+
+    timed = _rig_race(monkeypatch, openvino_s=1.0, torch_s=1.0 / (TORCH_MARGIN * 0.99))  # not quite enough
+    model, _ = load_backend(run, backend="auto", device="cpu")
+    assert isinstance(model, OpenVinoModel)
+    assert timed == ["openvino", "torch"] * 3  # warm-up, then two rounds: the first was too close to call
+    race = json.loads(next((run / ".medzoo_cache").glob("*.race.json")).read_text())
+    assert race[f"batch4_threads{torch.get_num_threads()}"]["winner"] == "openvino"
+    assert isinstance(load_backend(run, backend="auto", device="cpu")[0], OpenVinoModel) and len(timed) == 6
+
+
+@needs_openvino
+def test_the_race_is_auto_only_and_a_record_that_cannot_be_written_is_not_an_error(run, monkeypatch):
+    timed = _rig_race(monkeypatch, openvino_s=1.0, torch_s=0.1)
+    assert isinstance(load_backend(run, backend="openvino", device="cpu")[0], OpenVinoModel)
+    assert isinstance(load_backend(cached_onnx_export(run), backend="auto", device="cpu")[0], OpenVinoModel)
+    assert timed == [] and not list((run / ".medzoo_cache").glob("*.race.json"))  # asked for, or no network
+
+    def full_disk(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr("medzoo.utils.atomic_write_text", full_disk)
+    assert isinstance(load_backend(run, backend="auto", device="cpu")[0], torch.nn.Module)
+    assert isinstance(load_backend(run, backend="auto", device="cpu")[0], torch.nn.Module)
+    assert len(timed) == 8  # nothing recorded: raced again, and PyTorch won again
+
+
+@needs_openvino
+def test_race_times_the_real_runtimes_on_the_batch_the_window_feeds(run):
+    from medzoo.inference.race import race_runtimes
+
+    ov_model, plan = load_backend(run, backend="openvino", device="cpu")
+    torch_model, _ = load_backend(run, backend="torch", device="cpu")
+    result = race_runtimes(ov_model, torch_model.eval(), torch.randn(2, 1, *plan.patch_size))
+    assert result["winner"] in ("openvino", "torch")
+    assert 0 < result["openvino_s"] < 60 and 0 < result["torch_s"] < 60

@@ -29,9 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fill-holes", action="store_true", help="fill enclosed holes of each class")
     p.add_argument("--min-size", type=int, default=0, help="drop components smaller than this (voxels)")
     p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
-                   help="auto (default): on the CPU OpenVINO (the run's network exported once and cached in "
-                        "RUN/.medzoo_cache), else PyTorch; PyTorch on a GPU; torch | onnxruntime | openvino "
-                        "force one")
+                   help="auto (default): on the CPU the faster of OpenVINO (the run's network exported once and "
+                        "cached in RUN/.medzoo_cache) and PyTorch, timed once per checkpoint on one batch of "
+                        "windows; PyTorch without OpenVINO and on a GPU; torch | onnxruntime | openvino force one")
     p.add_argument("--amp", choices=AMP_MODES, default="auto",
                    help="autocast precision of a PyTorch network: auto (default: bf16, else fp16, on a GPU; fp32 "
                         "on the CPU), bf16, fp16 (GPU), none (fp32)")

@@ -4,13 +4,18 @@ Each gives a callable taking a torch tensor (N, C, *P) and returning (N, K, *P) 
 :class:`~medzoo.planning.plan.Plan`, so :func:`~medzoo.inference.sliding_window.sliding_window` and the
 predictor use them alike.
 
-The default, ``"auto"``, picks on the CPU OpenVINO when it is installed, else PyTorch (an ``.onnx`` file,
-which PyTorch cannot run: ONNX Runtime); on a GPU, PyTorch. On the 2-core development CPU (AMX), predicting a
-120x110x100 scan with 64^3 windows (``python -m benchmarks.backends``: unet3d, segresnet, resnetmed3d_10,
+The default, ``"auto"``, picks on the CPU the faster of OpenVINO and PyTorch for a run folder (timed once per
+checkpoint, batch size and thread count on one batch of windows, :mod:`medzoo.inference.race`; recorded
+beside the export as ``<name>.race.json``), PyTorch when OpenVINO is not installed, OpenVINO for an
+``.onnx`` file (which PyTorch cannot run; ONNX Runtime without OpenVINO); on a GPU, PyTorch. On the 2-core
+development CPU (AMX), predicting a 120x110x100 scan with 64^3 windows (``python -m benchmarks.backends``: unet3d, segresnet, resnetmed3d_10,
 vnet_light, deeplabv3plus_resnet18), OpenVINO was 0.98-1.32x as fast as PyTorch (which runs the networks
 whose card says so in channels-last) and ONNX Runtime 1.3-2.2x slower than PyTorch; with test-time mirroring
 on 36 hippocampus cases OpenVINO took 28 s, PyTorch 35 s and ONNX Runtime 77 s. So ONNX Runtime is not a
 fallback for run folders: it checks the export and OpenVINO, and runs ``.onnx`` files or when asked for.
+PyTorch's prediction path has since become faster, and on the 96^3 windows of ``python -m
+benchmarks.sliding_window`` it beats OpenVINO 1.2x, while OpenVINO stays ahead on hippocampus-sized windows:
+hence the race rather than a fixed choice.
 
 The run's network is exported once per checkpoint and cached in ``RUN/.medzoo_cache/``. The export is
 checked against PyTorch (max |diff| 1e-4 under ONNX Runtime), and OpenVINO once against ONNX Runtime (max
@@ -247,6 +252,7 @@ def load_backend(
     backend: str = "auto",
     checkpoint: str = "best",
     device: str | torch.device | None = None,
+    batch_size: int = 4,
 ) -> tuple[Any, Plan]:
     """The network callable and plan for prediction.
 
@@ -254,12 +260,14 @@ def load_backend(
         model_path: a run folder; for ``onnxruntime`` / ``openvino`` also an ``.onnx`` export (card beside
             it). With ``onnxruntime``, a run folder's ``model.onnx`` (from ``medzoo export``) is used when
             present, else the cached export (:func:`cached_onnx_export`).
-        backend: "auto" (OpenVINO on the CPU through an export cached per checkpoint, else PyTorch, see
-            :func:`resolve_backend`; PyTorch also when the network does not export or a check fails; an
-            ``.onnx`` file whose OpenVINO check fails runs under ONNX Runtime), "torch", "onnxruntime" or
-            "openvino".
+        backend: "auto" (on the CPU, the faster of OpenVINO, through an export cached per checkpoint, and
+            PyTorch, timed once on one window batch and recorded beside the export, see
+            :mod:`medzoo.inference.race`; PyTorch without OpenVINO, see :func:`resolve_backend`, or when
+            the network does not export or a check fails; an ``.onnx`` file runs under OpenVINO, or ONNX
+            Runtime when its OpenVINO check fails), "torch", "onnxruntime" or "openvino".
         checkpoint: "best" / "last" (run folders).
         device: "cpu" / "cuda"; default cuda when available.
+        batch_size: windows per forward pass the prediction will use (the race times this batch).
 
     Returns:
         ``(model, plan)``.
@@ -286,12 +294,70 @@ def load_backend(
                 raise ConfigError(f"{model_path}: the network could not be exported to ONNX for {runtime}")
             return _torch_backend(model_path, checkpoint, device)
     if chosen == "openvino":
+        race = _RaceRecord(export, batch_size) if backend == "auto" and model_path.is_dir() else None
+        if race is not None and race.winner() == "torch":
+            return _torch_backend(model_path, checkpoint, device)
         loaded = _openvino_backend(export, strict=backend != "auto")
         if loaded is not None:
+            if race is not None and race.winner() is None:
+                return race.run(loaded, lambda: _torch_backend(model_path, checkpoint, device))
             return loaded
         if model_path.is_dir():  # auto: PyTorch is faster than ONNX Runtime here (see the module docstring)
             return _torch_backend(model_path, checkpoint, device)
     return _onnx_backend(export, device)
+
+
+class _RaceRecord:
+    """The OpenVINO-against-PyTorch race of one export, per batch size and thread count, kept beside the
+    export as ``<name>.race.json`` (a run folder that cannot be written races again in each process)."""
+
+    def __init__(self, export: Path, batch_size: int) -> None:
+        self.path = export.with_suffix(".race.json")
+        self.batch_size = int(batch_size)
+        self.key = f"batch{self.batch_size}_threads{torch.get_num_threads()}"
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            races = json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+        return races if isinstance(races, dict) else {}
+
+    def winner(self) -> str | None:
+        """The recorded winner for this batch size and thread count ("openvino" / "torch"), else None."""
+        winner = self._read().get(self.key, {})
+        winner = winner.get("winner") if isinstance(winner, dict) else None
+        return winner if winner in ("openvino", "torch") else None
+
+    def run(self, openvino: tuple[OpenVinoModel, Plan], load_torch: Any) -> tuple[Any, Plan]:
+        """Race the compiled export against the network ``load_torch()`` returns (as ``(model, plan)``),
+        record the result and return the winner's ``(model, plan)``."""
+        from medzoo.inference.race import race_runtimes
+        from medzoo.inference.sliding_window import network_window
+        from medzoo.perf import preferred_memory_format, tune_malloc
+        from medzoo.utils import atomic_write_text
+
+        tune_malloc()  # as predict() runs: without it PyTorch page-faults its activations back in every call
+
+        ov_model, plan = openvino
+        torch_model, _ = load_torch()
+        torch_model.eval()
+        layout = preferred_memory_format("auto", plan.model, plan.spatial_dims, "cpu")
+        if layout is not None:
+            torch_model.to(memory_format=layout)
+        window = network_window(ov_model, tuple(plan.patch_size))
+        x = torch.randn((self.batch_size, plan.in_channels, *window), generator=torch.Generator().manual_seed(0))
+        log.info("timing OpenVINO against PyTorch on one batch of windows (once per checkpoint)")
+        result = race_runtimes(ov_model, torch_model, x)
+        result.update(batch_size=self.batch_size, threads=torch.get_num_threads(),
+                      torch_layout="channels_last" if layout is not None else "contiguous")  # fmt: skip
+        races = self._read()
+        races[self.key] = result
+        try:
+            atomic_write_text(self.path, json.dumps(races, indent=2))
+        except OSError as err:
+            log.info("cannot record the race in %s (%s)", self.path, err)
+        return (torch_model, plan) if result["winner"] == "torch" else openvino
 
 
 def _torch_backend(model_path: Path, checkpoint: str, device: str | torch.device) -> tuple[Any, Plan]:

@@ -509,7 +509,8 @@ def predict(
         cases = collect_layout_cases(input_path, layout, **(layout_options or {}))
     else:
         cases = collect_cases(input_path)
-    model, plan = load_backend(run_dir, backend=backend, checkpoint=checkpoint, device=device)
+    model, plan = load_backend(run_dir, backend=backend, checkpoint=checkpoint, device=device,
+                               batch_size=batch_size)
     dims = plan.spatial_dims if plan.spatial_dims == 3 else 2
     axes = tuple(mirror_axes) if mirror_axes else (tuple(range(dims)) if tta else None)
     post = PostProcess(keep_largest=keep_largest, fill_holes=fill_holes, min_size=min_size)

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "importance_map",
+    "network_window",
     "sliding_window",
     "sliding_window_argmax",
     "window_starts",
@@ -102,7 +103,7 @@ def _model_device(model: Model, fallback: torch.device) -> torch.device:
     return getattr(model, "device", None) or fallback
 
 
-def _valid_window(model: Model, patch: tuple[int, ...]) -> tuple[int, ...]:
+def network_window(model: Model, patch: tuple[int, ...]) -> tuple[int, ...]:
     """The window size fed to the network: ``patch`` grown to the model card's size rule, if any."""
     card = getattr(model, "card", None)
     if card is None or not hasattr(card, "valid_size"):
@@ -236,7 +237,7 @@ def _iter_slabs(
     out_device = inputs.device
     compute_device = torch.device(device) if device is not None else _model_device(model, out_device)
     starts = [window_starts(spatial[d], patch[d], overlaps[d]) for d in range(nd)]
-    window = _valid_window(model, patch)
+    window = network_window(model, patch)
     mirrors = _mirror_sets(mirror_axes, nd)
     weights = importance_map(patch, blend, sigma_scale, device=out_device)
 
