@@ -12,7 +12,9 @@ folder with freshly initialised weights (1 channel, 3 classes, patch 64^3, z-sco
   before timing).
 
 Backends are timed interleaved (median of ``--reps``), reported as seconds and as the ratio to ``torch``
-(> 1: slower than PyTorch), with the share of voxels whose label equals ``torch_contiguous``'s. Untrained
+(> 1: slower than PyTorch), with the share of voxels whose label equals ``torch_contiguous``'s. ``auto_pick``
+is what ``backend="auto"`` chose by its race (:mod:`medzoo.inference.race`) and ``auto_over_best`` its
+whole-prediction time over the faster of ``torch`` and ``openvino`` (1: the race picked the faster). Untrained
 weights make many near-ties, so the agreement is a floor for trained networks.
 
 Run: ``python -m benchmarks.backends [--quick] [--reps N] [--models a,b]``.
@@ -90,11 +92,17 @@ def compare(model: str, root: Path, shape, patch, reps: int, warmup: int, model_
         layout = "contiguous" if name == "torch_contiguous" else "auto"
         predictors[name] = Predictor(net, plan, device="cpu", memory_format=layout)
     ready = {k: v for k, v in predictors.items() if not isinstance(v, str)}
+    # what "auto" picks (its one-off race of OpenVINO against PyTorch, on one batch of windows)
+    auto_net, _ = load_backend(run, backend="auto", device="cpu")
+    auto_pick = "torch" if isinstance(auto_net, torch.nn.Module) else type(auto_net).__name__
     labels = {k: p.predict_volume(image).array[0] for k, p in ready.items()}
     times = interleaved({k: (lambda p=p: p.predict_volume(image)) for k, p in ready.items()}, reps, warmup)
     sec = {k: median(v) for k, v in times.items()}
     row: dict[str, Any] = {"model": model, "scan": "x".join(map(str, shape)), "patch": "x".join(map(str, patch)),
                            "torch_layout": str(ready["torch"].memory_format or "contiguous").removeprefix("torch.")}
+    row["auto_pick"] = {"OpenVinoModel": "openvino"}.get(auto_pick, auto_pick)
+    if row["auto_pick"] in sec and "openvino" in sec:  # 1.0: the race picked the faster of the two
+        row["auto_over_best"] = sec[row["auto_pick"]] / min(sec["torch"], sec["openvino"])
     reference = labels.get("torch_contiguous")
     for k in BACKENDS:
         if k not in ready:
@@ -126,7 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append(compare(model, Path(tmp), shape, patch, reps, args.warmup, kwargs))
             print(f"   {model}: " + ", ".join(f"{k} {v:.2f}" for k, v in rows[-1].items() if k.endswith("_s")),
                   flush=True)
-    cols = ["model", "torch_layout"] + [f"{k}_{c}" for k in BACKENDS for c in ("s", "over_torch")] + [
+    cols = ["model", "torch_layout", "auto_pick", "auto_over_best"] + [
+        f"{k}_{c}" for k in BACKENDS for c in ("s", "over_torch")] + [
         f"{k}_label_agreement" for k in BACKENDS if k != "torch_contiguous"]
     print(f"== {NAME}: predict one {shape} scan per backend, {threads} threads")
     print(format_table(rows, cols))
