@@ -59,3 +59,16 @@ def test_tune_malloc_is_a_no_op_off_glibc(monkeypatch: pytest.MonkeyPatch) -> No
     assert perf._glibc() is None
     assert perf.tune_malloc(True) is False
     perf.release_memory()  # no-op, no error
+
+
+@pytest.mark.skipif(perf._glibc() is None, reason="needs glibc")
+@pytest.mark.parametrize("setting", ["1", "0"])
+def test_building_a_predictor_tunes_malloc_unless_switched_off(tmp_path, monkeypatch, setting) -> None:
+    from medzoo.inference.predictor import Predictor
+    from test_inference_helpers import make_run
+
+    run, _ = make_run(tmp_path / "run", "unet3d", 1, 2, patch_size=(16, 16, 16), model_kwargs={"features": [4, 8]})
+    monkeypatch.setattr(perf, "_malloc_tuned", False)
+    monkeypatch.setenv("MEDZOO_TUNE_MALLOC", setting)
+    Predictor.from_run(run, device="cpu")  # the notebook path, without predict()
+    assert perf._malloc_tuned is (setting == "1")
