@@ -19,7 +19,7 @@ import torch
 
 from medzoo.engine.checkpoint import load_checkpoint, load_model_from_run
 from medzoo.engine.config import TrainConfig
-from medzoo.engine.trainer import train
+from medzoo.engine.trainer import DATA_WAIT_WARN, train
 from medzoo.errors import CheckpointError, ConfigError
 
 TINY3D = {"features": [4, 8]}
@@ -98,7 +98,7 @@ RESUME_SCRIPT = '''
 import sys, time
 import medzoo.engine.trainer as trainer
 from medzoo.engine.config import TrainConfig
-from medzoo.engine.trainer import train
+from medzoo.engine.trainer import DATA_WAIT_WARN, train
 
 data, out, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 if mode == "slow":  # same arithmetic, slower steps, so the parent can kill it mid-epoch
@@ -472,3 +472,60 @@ def test_fp32_channels_last_training_keeps_native_path_conv_weights_contiguous(p
                                model_kwargs={"features": [4, 8, 16]}, log_images=False))
     assert result.steps == 4
     assert ("their weights stay contiguous" in caplog.text) is expect
+
+
+def _wait_fractions(run: Path) -> list[float]:
+    with (run / "metrics.csv").open() as f:
+        return [float(r["data_wait_fraction"]) for r in csv.DictReader(f)]
+
+
+def test_a_slow_loader_shows_in_metrics_and_warns_once(phantom, cache, tmp_path, monkeypatch, caplog):
+    import medzoo.engine.trainer as trainer
+
+    real_loader = trainer._make_loader
+
+    class SlowLoader:  # every batch takes 60 ms to arrive, built in the training thread (no overlap)
+        def __init__(self, *args):
+            self.loader = real_loader(*args)
+
+        def __iter__(self):
+            for batch in self.loader:
+                time.sleep(0.06)
+                yield batch
+
+        def close(self):
+            self.loader.close()
+
+    monkeypatch.setattr(trainer, "_make_loader", SlowLoader)
+    with caplog.at_level("WARNING", logger="medzoo.engine.trainer"):
+        train(_config(phantom, tmp_path / "slow", cache, epochs=3, iterations_per_epoch=4, log_images=False))
+    fractions = _wait_fractions(tmp_path / "slow")
+    assert len(fractions) == 3 and all(0.3 < f <= 1.0 for f in fractions), fractions
+    warnings = [r for r in caplog.records if "waited for training patches" in r.getMessage()]
+    assert len(warnings) == 1 and "epoch 2" in warnings[0].getMessage()  # once, the first epoch not judged
+
+
+def test_a_loader_that_keeps_up_waits_little(phantom, cache, tmp_path, monkeypatch, caplog):
+    import medzoo.engine.trainer as trainer
+
+    real_step = trainer._train_step
+
+    def slow_step(*args):  # 80 ms of "compute" per step: the loader's worker builds the next batch meanwhile
+        time.sleep(0.08)
+        return real_step(*args)
+
+    monkeypatch.setattr(trainer, "_train_step", slow_step)
+    with caplog.at_level("WARNING", logger="medzoo.engine.trainer"):
+        train(_config(phantom, tmp_path / "fast", cache, epochs=2, iterations_per_epoch=8, num_workers=1,
+                      log_images=False))  # fmt: skip
+    fractions = _wait_fractions(tmp_path / "fast")
+    assert len(fractions) == 2 and all(0.0 <= f < DATA_WAIT_WARN for f in fractions), fractions
+    assert "waited for training patches" not in caplog.text
+
+
+def test_data_wait_fraction_of_an_epoch():
+    from medzoo.engine.trainer import data_wait_fraction
+
+    assert data_wait_fraction(1.0, 4.0, 10) == 0.25
+    assert data_wait_fraction(5.0, 4.0, 10) == 1.0  # clock granularity cannot make it exceed the epoch
+    assert np.isnan(data_wait_fraction(0.0, 4.0, 0)) and np.isnan(data_wait_fraction(0.0, 0.0, 3))

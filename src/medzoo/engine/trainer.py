@@ -251,6 +251,37 @@ def _prepare_data(config: TrainConfig, run_dir: Path, resume: bool, info_dist: d
     return _Data(plan, train_cases, val_cases)
 
 
+DATA_WAIT_WARN = 0.2  # an epoch whose steps waited this share of its time for patches gets a warning
+
+
+def data_wait_fraction(waited: float, epoch_seconds: float, steps: int) -> float:
+    """Share of an epoch's training time (validation excluded) spent waiting for the loader's next batch;
+    NaN for an epoch without steps."""
+    if steps == 0 or epoch_seconds <= 0:
+        return float("nan")
+    return min(1.0, waited / epoch_seconds)
+
+
+class DataWaitWarning:
+    """Warns once per run when the network waited for training patches more than :data:`DATA_WAIT_WARN` of
+    an epoch (the loader, not the network, sets the pace). The first epoch is not judged: it starts the
+    loader's workers and fills their queue."""
+
+    def __init__(self) -> None:
+        self.warned = False
+        self.epochs_seen = 0
+
+    def observe(self, fraction: float, epoch: int, num_workers: int) -> None:
+        self.epochs_seen += 1
+        if self.warned or self.epochs_seen < 2 or not fraction > DATA_WAIT_WARN:
+            return
+        self.warned = True
+        log.warning("epoch %d: the network waited for training patches %.0f%% of the time (metrics.csv: "
+                    "data_wait_fraction); the loader sets the pace: more loader workers (now %d, "
+                    "--num-workers), a preprocessed cache on a fast disk, or lighter augmentation (--augment "
+                    "standard)", epoch, 100 * fraction, num_workers)  # fmt: skip
+
+
 def _make_loader(plan: Plan, cases: list, config: TrainConfig, seed: int, augment: str):
     """The training patch loader of one epoch, with the augmentation :func:`resolve_augment` chose."""
     from medzoo.data.loader import PatchLoader
@@ -451,7 +482,8 @@ def _train_segmentation(
 
     callbacks = CallbackList([])
     if dist_info.is_main:
-        columns = ["val_dice_mean"] + [f"val_dice_{n}" for n in plan.foreground_labels.values()]
+        columns = (["val_dice_mean"] + [f"val_dice_{n}" for n in plan.foreground_labels.values()]
+                   + ["data_wait_fraction"])  # fmt: skip
         callbacks = CallbackList([CSVLogger(run_dir / "metrics.csv", columns),
                                   TensorBoardLogger(run_dir / "tensorboard")])
         callbacks.callbacks.append(ProgressBar(config.max_epochs, config.budget_seconds, config.progress))
@@ -469,6 +501,7 @@ def _train_segmentation(
         if config.augment == "auto" and distributed.any_rank(state.augment != "standard", dist_info, device):
             state.augment = "default"
     stop_reason = "epochs"
+    data_waits = DataWaitWarning()
     last_val: dict[str, float] = {}
     steps_since_val = 0
     base_lr = config.learning_rate
@@ -507,6 +540,7 @@ def _train_segmentation(
             callbacks.on_epoch_start(epoch, config.iterations_per_epoch)
             train_model.train()
             losses = []
+            data_wait, epoch_t0 = 0.0, time.monotonic()
             try:
                 batches = iter(loader)
                 for _ in range(config.iterations_per_epoch):
@@ -515,6 +549,7 @@ def _train_segmentation(
                         break
                     t0 = time.monotonic()
                     image, label = next(batches)
+                    data_wait += time.monotonic() - t0
                     image = image.to(device, memory_format=memory_format or torch.contiguous_format)
                     step_args = (image, label.to(device), (loss_fn, deep_loss_fn), optimizer, scaler,
                                  dtype, config.grad_clip)
@@ -537,10 +572,13 @@ def _train_segmentation(
             finally:
                 if hasattr(loader, "close"):
                     loader.close()
+            wait_fraction = data_wait_fraction(data_wait, time.monotonic() - epoch_t0, len(losses))
+            data_waits.observe(wait_fraction, state.epoch + 1, config.num_workers)
             mean_loss = _mean_across_ranks(losses, device)
             state.epoch = epoch + 1
             state.elapsed = budget.elapsed()
-            logs: dict[str, Any] = {"epoch": state.epoch, "train_loss": mean_loss, "lr": lr}
+            logs: dict[str, Any] = {"epoch": state.epoch, "train_loss": mean_loss, "lr": lr,
+                                    "data_wait_fraction": wait_fraction}  # fmt: skip
             last_epoch = state.epoch == config.max_epochs or stop_reason == "time_budget"
             due = last_epoch or (state.epoch % config.val_every == 0
                                  and validation_due(budget, config.val_time_fraction, dist_info, device))
