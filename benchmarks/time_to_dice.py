@@ -1,7 +1,9 @@
 """Time to Dice: validation Dice on Task04_Hippocampus after 5 and 10 minutes of ``medzoo.engine.trainer.train``.
 
 Each budget is one fresh run with the trainer's defaults (the planner picks the network) and
-``time_budget`` set; the budget covers training and the final validation. Skipped with a message when the
+``time_budget`` set; the budget covers training and the final validation. Each row also gives the median
+over epochs of the share of training time the steps waited for the loader (``data_wait_pct_median``, from
+``metrics.csv``). Skipped with a message when the
 data (``$MEDZOO_HIPPOCAMPUS_DIR`` or ``../shared/data/Task04_Hippocampus``) or the trainer is missing.
 Long: only run with ``python -m benchmarks --only time_to_dice`` or ``--full``.
 
@@ -36,6 +38,16 @@ def hippocampus_dir() -> Path | None:
         if (cand / "imagesTr").is_dir():
             return cand
     return None
+
+
+def _median_data_wait_pct(metrics_csv: Path) -> float:
+    """Median over the run's epochs of the share of training time spent waiting for the loader (percent)."""
+    import csv
+    import statistics
+
+    with metrics_csv.open(newline="") as f:
+        waits = [float(r["data_wait_fraction"]) for r in csv.DictReader(f) if r.get("data_wait_fraction")]
+    return 100.0 * statistics.median(waits) if waits else float("nan")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -75,8 +87,9 @@ def main(argv: list[str] | None = None) -> dict:
         row = {"budget": budget, "memory_format": args.memory_format, "wall_s": time.perf_counter() - start, "epochs": res.epochs, "steps": res.steps,
                "best_metric": res.best_metric, "best_epoch": res.best_epoch, "run_dir": str(res.run_dir)}
         row.update({f"final_{k}": v for k, v in res.final_metrics.items() if isinstance(v, (int, float))})
+        row["data_wait_pct_median"] = _median_data_wait_pct(out / "metrics.csv")
         rows.append(row)
-    cols = ["budget", "memory_format", "wall_s", "epochs", "steps", "best_metric"] + sorted(
+    cols = ["budget", "memory_format", "wall_s", "epochs", "steps", "best_metric", "data_wait_pct_median"] + sorted(
         {k for r in rows for k in r if k.startswith("final_")}) + ["skipped"]
     print(f"== {NAME}: validation Dice after a time budget, {threads} threads, data {data}")
     print(format_table(rows, cols))
