@@ -264,8 +264,8 @@ def data_wait_fraction(waited: float, epoch_seconds: float, steps: int) -> float
 
 class DataWaitWarning:
     """Warns once per run when the network waited for training patches more than :data:`DATA_WAIT_WARN` of
-    an epoch (the loader, not the network, sets the pace). The first epoch is not judged: it starts the
-    loader's workers and fills their queue."""
+    an epoch (the loader, not the network, sets the pace). The first epoch is not judged: it also pays for
+    first reads of the preprocessed cases and the first steps' warm-up."""
 
     def __init__(self) -> None:
         self.warned = False

@@ -8,14 +8,14 @@ The default, ``"auto"``, picks on the CPU the faster of OpenVINO and PyTorch for
 checkpoint, batch size and thread count on one batch of windows, :mod:`medzoo.inference.race`; recorded
 beside the export as ``<name>.race.json``), PyTorch when OpenVINO is not installed, OpenVINO for an
 ``.onnx`` file (which PyTorch cannot run; ONNX Runtime without OpenVINO); on a GPU, PyTorch. On the 2-core
-development CPU (AMX), predicting a 120x110x100 scan with 64^3 windows (``python -m benchmarks.backends``: unet3d, segresnet, resnetmed3d_10,
-vnet_light, deeplabv3plus_resnet18), OpenVINO was 0.98-1.32x as fast as PyTorch (which runs the networks
-whose card says so in channels-last) and ONNX Runtime 1.3-2.2x slower than PyTorch; with test-time mirroring
-on 36 hippocampus cases OpenVINO took 28 s, PyTorch 35 s and ONNX Runtime 77 s. So ONNX Runtime is not a
-fallback for run folders: it checks the export and OpenVINO, and runs ``.onnx`` files or when asked for.
-PyTorch's prediction path has since become faster, and on the 96^3 windows of ``python -m
-benchmarks.sliding_window`` it beats OpenVINO 1.2x, while OpenVINO stays ahead on hippocampus-sized windows:
-hence the race rather than a fixed choice.
+development CPU (AMX), predicting a 120x110x100 scan with 64^3 windows (``python -m benchmarks.backends``:
+unet3d, segresnet, resnetmed3d_10, vnet_light, deeplabv3plus_resnet18), OpenVINO was 0.98-1.32x as fast as
+PyTorch (which runs the networks whose card says so in channels-last) and ONNX Runtime 1.3-2.2x slower than
+PyTorch; with test-time mirroring on 36 hippocampus cases OpenVINO took 28 s, PyTorch 35 s and ONNX Runtime
+77 s. So ONNX Runtime is not a fallback for run folders: it checks the export and OpenVINO, and runs ``.onnx``
+files or when asked for. PyTorch's prediction path has since become faster: on the 96^3 windows of ``python
+-m benchmarks.sliding_window`` it beats OpenVINO 1.2x, while OpenVINO stays level or ahead on
+hippocampus-sized windows and on the contiguous-layout networks; hence the race rather than a fixed choice.
 
 The run's network is exported once per checkpoint and cached in ``RUN/.medzoo_cache/``. The export is
 checked against PyTorch (max |diff| 1e-4 under ONNX Runtime), and OpenVINO once against ONNX Runtime (max

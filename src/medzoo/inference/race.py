@@ -1,8 +1,9 @@
 """Which CPU runtime predicts a network faster on this machine: a short timed race, run once per export.
 
-Neither OpenVINO nor PyTorch wins everywhere. On the 2-core development CPU (AMX) OpenVINO was 1.07x as fast
-as PyTorch on hippocampus-sized windows, while PyTorch in channels-last was 1.2x as fast on the 96^3 windows
-of ``python -m benchmarks.sliding_window``; a laptop without AMX, or more threads, may order them otherwise.
+Neither OpenVINO nor PyTorch wins everywhere. On the 2-core development CPU (AMX) OpenVINO was 1.0-1.07x as
+fast as PyTorch on hippocampus-sized windows and 1.3x on the contiguous-layout ResNets, while PyTorch in
+channels-last was 1.2x as fast on the 96^3 windows of ``python -m benchmarks.sliding_window``; a laptop
+without AMX, or more threads, may order them otherwise.
 So the ``"auto"`` backend times both on one batch of the windows the sliding window will feed them and
 keeps the faster (see :func:`medzoo.inference.backends.load_backend`, which records the result).
 """
