@@ -91,7 +91,7 @@ class Predictor:
 
     Building one calls :func:`medzoo.perf.tune_malloc` (as ``predict`` and ``train`` do; off with
     ``MEDZOO_TUNE_MALLOC=0``): with glibc's defaults PyTorch page-faults each window's activations back in,
-    and predicting the 160x192x160 phantom took 1.3x as long (5.2-5.4 s against 3.8-4.1 s).
+    and predicting the 160x192x160 phantom took 1.3x as long (5.2-5.6 s against 3.8-4.3 s).
     """
 
     def __init__(
