@@ -95,6 +95,7 @@ def compare(model: str, root: Path, shape, patch, reps: int, warmup: int, model_
     # what "auto" picks (its one-off race of OpenVINO against PyTorch, on one batch of windows)
     auto_net, _ = load_backend(run, backend="auto", device="cpu")
     auto_pick = "torch" if isinstance(auto_net, torch.nn.Module) else type(auto_net).__name__
+    del auto_net
     labels = {k: p.predict_volume(image).array[0] for k, p in ready.items()}
     times = interleaved({k: (lambda p=p: p.predict_volume(image)) for k, p in ready.items()}, reps, warmup)
     sec = {k: median(v) for k, v in times.items()}
