@@ -211,7 +211,7 @@ def test_auto_races_openvino_against_torch_once_and_predicts_with_the_faster(run
     assert next(model.parameters()).is_contiguous(memory_format=torch.channels_last_3d)  # unet3d's card layout
     assert timed == ["openvino", "torch"] * 3  # one untimed call each, then two clear rounds
     (record,) = (run / ".medzoo_cache").glob("*.race.json")
-    race = json.loads(record.read_text())[f"batch3_threads{torch.get_num_threads()}"]
+    race = json.loads(record.read_text())[backends.race_key(3)]
     assert race["winner"] == "torch" and race["batch_size"] == 3 and race["torch_layout"] == "channels_last"
     assert (race["openvino_s"], race["torch_s"]) == (1.0, 0.5)
 
@@ -227,8 +227,7 @@ def test_auto_races_openvino_against_torch_once_and_predicts_with_the_faster(run
     image = blob_image(shape=(29, 21, 13), spacing=(0.9, 1.4, 2.5))
     write_volume(image, tmp_path / "in" / "scan.nii.gz")
     assert predict(run, tmp_path / "in", tmp_path / "auto", progress=False, device="cpu", batch_size=2).ok
-    assert sorted(json.loads(record.read_text())) == sorted(f"batch{b}_threads{torch.get_num_threads()}"
-                                                            for b in (2, 3))  # fmt: skip
+    assert sorted(json.loads(record.read_text())) == sorted(backends.race_key(b) for b in (2, 3))
     assert predict(run, tmp_path / "in", tmp_path / "torch", progress=False, device="cpu", backend="torch").ok
     ours = read_volume(tmp_path / "auto" / "scan.nii.gz")
     np.testing.assert_array_equal(ours.array, read_volume(tmp_path / "torch" / "scan.nii.gz").array)
@@ -244,7 +243,7 @@ def test_a_near_tie_keeps_openvino_and_only_a_close_race_gets_a_third_round(run,
     assert isinstance(model, OpenVinoModel)
     assert timed == ["openvino", "torch"] * 4  # warm-up, then three rounds: two were too close to call
     race = json.loads(next((run / ".medzoo_cache").glob("*.race.json")).read_text())
-    assert race[f"batch4_threads{torch.get_num_threads()}"]["winner"] == "openvino"
+    assert race[backends.race_key(4)]["winner"] == "openvino"
     assert isinstance(load_backend(run, backend="auto", device="cpu")[0], OpenVinoModel) and len(timed) == 8
 
 
@@ -273,3 +272,15 @@ def test_race_times_the_real_runtimes_on_the_batch_the_window_feeds(run):
     result = race_runtimes(ov_model, torch_model.eval(), torch.randn(2, 1, *plan.patch_size))
     assert result["winner"] in ("openvino", "torch")
     assert 0 < result["openvino_s"] < 60 and 0 < result["torch_s"] < 60
+
+
+@needs_openvino
+def test_a_run_folder_moved_to_another_cpu_races_again(run, monkeypatch):
+    timed = _rig_race(monkeypatch, openvino_s=1.0, torch_s=0.5)
+    assert isinstance(load_backend(run, backend="auto", device="cpu")[0], torch.nn.Module) and len(timed) == 6
+    assert isinstance(load_backend(run, backend="auto", device="cpu")[0], torch.nn.Module) and len(timed) == 6
+    monkeypatch.setattr(backends, "_cpu_model", lambda: "Another CPU @ 1.0GHz")
+    _rig_race(monkeypatch, openvino_s=0.5, torch_s=1.0)  # where OpenVINO is the faster
+    assert isinstance(load_backend(run, backend="auto", device="cpu")[0], OpenVinoModel)
+    record = json.loads(next((run / ".medzoo_cache").glob("*.race.json")).read_text())
+    assert len(record) == 2 and {r["winner"] for r in record.values()} == {"torch", "openvino"}

@@ -5,8 +5,8 @@ Each gives a callable taking a torch tensor (N, C, *P) and returning (N, K, *P) 
 predictor use them alike.
 
 The default, ``"auto"``, picks on the CPU the faster of OpenVINO and PyTorch for a run folder (timed once per
-checkpoint, batch size and thread count on one batch of windows, :mod:`medzoo.inference.race`; recorded
-beside the export as ``<name>.race.json``), PyTorch when OpenVINO is not installed, OpenVINO for an
+checkpoint, batch size, thread count and CPU model on one batch of windows, :mod:`medzoo.inference.race`;
+recorded beside the export as ``<name>.race.json``), PyTorch when OpenVINO is not installed, OpenVINO for an
 ``.onnx`` file (which PyTorch cannot run; ONNX Runtime without OpenVINO); on a GPU, PyTorch. On the 2-core
 development CPU (AMX), predicting a 120x110x100 scan with 64^3 windows (``python -m benchmarks.backends``:
 unet3d, segresnet, resnetmed3d_10, vnet_light, deeplabv3plus_resnet18), OpenVINO was 0.98-1.32x as fast as
@@ -42,7 +42,8 @@ from medzoo.planning.plan import Plan
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "BACKENDS", "OnnxModel", "OpenVinoModel", "cached_onnx_export", "load_backend", "read_card", "resolve_backend",
+    "BACKENDS", "OnnxModel", "OpenVinoModel", "cached_onnx_export", "load_backend", "race_key", "read_card",
+    "resolve_backend",
 ]
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
@@ -307,14 +308,35 @@ def load_backend(
     return _onnx_backend(export, device)
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else ``platform.processor()``), for keys of timings."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def race_key(batch_size: int) -> str:
+    """The key of a race in ``<name>.race.json``: batch size, thread count and a short hash of the CPU model
+    (a run folder copied to another machine races again there)."""
+    cpu = hashlib.sha1(_cpu_model().encode()).hexdigest()[:8]
+    return f"batch{int(batch_size)}_threads{torch.get_num_threads()}_cpu{cpu}"
+
+
 class _RaceRecord:
-    """The OpenVINO-against-PyTorch race of one export, per batch size and thread count, kept beside the
-    export as ``<name>.race.json`` (a run folder that cannot be written races again in each process)."""
+    """The OpenVINO-against-PyTorch race of one export, per batch size, thread count and CPU model, kept
+    beside the export as ``<name>.race.json`` (a run folder that cannot be written races again in each
+    process)."""
 
     def __init__(self, export: Path, batch_size: int) -> None:
         self.path = export.with_suffix(".race.json")
         self.batch_size = int(batch_size)
-        self.key = f"batch{self.batch_size}_threads{torch.get_num_threads()}"
+        self.key = race_key(self.batch_size)
 
     def _read(self) -> dict[str, Any]:
         try:
@@ -324,7 +346,7 @@ class _RaceRecord:
         return races if isinstance(races, dict) else {}
 
     def winner(self) -> str | None:
-        """The recorded winner for this batch size and thread count ("openvino" / "torch"), else None."""
+        """The recorded winner for this key ("openvino" / "torch"), else None."""
         winner = self._read().get(self.key, {})
         winner = winner.get("winner") if isinstance(winner, dict) else None
         return winner if winner in ("openvino", "torch") else None
@@ -349,7 +371,7 @@ class _RaceRecord:
         x = torch.randn((self.batch_size, plan.in_channels, *window), generator=torch.Generator().manual_seed(0))
         log.info("timing OpenVINO against PyTorch on one batch of windows (once per checkpoint)")
         result = race_runtimes(ov_model, torch_model, x)
-        result.update(batch_size=self.batch_size, threads=torch.get_num_threads(),
+        result.update(batch_size=self.batch_size, threads=torch.get_num_threads(), cpu=_cpu_model(),
                       torch_layout="channels_last" if layout is not None else "contiguous")  # fmt: skip
         races = self._read()
         races[self.key] = result
