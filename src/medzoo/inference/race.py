@@ -41,9 +41,9 @@ def race_runtimes(openvino_model: Callable[[torch.Tensor], Any], torch_model: Ca
 
     Each side runs once untimed (primitive creation, first-touch allocations), then the two alternate;
     the fastest call of each counts. Two timed rounds decide when the two are more than 15 % apart,
-    otherwise a third is run. One timed round was not enough: in a process that had just exported the
-    network, PyTorch's second call on the phantom's 96^3 windows took 0.71-0.97 s where its third took
-    0.51-0.54 s, and that once handed the race to OpenVINO (0.61-0.66 s).
+    otherwise a third is run. One timed round was not enough: in six of seven processes that had just
+    exported the network, PyTorch's second call on the phantom's 96^3 windows took 0.62-1.0 s where its
+    third took 0.51-0.56 s, and that once handed the race to OpenVINO (0.60-0.66 s).
 
     Args:
         openvino_model: the compiled export (``OpenVinoModel``).
