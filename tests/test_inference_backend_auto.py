@@ -284,3 +284,16 @@ def test_a_run_folder_moved_to_another_cpu_races_again(run, monkeypatch):
     assert isinstance(load_backend(run, backend="auto", device="cpu")[0], OpenVinoModel)
     record = json.loads(next((run / ".medzoo_cache").glob("*.race.json")).read_text())
     assert len(record) == 2 and {r["winner"] for r in record.values()} == {"torch", "openvino"}
+
+
+@needs_openvino
+def test_auto_with_amp_bf16_predicts_with_torch_without_racing(run, tmp_path, monkeypatch):
+    timed = _rig_race(monkeypatch, openvino_s=0.1, torch_s=1.0)  # OpenVINO would win a race
+    asked = []
+    real = backends.load_backend
+    monkeypatch.setattr(backends, "load_backend", lambda *a, **k: asked.append(k["backend"]) or real(*a, **k))
+    write_volume(blob_image(shape=(29, 21, 13), spacing=(0.9, 1.4, 2.5)), tmp_path / "in" / "scan.nii.gz")
+    assert predict(run, tmp_path / "in", tmp_path / "bf16", progress=False, device="cpu", amp="bf16").ok
+    assert asked == ["torch"] and timed == []
+    assert predict(run, tmp_path / "in", tmp_path / "fp32", progress=False, device="cpu").ok
+    assert asked == ["torch", "auto"] and len(timed) > 0  # without bf16: the race, which OpenVINO wins

@@ -34,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "windows; PyTorch without OpenVINO and on a GPU; torch | onnxruntime | openvino force one")
     p.add_argument("--amp", choices=AMP_MODES, default="auto",
                    help="autocast precision of a PyTorch network: auto (default: bf16, else fp16, on a GPU; fp32 "
-                        "on the CPU), bf16, fp16 (GPU), none (fp32)")
+                        "on the CPU), bf16 (with --backend auto on the CPU: predicts with PyTorch), fp16 (GPU), "
+                        "none (fp32)")
     p.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
                    help="layout of a PyTorch network: auto (default: channels-last on the CPU where the model's "
                         "card says it runs faster so), channels_last, contiguous")

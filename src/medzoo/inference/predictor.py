@@ -490,10 +490,11 @@ def predict(
         overlap, batch_size: sliding-window settings.
         save_probabilities: also write ``<case>_probabilities.npz`` (float16 (K, *S) + affine).
         keep_largest, fill_holes, min_size: post-processing (see :class:`PostProcess`).
-        backend: "auto" (default): on the CPU the network runs under OpenVINO through an export cached in
-            the run folder and checked against PyTorch (labels equal up to floating-point near-ties, and
-            faster); PyTorch on a GPU, without OpenVINO, or when the network does not export or check.
-            "torch", "onnxruntime" or "openvino" force one (see :func:`medzoo.inference.backends.load_backend`).
+        backend: "auto" (default): on the CPU the faster of OpenVINO (through an export cached in the run
+            folder and checked against PyTorch; labels equal up to floating-point near-ties) and PyTorch,
+            timed once per checkpoint; PyTorch on a GPU, without OpenVINO, when the network does not export
+            or check, and when ``amp`` asks for bf16 (only PyTorch autocasts). "torch", "onnxruntime" or
+            "openvino" force one (see :func:`medzoo.inference.backends.load_backend`).
         progress: tqdm bar over cases.
         layout: read ``input_path`` as a dataset folder in this layout (``"auto"`` detects it) and predict
             its test cases (all cases when it lists none), see :func:`collect_layout_cases`.
@@ -515,6 +516,9 @@ def predict(
         cases = collect_layout_cases(input_path, layout, **(layout_options or {}))
     else:
         cases = collect_cases(input_path)
+    if backend == "auto" and amp == "bf16" and Path(run_dir).is_dir():
+        backend = "torch"  # the user asked for bf16, which only PyTorch runs (exports run in fp32)
+        log.info("amp bf16: predicting with PyTorch")
     model, plan = load_backend(run_dir, backend=backend, checkpoint=checkpoint, device=device,
                                batch_size=batch_size)
     dims = plan.spatial_dims if plan.spatial_dims == 3 else 2
