@@ -29,8 +29,9 @@ What was measured (``python -m benchmarks``; numbers in ``benchmarks/README.md``
 * glibc's malloc hands every large freed block straight back to the kernel (blocks over its mmap threshold,
   at most 32 MiB, are unmapped on free; the free top of the heap is trimmed), so each training step faults its
   activations in again, page by page, zeroed by the kernel: 0.4 M page faults per step of nnU-Net's network
-  at 1x1x64^3, a quarter of the step's time. :func:`tune_malloc` (called by ``train`` and ``predict``) raises
-  both thresholds so freed memory is reused: 1.3x faster steps there, 1.1x on hippocampus patches.
+  at 1x1x64^3, a quarter of the step's time. :func:`tune_malloc` (called by ``train``, ``predict`` and
+  ``Predictor``) raises both thresholds so freed memory is reused: 1.3x faster steps there, 1.1x on
+  hippocampus patches.
 * In fp32 channels-last training, the few convolutions PyTorch runs on its own path instead of oneDNN (a
   batch of one on small maps) keep contiguous weights, which that path would copy on every call
   (:func:`keep_native_conv_weights_contiguous`, called by ``train``): 1.01-1.02x per step.

@@ -296,11 +296,12 @@ def load_backend(
             return _torch_backend(model_path, checkpoint, device)
     if chosen == "openvino":
         race = _RaceRecord(export, batch_size) if backend == "auto" and model_path.is_dir() else None
-        if race is not None and race.winner() == "torch":
+        winner = None if race is None else race.winner()
+        if winner == "torch":
             return _torch_backend(model_path, checkpoint, device)
         loaded = _openvino_backend(export, strict=backend != "auto")
         if loaded is not None:
-            if race is not None and race.winner() is None:
+            if race is not None and winner is None:
                 return race.run(loaded, lambda: _torch_backend(model_path, checkpoint, device))
             return loaded
         if model_path.is_dir():  # auto: PyTorch is faster than ONNX Runtime here (see the module docstring)

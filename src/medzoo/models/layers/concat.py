@@ -69,4 +69,3 @@ def _concat(kernel, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     out = torch.empty(shape, dtype=first.dtype, memory_format=_CHANNELS_LAST[first.dim()])
     kernel.concat_channels_last(tensors, out, torch.get_num_threads())
     return out
-
