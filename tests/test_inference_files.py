@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -46,14 +48,18 @@ def test_collect_cases_groups_channel_files(tmp_path):
     assert cases["beta"].output_name == "beta.nii.gz" and cases["gamma"].output_name == "gamma.nrrd"
 
 
-def test_cli_predicts_a_folder_and_lists_the_bad_file(run, tmp_path, capsys):
+def test_cli_predicts_a_folder_and_lists_the_bad_file(run, tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="medzoo")
     expected = _inputs(tmp_path / "in")
     out = tmp_path / "out"
     code = main(["predict", "--model", str(run), "--input", str(tmp_path / "in"), "--output", str(out),
                  "--no-progress", "--save-probabilities"])
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert code == 1
     assert "broken" in err and "1 case(s) failed" in err
+    assert f"wrote 3/4 label map(s) to {out}" in captured.out  # the one summary line: not logged as well
+    assert not [r for r in caplog.records if "case(s) into" in r.getMessage() and r.levelno >= logging.INFO]
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted([*expected, "alpha_probabilities.npz", "beta_probabilities.npz",
                             "gamma_probabilities.npz"])  # nothing for the broken file, no temp files

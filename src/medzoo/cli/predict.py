@@ -53,7 +53,8 @@ def run(ns: argparse.Namespace) -> int:
         progress=not ns.no_progress, layout=ns.layout, layout_options=dict(ns.layout_option), amp=ns.amp,
         memory_format=ns.memory_format,
     )  # fmt: skip
-    print(f"wrote {len(report.written)} label map(s) to {ns.output} in {report.seconds:.1f} s")
+    total = len(report.written) + len(report.failed)
+    print(f"wrote {len(report.written)}/{total} label map(s) to {ns.output} in {report.seconds:.1f} s")
     for name, reason in report.failed:
         print(f"medzoo predict: error: {name}: {reason}", file=sys.stderr)
     if report.failed:

@@ -536,7 +536,7 @@ def predict(
     report = PredictionReport()
     _run_pipeline(predictor, cases, output_dir, save_probabilities, report, progress)
     report.seconds = time.perf_counter() - started
-    log.info(
+    log.debug(  # the CLI prints this summary itself
         "predicted %d/%d case(s) into %s in %.1f s", len(report.written), len(cases), output_dir, report.seconds
     )
     return report
