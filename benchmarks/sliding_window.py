@@ -16,17 +16,21 @@ MRI in that field of view. Labels: 0 air/background, 1 scalp+skull, 2 CSF, 3 bra
    imports excluded:
    - ``medzoo``: ``medzoo.inference.predict`` with its defaults: the plan crops to the non-zero region and
      z-scores non-zero voxels, windows whose input is all air are skipped, and on the CPU the network runs
-     under the faster of OpenVINO (through an export cached in the run folder) and PyTorch, timed once on
-     one window batch (:mod:`medzoo.inference.race`; without OpenVINO, a runtime dependency, medzoo predicts
-     with PyTorch). The export, its checks and the race are made before the timed runs (once per
-     checkpoint; reported as ``export_s``, the chosen runtime as ``medzoo_backend``).
-   - ``medzoo_openvino``, ``medzoo_onnxruntime`` and ``medzoo_torch``: the same with ``backend="openvino"`` /
-     ``"onnxruntime"`` / ``"torch"`` (eager PyTorch, in the layout the card asks for: channels-last for
-     unet3d on the CPU), to show what each backend brings; ``medzoo_torch_contiguous``: PyTorch in the
-     default layout, MONAI's exact arithmetic.
+     under the faster of OpenVINO (fp32, through an export cached in the run folder) and PyTorch (under bf16
+     autocast on a CPU with native bf16, else fp32), timed once on one window batch
+     (:mod:`medzoo.inference.race`; without OpenVINO, a runtime dependency, medzoo predicts with PyTorch).
+     The export, its checks and the races are made before the timed runs (once per checkpoint; reported as
+     ``export_s``, the chosen runtimes as ``medzoo_backend``).
+   - ``medzoo_fp32``: the same with ``amp="none"``: every runtime in fp32, labels equal to fp32's up to
+     near-ties (the race then times fp32 PyTorch).
+   - ``medzoo_openvino``, ``medzoo_onnxruntime`` and ``medzoo_torch``: the same in fp32 with
+     ``backend="openvino"`` / ``"onnxruntime"`` / ``"torch"`` (eager PyTorch, in the layout the card asks
+     for: channels-last for unet3d on the CPU), to show what each backend brings;
+     ``medzoo_torch_contiguous``: PyTorch in the default layout, MONAI's exact arithmetic.
    - ``monai``: the MONAI equivalent of that pipeline: LoadImage + CropForeground (``x > 0``, the same box
      medzoo crops to) + NormalizeIntensity(nonzero, channel-wise) + sliding_window_inference (same window
-     settings) + argmax, pasted back into the full grid as background, + SaveImage.
+     settings) + argmax, pasted back into the full grid as background, + SaveImage. ``monai_amp``: the same
+     under the autocast medzoo's default uses (bf16 on the CPU).
    All sides then tile the same box with the same windows, so the label maps agree except where a runtime's
    float rounding (ONNX Runtime about 1e-5, OpenVINO about 1e-4 on the logits) flips a near-tie; the row
    reports the agreement (all voxels, inside the head), the number of differing voxels per backend and the
@@ -277,12 +281,16 @@ def _child(side: str, folder: Path, patch: tuple[int, ...], batch: int, device: 
                 from medzoo.inference.backends import cached_onnx_export, load_backend
 
                 assert cached_onnx_export(folder / "run") is not None, "the network did not export"
-                model, _ = load_backend(folder / "run", backend="auto", device="cpu", batch_size=batch)
-                chosen = "PyTorch (the race's winner)" if isinstance(model, torch.nn.Module) else type(model).__name__
-                (folder / "auto_backend.txt").write_text(chosen)
+                picks = []
+                for amp in ("auto", "none"):  # the races of the default (bf16 where native) and of fp32
+                    model, _ = load_backend(folder / "run", backend="auto", device="cpu", batch_size=batch, amp=amp)
+                    name = "PyTorch" if isinstance(model, torch.nn.Module) else type(model).__name__
+                    picks.append(f"{name} (amp {amp})")
+                (folder / "auto_backend.txt").write_text(", ".join(picks))
                 return
+            # every side but the default one predicts in fp32: runtimes compared at equal precision
             report = predict(folder / "run", folder / "in" / "case.nii.gz", out, progress=False, device=device,
-                             backend=backend, amp="none" if side == "medzoo_fp32" else "auto",
+                             backend=backend, amp="auto" if side == "medzoo" else "none",
                              memory_format=layout)  # fmt: skip
             assert report.ok, report.failed
     else:
@@ -328,8 +336,8 @@ def _spawn(side: str, folder: Path, patch, batch, threads: int, device: str = "c
 
 def end_to_end(net, features, shape, patch, batch, reps, threads, device: str = "cpu",
                sides: Sequence[str] | None = None) -> dict[str, Any]:
-    """File in, file out, each side in fresh processes on ``device``. On the CPU: medzoo's default backend,
-    ONNX Runtime and PyTorch against MONAI. On a GPU: medzoo's default (PyTorch under autocast) and medzoo in
+    """File in, file out, each side in fresh processes on ``device``. On the CPU: medzoo's default, medzoo in
+    fp32 and each fp32 runtime against MONAI in fp32 and under bf16 autocast. On a GPU: medzoo's default (PyTorch under autocast) and medzoo in
     fp32 (``amp="none"``) against MONAI in fp32 and MONAI under the same autocast. Labels are compared with
     MONAI's fp32 map. ``sides`` overrides the list (the first is medzoo's default, one is "monai"). The
     files live in a temporary folder, removed afterwards."""
@@ -360,8 +368,8 @@ def _end_to_end_in(tmp: Path, net, features, shape, patch, batch, reps, threads,
 
     if torch.device(device).type == "cpu":
         export_s = _spawn("medzoo_export", tmp, patch, batch, threads)["seconds"]
-        sides = list(sides or ["medzoo", "medzoo_openvino", "medzoo_onnxruntime", "medzoo_torch",
-                               "medzoo_torch_contiguous", "monai"])  # fmt: skip
+        sides = list(sides or ["medzoo", "medzoo_fp32", "medzoo_openvino", "medzoo_onnxruntime", "medzoo_torch",
+                               "medzoo_torch_contiguous", "monai", "monai_amp"])  # fmt: skip
     else:  # a GPU runs PyTorch (resolve_backend), nothing to export
         export_s = float("nan")
         (tmp / "auto_backend.txt").write_text("torch")

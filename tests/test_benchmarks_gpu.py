@@ -84,7 +84,13 @@ def test_end_to_end_sides_of_a_gpu_run_on_the_cpu():
     net, _ = trained_net(shape, features, 3, 16, None)
     row = end_to_end(net, features, shape, patch, 4, 1, 1, sides=["medzoo", "medzoo_fp32", "monai", "monai_amp"])
     assert row["geometry_exact"]
-    assert row["voxels_differing_medzoo_fp32"] == 0 and row["voxels_differing_medzoo"] == 0  # fp32 everywhere
+    assert row["voxels_differing_medzoo_fp32"] == 0  # fp32: MONAI's labels
+    from medzoo.perf import cpu_has_native_bf16
+
+    if cpu_has_native_bf16():  # medzoo's default predicts in bf16 on this CPU: labels move at near-ties only
+        assert row["voxels_differing_medzoo"] < 0.01 * math.prod(shape)
+    else:  # fp32 everywhere
+        assert row["voxels_differing_medzoo"] == 0
     assert row["ratio_monai_amp_over_medzoo"] > 0 and row["ratio_monai_over_medzoo_fp32"] > 0
 
 

@@ -21,7 +21,9 @@ from medzoo.inference.backends import (
 )
 from medzoo.inference.predictor import Predictor, predict
 from medzoo.io.readers import read_volume, write_volume
-from test_inference_helpers import blob_image, make_run
+from test_inference_helpers import blob_image, fp32_on_cpu, make_run  # noqa: F401 - fp32_on_cpu: a fixture
+
+pytestmark = pytest.mark.usefixtures("fp32_on_cpu")  # equal precision on any CPU (see the fixture)
 
 
 @pytest.fixture
@@ -297,3 +299,42 @@ def test_auto_with_amp_bf16_predicts_with_torch_without_racing(run, tmp_path, mo
     assert asked == ["torch"] and timed == []
     assert predict(run, tmp_path / "in", tmp_path / "fp32", progress=False, device="cpu").ok
     assert asked == ["torch", "auto"] and len(timed) > 0  # without bf16: the race, which OpenVINO wins
+
+
+@needs_openvino
+def test_on_a_cpu_with_native_bf16_the_race_times_pytorch_in_bf16_and_predict_runs_it_so(run, tmp_path, monkeypatch):
+    from medzoo import perf
+
+    monkeypatch.setattr(perf, "cpu_has_native_bf16", lambda: True)  # an AMX / AVX512-BF16 CPU
+    from medzoo.inference import race
+
+    autocast_seen = []
+    _rig_race(monkeypatch, openvino_s=1.0, torch_s=0.5)  # PyTorch (bf16) twice as fast
+
+    rigged = race.time_call
+
+    def spy(model, x):  # the race's PyTorch side must run under bf16 autocast
+        if isinstance(model, torch.nn.Module):
+            with torch.inference_mode():
+                autocast_seen.append(model(x).dtype)
+        return rigged(model, x)
+
+    monkeypatch.setattr(race, "time_call", spy)
+    image = blob_image(shape=(29, 21, 13), spacing=(0.9, 1.4, 2.5))
+    write_volume(image, tmp_path / "in" / "scan.nii.gz")
+    assert predict(run, tmp_path / "in", tmp_path / "auto", progress=False, device="cpu", batch_size=2).ok
+    assert autocast_seen and set(autocast_seen) == {torch.bfloat16}
+    (record,) = (run / ".medzoo_cache").glob("*.race.json")
+    races = json.loads(record.read_text())
+    assert list(races) == [backends.race_key(2, torch.bfloat16)] and races[backends.race_key(2, torch.bfloat16)][
+        "torch_precision"] == "bf16"
+    # amp "none" races fp32 PyTorch, recorded apart: a bf16 verdict does not decide for fp32
+    assert predict(run, tmp_path / "in", tmp_path / "fp32", progress=False, device="cpu", batch_size=2,
+                   amp="none").ok
+    races = json.loads(record.read_text())
+    assert sorted(races) == sorted([backends.race_key(2, torch.bfloat16), backends.race_key(2)])
+    assert races[backends.race_key(2)]["torch_precision"] == "fp32"
+    bf16 = read_volume(tmp_path / "auto" / "scan.nii.gz")
+    fp32 = read_volume(tmp_path / "fp32" / "scan.nii.gz")
+    assert bf16.spatial_shape == image.spatial_shape and np.allclose(bf16.affine, image.affine, atol=1e-5)
+    assert (bf16.array == fp32.array).mean() > 0.99  # bf16 moves labels only at near-ties

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -71,3 +72,13 @@ def make_run(
     save_checkpoint(run_dir / "checkpoint_best.pt", state)
     save_checkpoint(run_dir / "checkpoint_last.pt", state)
     return run_dir, plan
+
+
+@pytest.fixture
+def fp32_on_cpu(monkeypatch):
+    """Predictions in fp32 on any CPU: ``amp="auto"`` runs bf16 on CPUs with native bf16 (AMX, AVX512-BF16),
+    which would make tests that compare runtimes or references at equal precision depend on the machine.
+    The bf16 default has its own tests (``test_inference_amp.py``)."""
+    from medzoo import perf
+
+    monkeypatch.setattr(perf, "cpu_has_native_bf16", lambda: False)

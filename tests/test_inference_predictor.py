@@ -11,7 +11,9 @@ from medzoo.inference import sliding_window
 from medzoo.inference.postprocess import PostProcess
 from medzoo.inference.predictor import Predictor, context_stack
 from medzoo.io.volume import Volume
-from test_inference_helpers import THRESHOLD, blob_image, make_run, register_threshold
+from test_inference_helpers import THRESHOLD, blob_image, fp32_on_cpu, make_run, register_threshold  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("fp32_on_cpu")  # equal precision on any CPU (see the fixture)
 
 
 def test_threshold_model_gives_the_thresholded_scan_exactly(tmp_path, monkeypatch):

@@ -254,6 +254,7 @@ def load_backend(
     checkpoint: str = "best",
     device: str | torch.device | None = None,
     batch_size: int = 4,
+    amp: str = "none",
 ) -> tuple[Any, Plan]:
     """The network callable and plan for prediction.
 
@@ -269,6 +270,10 @@ def load_backend(
         checkpoint: "best" / "last" (run folders).
         device: "cpu" / "cuda"; default cuda when available.
         batch_size: windows per forward pass the prediction will use (the race times this batch).
+        amp: the precision a PyTorch network will predict in (see
+            :func:`medzoo.inference.predictor.inference_amp_dtype`; :func:`~medzoo.inference.predictor.predict`
+            passes its own): the race times PyTorch under that autocast ("auto": bf16 on a CPU with native
+            bf16), and keeps its verdict apart from fp32 ones. Default "none": fp32.
 
     Returns:
         ``(model, plan)``.
@@ -295,7 +300,8 @@ def load_backend(
                 raise ConfigError(f"{model_path}: the network could not be exported to ONNX for {runtime}")
             return _torch_backend(model_path, checkpoint, device)
     if chosen == "openvino":
-        race = _RaceRecord(export, batch_size) if backend == "auto" and model_path.is_dir() else None
+        race = (_RaceRecord(export, batch_size, _torch_race_dtype(amp))
+                if backend == "auto" and model_path.is_dir() else None)  # fmt: skip
         winner = None if race is None else race.winner()
         if winner == "torch":
             return _torch_backend(model_path, checkpoint, device)
@@ -322,11 +328,20 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def race_key(batch_size: int) -> str:
-    """The key of a race in ``<name>.race.json``: batch size, thread count and a short hash of the CPU model
-    (a run folder copied to another machine races again there)."""
+def race_key(batch_size: int, torch_dtype: torch.dtype | None = None) -> str:
+    """The key of a race in ``<name>.race.json``: batch size, thread count, a short hash of the CPU model (a
+    run folder copied to another machine races again there) and ``_bf16`` when PyTorch ran under bf16
+    autocast."""
     cpu = hashlib.sha1(_cpu_model().encode()).hexdigest()[:8]
-    return f"batch{int(batch_size)}_threads{torch.get_num_threads()}_cpu{cpu}"
+    precision = "_bf16" if torch_dtype == torch.bfloat16 else ""
+    return f"batch{int(batch_size)}_threads{torch.get_num_threads()}_cpu{cpu}{precision}"
+
+
+def _torch_race_dtype(amp: str) -> torch.dtype | None:
+    """The autocast dtype PyTorch predicts in on the CPU for ``amp`` (None: fp32)."""
+    from medzoo.inference.predictor import inference_amp_dtype
+
+    return inference_amp_dtype(amp, torch.device("cpu"), torch.nn.Identity())
 
 
 class _RaceRecord:
@@ -334,10 +349,11 @@ class _RaceRecord:
     beside the export as ``<name>.race.json`` (a run folder that cannot be written races again in each
     process)."""
 
-    def __init__(self, export: Path, batch_size: int) -> None:
+    def __init__(self, export: Path, batch_size: int, torch_dtype: torch.dtype | None = None) -> None:
         self.path = export.with_suffix(".race.json")
         self.batch_size = int(batch_size)
-        self.key = race_key(self.batch_size)
+        self.torch_dtype = torch_dtype
+        self.key = race_key(self.batch_size, torch_dtype)
 
     def _read(self) -> dict[str, Any]:
         try:
@@ -371,9 +387,10 @@ class _RaceRecord:
         window = network_window(ov_model, tuple(plan.patch_size))
         x = torch.randn((self.batch_size, plan.in_channels, *window), generator=torch.Generator().manual_seed(0))
         log.info("timing OpenVINO against PyTorch on one batch of windows (once per checkpoint)")
-        result = race_runtimes(ov_model, torch_model, x)
+        result = race_runtimes(ov_model, torch_model, x, torch_dtype=self.torch_dtype)
         result.update(batch_size=self.batch_size, threads=torch.get_num_threads(), cpu=_cpu_model(),
-                      torch_layout="channels_last" if layout is not None else "contiguous")  # fmt: skip
+                      torch_layout="channels_last" if layout is not None else "contiguous",
+                      torch_precision="bf16" if self.torch_dtype == torch.bfloat16 else "fp32")  # fmt: skip
         races = self._read()
         races[self.key] = result
         try:

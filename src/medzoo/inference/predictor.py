@@ -82,7 +82,8 @@ class Predictor:
             labelled background; labels where the input is non-zero are unchanged). None (default): on
             when the plan crops to the non-zero region (which already declares the air background).
         amp: autocast precision of a PyTorch network (see :func:`inference_amp_dtype`): "auto" (default:
-            bf16, else fp16, on a GPU; fp32 on the CPU), "bf16", "fp16" or "none" (fp32).
+            bf16, else fp16, on a GPU; bf16 on a CPU with native bf16, else fp32), "bf16", "fp16" or "none"
+            (fp32).
         memory_format: memory layout of a PyTorch network's weights (its windows follow): "auto" (default:
             channels-last on the CPU when the plan's model card says so, as ``medzoo train`` does; see
             :func:`medzoo.perf.preferred_memory_format`), "channels_last" or "contiguous". The layout changes
@@ -280,15 +281,19 @@ def inference_amp_dtype(amp: str, device: torch.device, model: Any) -> torch.dty
     """Autocast dtype of the network during prediction (None: fp32).
 
     A GPU ("auto"): bf16 where supported, else fp16, as ``medzoo train`` does (the blending, softmax and
-    argmax stay fp32). The CPU: fp32 unless "bf16" is asked for, since the default CPU backends run an fp32
-    export checked against PyTorch. A network that is not a PyTorch module (an ONNX Runtime or OpenVINO
-    export) always runs as exported, in fp32.
+    argmax stay fp32). The CPU ("auto"): bf16 on a CPU with native bf16 instructions
+    (:func:`medzoo.perf.cpu_has_native_bf16`: AMX or AVX512-BF16), as ``medzoo train`` trains there, else
+    fp32. On the 2-core AMX CPU every 3D network of the zoo ran its forward pass faster in bf16 than in fp32
+    (batch 4 of 64^3 windows: 1.03-1.13x for the deeper MedicalNet ResNets, 1.5-4.7x for the others), the
+    160x192x160 phantom predicted 2.2x faster (822 of 4.9 M voxels differ, at near-ties) and 36 hippocampus
+    cases with the same Dice (0.8808 against 0.8807 in fp32; 54 of 2.2 M voxels differ). A network that is
+    not a PyTorch module (an ONNX Runtime or OpenVINO export) always runs as exported, in fp32.
 
     Raises:
         ConfigError: ``amp`` is not one of "auto", "bf16", "fp16", "none".
     """
+    from medzoo import perf
     from medzoo.engine.config import AMP_MODES
-    from medzoo.perf import cuda_amp_dtype
 
     if amp not in AMP_MODES:
         raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got '{amp}'")
@@ -299,10 +304,13 @@ def inference_amp_dtype(amp: str, device: torch.device, model: Any) -> torch.dty
             log.warning("amp %s applies to the torch backend; the exported network runs in fp32", amp)
         return None
     if device.type == "cuda":
-        return cuda_amp_dtype(amp)
+        return perf.cuda_amp_dtype(amp)
+    if device.type != "cpu":
+        return None
     if amp == "fp16":
         log.warning("amp fp16 is for CUDA; predicting in fp32 on the CPU (use amp bf16)")
-    return torch.bfloat16 if amp == "bf16" and device.type == "cpu" else None
+        return None
+    return torch.bfloat16 if amp == "bf16" or perf.cpu_has_native_bf16() else None
 
 
 def inference_memory_format(
@@ -490,17 +498,18 @@ def predict(
         overlap, batch_size: sliding-window settings.
         save_probabilities: also write ``<case>_probabilities.npz`` (float16 (K, *S) + affine).
         keep_largest, fill_holes, min_size: post-processing (see :class:`PostProcess`).
-        backend: "auto" (default): on the CPU the faster of OpenVINO (through an export cached in the run
-            folder and checked against PyTorch; labels equal up to floating-point near-ties) and PyTorch,
-            timed once per checkpoint; PyTorch on a GPU, without OpenVINO, when the network does not export
-            or check, and when ``amp`` asks for bf16 (only PyTorch autocasts). "torch", "onnxruntime" or
+        backend: "auto" (default): on the CPU the faster of OpenVINO (fp32, through an export cached in the
+            run folder and checked against PyTorch) and PyTorch (in the precision ``amp`` gives it: bf16 on a
+            CPU with native bf16), timed once per checkpoint; PyTorch on a GPU, without OpenVINO, when the
+            network does not export or check, and when ``amp`` is "bf16". "torch", "onnxruntime" or
             "openvino" force one (see :func:`medzoo.inference.backends.load_backend`).
         progress: tqdm bar over cases.
         layout: read ``input_path`` as a dataset folder in this layout (``"auto"`` detects it) and predict
             its test cases (all cases when it lists none), see :func:`collect_layout_cases`.
         layout_options: options of that layout.
-        amp: autocast precision of a PyTorch network: "auto" (bf16, else fp16, on a GPU; fp32 on the CPU),
-            "bf16", "fp16" or "none" (see :func:`inference_amp_dtype`).
+        amp: autocast precision of a PyTorch network: "auto" (bf16, else fp16, on a GPU; bf16 on a CPU with
+            native bf16, else fp32), "bf16", "fp16" or "none" (fp32: labels equal to an fp32 prediction up to
+            near-ties, whichever runtime wins; see :func:`inference_amp_dtype`).
         memory_format: layout of a PyTorch network: "auto" (channels-last on the CPU where the model's card
             says so), "channels_last" or "contiguous" (see :class:`Predictor`).
 
@@ -520,7 +529,7 @@ def predict(
         backend = "torch"  # the user asked for bf16, which only PyTorch runs (exports run in fp32)
         log.info("amp bf16: predicting with PyTorch")
     model, plan = load_backend(run_dir, backend=backend, checkpoint=checkpoint, device=device,
-                               batch_size=batch_size)
+                               batch_size=batch_size, amp=amp)
     dims = plan.spatial_dims if plan.spatial_dims == 3 else 2
     axes = tuple(mirror_axes) if mirror_axes else (tuple(range(dims)) if tta else None)
     post = PostProcess(keep_largest=keep_largest, fill_holes=fill_holes, min_size=min_size)

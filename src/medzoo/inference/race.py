@@ -5,7 +5,10 @@ fast as PyTorch on hippocampus-sized windows and 1.3x on the contiguous-layout R
 channels-last was 1.2x as fast on the 96^3 windows of ``python -m benchmarks.sliding_window``; a laptop
 without AMX, or more threads, may order them otherwise.
 So the ``"auto"`` backend times both on one batch of the windows the sliding window will feed them and
-keeps the faster (see :func:`medzoo.inference.backends.load_backend`, which records the result).
+keeps the faster (see :func:`medzoo.inference.backends.load_backend`, which records the result). PyTorch runs
+in the precision it would predict in: under bf16 autocast on a CPU with native bf16 (``amp="auto"``), where
+it was 3.2-3.3x as fast as OpenVINO's fp32 for unet3d and segresnet and 0.84-0.91x for the deeper MedicalNet
+ResNets (batch 4 of 64^3 windows).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ def time_call(model: Callable[[torch.Tensor], Any], x: torch.Tensor) -> float:
 
 
 def race_runtimes(openvino_model: Callable[[torch.Tensor], Any], torch_model: Callable[[torch.Tensor], Any],
-                  x: torch.Tensor) -> dict[str, Any]:  # fmt: skip
+                  x: torch.Tensor, torch_dtype: torch.dtype | None = None) -> dict[str, Any]:  # fmt: skip
     """Time OpenVINO against PyTorch on one window batch and name the faster.
 
     Each side runs once untimed (primitive creation, first-touch allocations), then the two alternate;
@@ -49,12 +52,14 @@ def race_runtimes(openvino_model: Callable[[torch.Tensor], Any], torch_model: Ca
         openvino_model: the compiled export (``OpenVinoModel``).
         torch_model: the network, in the layout and on the device it will predict with.
         x: (N, C, *P) float32, the batch size and window size the sliding window feeds.
+        torch_dtype: PyTorch runs under CPU autocast to this dtype (bf16), as it would predict; None: fp32.
 
     Returns:
         ``{"openvino_s", "torch_s", "winner"}``; the winner is "torch" only when PyTorch is at least
         ``TORCH_MARGIN`` times as fast.
     """
-    sides = {"openvino": openvino_model, "torch": torch_model}
+    torch_side = torch_model if torch_dtype is None else _Autocast(torch_model, torch_dtype)
+    sides = {"openvino": openvino_model, "torch": torch_side}
     for model in sides.values():
         time_call(model, x)
     best = {name: float("inf") for name in sides}
@@ -65,7 +70,19 @@ def race_runtimes(openvino_model: Callable[[torch.Tensor], Any], torch_model: Ca
         if round_ == 1 and lead > _CLEAR_LEAD:
             break
     winner = "torch" if best["openvino"] >= TORCH_MARGIN * best["torch"] else "openvino"
-    log.info("one window batch %s: OpenVINO %.3f s, PyTorch %.3f s; predicting with %s",
-             "x".join(map(str, x.shape)), best["openvino"], best["torch"],
-             "PyTorch" if winner == "torch" else "OpenVINO")  # fmt: skip
+    log.info("one window batch %s: OpenVINO %.3f s, PyTorch%s %.3f s; predicting with %s",
+             "x".join(map(str, x.shape)), best["openvino"], " (bf16)" if torch_dtype is not None else "",
+             best["torch"], "PyTorch" if winner == "torch" else "OpenVINO")  # fmt: skip
     return {"openvino_s": best["openvino"], "torch_s": best["torch"], "winner": winner}
+
+
+class _Autocast(torch.nn.Module):
+    """``model`` called under CPU autocast to ``dtype``, as the sliding window runs it."""
+
+    def __init__(self, model: Callable[[torch.Tensor], Any], dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, x: torch.Tensor) -> Any:
+        with torch.autocast("cpu", dtype=self.dtype):
+            return self.model(x)
