@@ -341,6 +341,8 @@ def _torch_race_dtype(amp: str) -> torch.dtype | None:
     """The autocast dtype PyTorch predicts in on the CPU for ``amp`` (None: fp32)."""
     from medzoo.inference.predictor import inference_amp_dtype
 
+    if amp == "fp16":  # fp32 on the CPU; the predictor itself warns about it
+        return None
     return inference_amp_dtype(amp, torch.device("cpu"), torch.nn.Identity())
 
 
