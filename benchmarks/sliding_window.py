@@ -337,8 +337,9 @@ def _spawn(side: str, folder: Path, patch, batch, threads: int, device: str = "c
 def end_to_end(net, features, shape, patch, batch, reps, threads, device: str = "cpu",
                sides: Sequence[str] | None = None) -> dict[str, Any]:
     """File in, file out, each side in fresh processes on ``device``. On the CPU: medzoo's default, medzoo in
-    fp32 and each fp32 runtime against MONAI in fp32 and under bf16 autocast. On a GPU: medzoo's default (PyTorch under autocast) and medzoo in
-    fp32 (``amp="none"``) against MONAI in fp32 and MONAI under the same autocast. Labels are compared with
+    fp32 and each fp32 runtime against MONAI in fp32 and under bf16 autocast. On a GPU: medzoo's default
+    (PyTorch under autocast) and medzoo in fp32 (``amp="none"``) against MONAI in fp32 and MONAI under the
+    same autocast. Labels are compared with
     MONAI's fp32 map. ``sides`` overrides the list (the first is medzoo's default, one is "monai"). The
     files live in a temporary folder, removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="medzoo_bench_sw_") as folder:

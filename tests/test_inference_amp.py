@@ -10,25 +10,26 @@ from torch import nn
 from medzoo.errors import ConfigError
 from medzoo.inference.predictor import Predictor, inference_amp_dtype
 from medzoo.planning.plan import Plan
-from test_inference_helpers import THRESHOLD, ThresholdNet, blob_image, make_run, register_threshold
+from test_inference_helpers import (
+    THRESHOLD,
+    ThresholdNet,
+    blob_image,
+    make_run,
+    pretend_native_bf16,
+    register_threshold,
+)
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda")
 
 
-def _native_bf16(monkeypatch, native: bool) -> None:
-    from medzoo import perf
-
-    monkeypatch.setattr(perf, "cpu_has_native_bf16", lambda: native)
-
-
 def test_amp_rules_per_device_and_backend(monkeypatch):
     net = nn.Conv3d(1, 2, 1)
-    _native_bf16(monkeypatch, False)
+    pretend_native_bf16(monkeypatch, False)
     assert inference_amp_dtype("auto", CPU, net) is None  # emulated bf16 is slower than fp32: fp32
-    _native_bf16(monkeypatch, True)
+    pretend_native_bf16(monkeypatch, True)
     assert inference_amp_dtype("auto", CPU, net) == torch.bfloat16  # AMX / AVX512-BF16: bf16, as training
     assert inference_amp_dtype("none", CPU, net) is None
-    _native_bf16(monkeypatch, False)
+    pretend_native_bf16(monkeypatch, False)
     assert inference_amp_dtype("bf16", CPU, net) == torch.bfloat16  # asked for: kept
     assert inference_amp_dtype("fp16", CPU, net) is None  # fp16 is for CUDA
     assert inference_amp_dtype("none", GPU, net) is None
@@ -39,7 +40,7 @@ def test_amp_rules_per_device_and_backend(monkeypatch):
     assert inference_amp_dtype("auto", GPU, net) == torch.float16
     exported = lambda x: x  # noqa: E731 - an ONNX Runtime / OpenVINO model is a plain callable
     assert inference_amp_dtype("bf16", CPU, exported) is None
-    _native_bf16(monkeypatch, True)
+    pretend_native_bf16(monkeypatch, True)
     assert inference_amp_dtype("auto", CPU, exported) is None  # an export runs as exported, in fp32
     with pytest.raises(ConfigError, match="amp must be one of"):
         inference_amp_dtype("fp8", CPU, net)
@@ -63,7 +64,7 @@ class _Recorder(ThresholdNet):
     ("none", True, (False, torch.float32)), ("bf16", False, (True, torch.bfloat16)),
 ])
 def test_predictor_runs_the_network_in_the_chosen_precision(amp, native, expected, monkeypatch):
-    _native_bf16(monkeypatch, native)
+    pretend_native_bf16(monkeypatch, native)
     plan = Plan(model=THRESHOLD, in_channels=1, num_classes=2, patch_size=(8, 8, 8), normalization=["none"])
     net = _Recorder()
     image = blob_image()

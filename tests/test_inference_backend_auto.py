@@ -21,7 +21,7 @@ from medzoo.inference.backends import (
 )
 from medzoo.inference.predictor import Predictor, predict
 from medzoo.io.readers import read_volume, write_volume
-from test_inference_helpers import blob_image, fp32_on_cpu, make_run  # noqa: F401 - fp32_on_cpu: a fixture
+from test_inference_helpers import blob_image, fp32_on_cpu, make_run, pretend_native_bf16  # noqa: F401 - fp32_on_cpu: a fixture
 
 pytestmark = pytest.mark.usefixtures("fp32_on_cpu")  # equal precision on any CPU (see the fixture)
 
@@ -303,9 +303,7 @@ def test_auto_with_amp_bf16_predicts_with_torch_without_racing(run, tmp_path, mo
 
 @needs_openvino
 def test_on_a_cpu_with_native_bf16_the_race_times_pytorch_in_bf16_and_predict_runs_it_so(run, tmp_path, monkeypatch):
-    from medzoo import perf
-
-    monkeypatch.setattr(perf, "cpu_has_native_bf16", lambda: True)  # an AMX / AVX512-BF16 CPU
+    pretend_native_bf16(monkeypatch, True)  # an AMX / AVX512-BF16 CPU
     from medzoo.inference import race
 
     autocast_seen = []

@@ -74,11 +74,16 @@ def make_run(
     return run_dir, plan
 
 
+def pretend_native_bf16(monkeypatch, native: bool) -> None:
+    """Make :func:`medzoo.perf.cpu_has_native_bf16` answer ``native`` (what ``amp="auto"`` reads)."""
+    from medzoo import perf
+
+    monkeypatch.setattr(perf, "cpu_has_native_bf16", lambda: native)
+
+
 @pytest.fixture
 def fp32_on_cpu(monkeypatch):
     """Predictions in fp32 on any CPU: ``amp="auto"`` runs bf16 on CPUs with native bf16 (AMX, AVX512-BF16),
     which would make tests that compare runtimes or references at equal precision depend on the machine.
     The bf16 default has its own tests (``test_inference_amp.py``)."""
-    from medzoo import perf
-
-    monkeypatch.setattr(perf, "cpu_has_native_bf16", lambda: False)
+    pretend_native_bf16(monkeypatch, False)

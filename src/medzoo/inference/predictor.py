@@ -284,7 +284,8 @@ def inference_amp_dtype(amp: str, device: torch.device, model: Any) -> torch.dty
     argmax stay fp32). The CPU ("auto"): bf16 on a CPU with native bf16 instructions
     (:func:`medzoo.perf.cpu_has_native_bf16`: AMX or AVX512-BF16), as ``medzoo train`` trains there, else
     fp32. On the 2-core AMX CPU every 3D network of the zoo ran its forward pass faster in bf16 than in fp32
-    (batch 4 of 64^3 windows: 1.03-1.13x for the deeper MedicalNet ResNets, 1.5-4.7x for the others), the
+    (batch 4 of 64^3 windows: 1.03-1.47x for the MedicalNet ResNets, SkipDenseNet and the plain 3D CNN,
+    1.6-4.7x for the others; the backend race still prefers OpenVINO's fp32 where that is faster), the
     160x192x160 phantom predicted 2.2x faster (822 of 4.9 M voxels differ, at near-ties) and 36 hippocampus
     cases with the same Dice (0.8808 against 0.8807 in fp32; 54 of 2.2 M voxels differ). A network that is
     not a PyTorch module (an ONNX Runtime or OpenVINO export) always runs as exported, in fp32.
