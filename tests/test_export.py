@@ -13,7 +13,7 @@ from medzoo.errors import ConfigError
 from medzoo.export import export_model
 from medzoo.inference.backends import OnnxModel, load_backend
 from medzoo.inference.predictor import Predictor
-from test_inference_helpers import blob_image, fp32_on_cpu, make_run  # noqa: F401 - fp32_on_cpu: a fixture
+from support.inference import blob_image, make_run  # noqa: F401 - fp32_on_cpu: a fixture
 
 pytestmark = pytest.mark.usefixtures("fp32_on_cpu")  # equal precision on any CPU (see the fixture)
 

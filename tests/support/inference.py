@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from torch import nn
 
@@ -79,11 +78,3 @@ def pretend_native_bf16(monkeypatch, native: bool) -> None:
     from medzoo import perf
 
     monkeypatch.setattr(perf, "cpu_has_native_bf16", lambda: native)
-
-
-@pytest.fixture
-def fp32_on_cpu(monkeypatch):
-    """Predictions in fp32 on any CPU: ``amp="auto"`` runs bf16 on CPUs with native bf16 (AMX, AVX512-BF16),
-    which would make tests that compare runtimes or references at equal precision depend on the machine.
-    The bf16 default has its own tests (``test_inference_amp.py``)."""
-    pretend_native_bf16(monkeypatch, False)

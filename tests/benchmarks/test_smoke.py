@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from benchmarks import common
 
 
@@ -82,7 +83,6 @@ def test_backends_benchmark_times_every_backend(tmp_path) -> None:
 
 def test_kernels_benchmark_times_both_sides_of_every_network(tmp_path) -> None:
     from benchmarks import kernels as bench
-
     from medzoo import kernels
 
     res = bench.main(["--quick", "--reps", "1", "--warmup", "0", "--threads", "1", "--no-bf16", "--out", str(tmp_path)])

@@ -21,7 +21,7 @@ from medzoo.inference.backends import (
 )
 from medzoo.inference.predictor import Predictor, predict
 from medzoo.io.readers import read_volume, write_volume
-from test_inference_helpers import blob_image, fp32_on_cpu, make_run, pretend_native_bf16  # noqa: F401 - fp32_on_cpu: a fixture
+from support.inference import blob_image, make_run, pretend_native_bf16  # noqa: F401 - fp32_on_cpu: a fixture
 
 pytestmark = pytest.mark.usefixtures("fp32_on_cpu")  # equal precision on any CPU (see the fixture)
 

@@ -22,8 +22,8 @@ from medzoo.data.loading import load_case
 from medzoo.errors import DataError
 from medzoo.io.readers import read_volume, write_volume
 from medzoo.io.volume import Volume
-from test_data_cache_loader import PLAN, make_dataset
-from test_data_layouts import make_brats, make_mrbrains, save_analyze, save_nii
+from support.cache import PLAN, make_dataset
+from support.layouts import make_brats, make_mrbrains, save_analyze, save_nii
 
 
 def test_nan_voxels_name_the_case_and_modality(tmp_path):

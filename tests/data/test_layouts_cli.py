@@ -17,7 +17,7 @@ from medzoo.cli import main
 from medzoo.data.layouts import OPTIONS_FILE, load_dataset
 from medzoo.data.loading import load_image
 from medzoo.io.readers import read_volume, volume_suffix
-from test_data_layouts import oblique_affine, save_analyze, save_nii
+from support.layouts import oblique_affine, save_analyze, save_nii
 
 SHAPE = (20, 24, 16)
 AFFINE = oblique_affine((0.9, 1.3, 2.2))

@@ -12,7 +12,7 @@ from medzoo.errors import ConfigError
 from medzoo.inference.predictor import collect_cases, predict
 from medzoo.io.readers import read_volume, write_volume
 from medzoo.io.volume import Volume
-from test_inference_helpers import THRESHOLD, blob_image, make_run, register_threshold
+from support.inference import THRESHOLD, blob_image, make_run, register_threshold
 
 
 @pytest.fixture

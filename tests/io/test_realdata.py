@@ -11,7 +11,7 @@ import pytest
 from medzoo.io.readers import read_volume, write_volume
 
 ROOT = Path(
-    os.environ.get("MEDZOO_HIPPOCAMPUS_DIR", Path(__file__).resolve().parents[1] / "../shared/data/Task04_Hippocampus")
+    os.environ.get("MEDZOO_HIPPOCAMPUS_DIR", Path(__file__).resolve().parents[2] / "../shared/data/Task04_Hippocampus")
 )
 
 pytestmark = pytest.mark.realdata

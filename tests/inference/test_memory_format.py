@@ -11,7 +11,7 @@ import torch
 from medzoo.errors import ConfigError
 from medzoo.inference.predictor import Predictor, inference_memory_format
 from medzoo.planning.plan import Plan
-from test_inference_helpers import blob_image, make_run
+from support.inference import blob_image, make_run
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda")
 CL3D = torch.channels_last_3d

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+
 from benchmarks import gpu
 
 

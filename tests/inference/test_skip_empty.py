@@ -9,7 +9,7 @@ from torch import nn
 from medzoo.inference import sliding_window, sliding_window_argmax
 from medzoo.inference.predictor import Predictor
 from medzoo.io.volume import Volume
-from test_inference_helpers import make_run, oblique_affine
+from support.inference import make_run, oblique_affine
 
 
 class _Counting(nn.Module):

@@ -11,7 +11,7 @@ from medzoo.inference import sliding_window
 from medzoo.inference.postprocess import PostProcess
 from medzoo.inference.predictor import Predictor, context_stack
 from medzoo.io.volume import Volume
-from test_inference_helpers import THRESHOLD, blob_image, fp32_on_cpu, make_run, register_threshold  # noqa: F401
+from support.inference import THRESHOLD, blob_image, make_run, register_threshold  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("fp32_on_cpu")  # equal precision on any CPU (see the fixture)
 

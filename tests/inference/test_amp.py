@@ -10,7 +10,7 @@ from torch import nn
 from medzoo.errors import ConfigError
 from medzoo.inference.predictor import Predictor, inference_amp_dtype
 from medzoo.planning.plan import Plan
-from test_inference_helpers import (
+from support.inference import (
     THRESHOLD,
     ThresholdNet,
     blob_image,

@@ -65,7 +65,7 @@ def test_tune_malloc_is_a_no_op_off_glibc(monkeypatch: pytest.MonkeyPatch) -> No
 @pytest.mark.parametrize("setting", ["1", "0"])
 def test_building_a_predictor_tunes_malloc_unless_switched_off(tmp_path, monkeypatch, setting) -> None:
     from medzoo.inference.predictor import Predictor
-    from test_inference_helpers import make_run
+    from support.inference import make_run
 
     run, _ = make_run(tmp_path / "run", "unet3d", 1, 2, patch_size=(16, 16, 16), model_kwargs={"features": [4, 8]})
     monkeypatch.setattr(perf, "_malloc_tuned", False)

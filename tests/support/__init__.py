@@ -1,0 +1,1 @@
+"""Helpers shared by the test modules: synthetic data, tiny run folders, stand-in networks."""
