@@ -14,6 +14,8 @@ Built-in layouts:
 - ``iseg``: iSeg 2017/2019 (``subject-N-T1.hdr``, ``subject-N-T2.hdr``, ``subject-N-label.hdr``, Analyze).
 - ``mrbrains``: MRBrainS 2018 (a folder per subject with ``pre/reg_T1.nii.gz``, ``pre/reg_IR.nii.gz``,
   ``pre/FLAIR.nii.gz`` and ``segm.nii.gz``).
+- ``mrbrains2013``: MRBrainS 2013 (a folder per subject with ``T1``, ``T1_IR``, ``T2_FLAIR`` and
+  ``LabelsForTesting`` / ``LabelsForTraining``, as ``.nii``, ``.nii.gz`` or ``.mhd``).
 - ``folder``: glob patterns per modality and for the label (options, or a ``medzoo_layout.json`` file at the
   root; never auto-detected from file names).
 - ``csv``: a CSV file with a column per modality plus ``label`` (paths relative to the CSV).
@@ -459,6 +461,66 @@ def _load_mrbrains(root: Path, classes: int = 9) -> DatasetInfo:
         root=root, layout="mrbrains", cases=_sorted_cases(cases), labels=labels,
         modalities=list(MRBRAINS_FILES), label_mapping=mapping, test_cases=_sorted_cases(tests),
         name="MRBrainS18",
+    )
+
+
+MRBRAINS13_FILES = {"T1": "T1", "T1_IR": "T1_IR", "T2_FLAIR": "T2_FLAIR"}
+MRBRAINS13_LABELS_4 = {0: "background", 1: "csf", 2: "gray_matter", 3: "white_matter"}
+_MRBRAINS13_SUFFIXES = (".nii.gz", ".nii", ".mhd")
+
+
+def _mrbrains13_file(folder: Path, stem: str) -> Path | None:
+    for ext in _MRBRAINS13_SUFFIXES:
+        if (folder / f"{stem}{ext}").is_file():
+            return folder / f"{stem}{ext}"
+    return None
+
+
+def _mrbrains13_folders(root: Path) -> list[Path]:
+    """Subject folders: those holding a T1_IR scan, at most two levels below the root."""
+    hits = [p for pattern in ("*/T1_IR.*", "*/*/T1_IR.*") for p in root.glob(pattern)]
+    return sorted({p.parent for p in hits if p.name.endswith(_MRBRAINS13_SUFFIXES)}, key=lambda p: natural_key(p.name))
+
+
+def _detect_mrbrains13(root: Path) -> bool:
+    return any(_mrbrains13_file(f, "T2_FLAIR") is not None for f in _mrbrains13_folders(root))
+
+
+@register_layout("mrbrains2013", _detect_mrbrains13)
+def _load_mrbrains13(root: Path, classes: int = 4) -> DatasetInfo:
+    """MRBrainS 2013: a folder per subject (e.g. ``TrainingData/1``) with ``T1``, ``T1_IR``, ``T2_FLAIR``.
+
+    The challenge gives two label files per training subject: ``LabelsForTesting`` (the evaluated task:
+    0 background, 1 CSF, 2 gray matter, 3 white matter) and ``LabelsForTraining`` (0..8, the 2018 edition's
+    first nine structures). Subjects without the chosen label file (``TestData``) become test cases.
+
+    Args:
+        root: dataset folder (the one holding ``TrainingData``/``TestData``, or a subject folders' parent).
+        classes: 4 (default) reads ``LabelsForTesting``; 9 reads ``LabelsForTraining``.
+    """
+    if int(classes) == 4:
+        labels, label_stem = dict(MRBRAINS13_LABELS_4), "LabelsForTesting"
+    elif int(classes) == 9:
+        labels, label_stem = {k: v for k, v in MRBRAINS_LABELS_11.items() if k <= 8}, "LabelsForTraining"
+    else:
+        raise DataError(f"mrbrains2013: classes must be 4 or 9, got {classes}")
+    cases, tests = [], []
+    for folder in _mrbrains13_folders(root):
+        paths = []
+        for mod, stem in MRBRAINS13_FILES.items():
+            p = _mrbrains13_file(folder, stem)
+            if p is None:
+                raise DataError(f"case {folder.name}: missing the {mod} file ({stem}.nii) in {folder}")
+            paths.append(p.resolve())
+        seg = _mrbrains13_file(folder, label_stem)
+        # subject numbers restart in TestData, so the parent folder is part of the id
+        cid = folder.name if folder.parent == root else f"{folder.parent.name}_{folder.name}"
+        case = Case(cid, paths, seg.resolve() if seg else None)
+        (cases if seg else tests).append(case)
+    return DatasetInfo(
+        root=root, layout="mrbrains2013", cases=_sorted_cases(cases), labels=labels,
+        modalities=list(MRBRAINS13_FILES), label_mapping=None, test_cases=_sorted_cases(tests),
+        name="MRBrainS13",
     )
 
 
