@@ -17,6 +17,7 @@ from medzoo.errors import MedzooError
 
 COMMANDS = [
     "demo", "phantom", "fingerprint", "preprocess", "train", "predict", "ensemble", "evaluate", "export", "models",
+    "pack", "unpack", "info",
 ]
 
 log = logging.getLogger("medzoo")
