@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic writes, file locks, durations."""
+"""Small shared helpers: atomic writes, file locks, durations, the ignore label."""
 
 from __future__ import annotations
 
@@ -17,6 +17,11 @@ try:
     import fcntl
 except ImportError:  # Windows: no advisory locks (see locked)
     fcntl = None  # type: ignore[assignment]
+
+#: Class index of "not annotated" voxels in preprocessed label maps (uint8): a dataset's ignore label (a label
+#: named ``ignore`` in an nnU-Net v2 dataset.json, or ``ignore_label=V``) is mapped to it. Losses and validation
+#: metrics skip these voxels; samplers centre patches on annotated ones. It is never a predicted class.
+IGNORE_INDEX = 255
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
