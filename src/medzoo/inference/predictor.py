@@ -197,17 +197,21 @@ class Predictor:
     def predict_case(self, image: Volume, probabilities: bool = False) -> tuple[Volume, Volume | None]:
         """Labels (and optionally probabilities) of one scan; see :meth:`predict_volume`.
 
-        The probabilities are the softmax of the blended logits, mapped back linearly; the labels are the
-        argmax on the network's grid mapped back with nearest neighbour (so when the plan resamples, the
-        argmax of the returned probabilities can differ from the labels at a few boundary voxels).
+        The probabilities are the softmax of the blended logits, mapped back linearly. When the plan
+        resamples, the labels are the argmax of those probabilities on the input's grid
+        (:meth:`Preprocessor.restore_labels`), else the argmax on the network's grid.
         """
         self._check_input(image)
         pre = self.preprocessor.apply(image)
         x = torch.from_numpy(pre.image)
-        labels, probs = self._run_network(x, probabilities)
+        resampled = "resample_from_shape" in pre.meta and pre.meta["resample_from_shape"] != pre.meta["shape"]
+        labels, probs = self._run_network(x, probabilities or resampled)
         labels_np = labels.numpy()
         del x, labels
-        restored = self.preprocessor.restore(labels_np, pre.meta, is_label=True)
+        if resampled:
+            restored = self.preprocessor.restore_labels(probs.numpy(), pre.meta)
+        else:
+            restored = self.preprocessor.restore(labels_np, pre.meta, is_label=True)
         if self.postprocess is not None:
             restored = self.postprocess(restored)
         dtype = np.uint8 if self.plan.num_classes <= 256 else np.int16
