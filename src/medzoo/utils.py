@@ -10,6 +10,11 @@ from pathlib import Path
 
 from medzoo.errors import ConfigError
 
+#: Class index of "not annotated" voxels in preprocessed label maps (uint8): a dataset's ignore label (a label
+#: named ``ignore`` in an nnU-Net v2 dataset.json, or ``ignore_label=V``) is mapped to it. Losses and validation
+#: metrics skip these voxels; samplers centre patches on annotated ones. It is never a predicted class.
+IGNORE_INDEX = 255
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Write a file atomically: ``write(tmp_path)`` fills a temp file in the same folder, then it is renamed.

@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="run folder (plan.json + checkpoints) or an .onnx export")
     p.add_argument("--input", "-i", required=True, help="an image file or a folder of them")
     p.add_argument("--layout", default=None,
-                   help="read --input as a dataset folder in this layout (msd, nnunet, brats, iseg, mrbrains, "
+                   help="read --input as a dataset folder in this layout (msd, nnunet, brats, iseg, mrbrains, mrbrains2013, "
                         "folder, csv; 'auto' detects) and predict its test cases, or all its cases if none")
     add_layout_options(p)
     p.add_argument("--output", "-o", required=True, help="output folder for the label maps")
