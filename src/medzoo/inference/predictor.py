@@ -46,6 +46,11 @@ __all__ = [
 ]
 
 
+
+def _resampled(pre: PreprocessedCase) -> bool:
+    """Whether preprocessing resampled the scan to another grid (the plan's spacing differs from its own)."""
+    return "resample_from_shape" in pre.meta and list(pre.meta["resample_from_shape"]) != list(pre.meta["shape"])
+
 class Predictor:
     """Predict label maps with a trained network and the plan it was trained with.
 
@@ -175,13 +180,14 @@ class Predictor:
     def predict_case(self, image: Volume, probabilities: bool = False) -> tuple[Volume, Volume | None]:
         """Labels (and optionally probabilities) of one scan; see :meth:`predict_volume`.
 
-        The probabilities are the softmax of the blended logits, mapped back linearly; the labels are the
-        argmax on the network's grid mapped back with nearest neighbour (so when the plan resamples, the
-        argmax of the returned probabilities can differ from the labels at a few boundary voxels).
+        The probabilities are the softmax of the blended logits, mapped back linearly. When the plan
+        resamples, the labels are the argmax of those probabilities on the input's grid
+        (:meth:`Preprocessor.restore_labels`), else the argmax on the network's grid.
         """
         pre = self.preprocess(image)
-        labels, probs = self.predict_preprocessed(pre.image, probabilities)
-        return self.restore(image, pre, labels=labels, probabilities=probs)
+        resampled = _resampled(pre)
+        labels, probs = self.predict_preprocessed(pre.image, probabilities or resampled)
+        return self.restore(image, pre, labels=labels, probabilities=probs, keep_probabilities=probabilities)
 
     # ----------------------------------------------------------------------------------- the three steps
     def preprocess(self, image: Volume) -> PreprocessedCase:
@@ -224,6 +230,7 @@ class Predictor:
         *,
         labels: torch.Tensor | np.ndarray | None = None,
         probabilities: torch.Tensor | np.ndarray | None = None,
+        keep_probabilities: bool = True,
     ) -> tuple[Volume, Volume | None]:
         """Map a prediction on the preprocessed grid back onto ``image``'s grid.
 
@@ -231,25 +238,37 @@ class Predictor:
             image: the scan as given (its shape and affine are the output's).
             pre: what :meth:`preprocess` made of it.
             labels: (*S') class indices; None: the argmax of ``probabilities`` (e.g. an ensemble's mean).
-            probabilities: (K, *S') class probabilities, or None.
+            probabilities: (K, *S') class probabilities, or None. When the plan resampled the scan, the labels
+                are the argmax of these probabilities mapped back onto ``image``'s grid
+                (:meth:`Preprocessor.restore_labels`), not ``labels`` mapped back with nearest neighbour.
+            keep_probabilities: also map ``probabilities`` back and return them (False: they only decide the
+                labels).
 
         Returns:
             ``(labels, probabilities)``: uint8 (int16 above 256 classes) Volume (1, I, J, K), post-processed,
             and float16 Volume (K, I, J, K) or None.
         """
-        if labels is None:
-            if probabilities is None:
-                raise ConfigError("restore needs labels or probabilities")
-            labels = self.labels_from_probabilities(probabilities)
-        labels_np = np.asarray(torch.as_tensor(labels).numpy())
-        restored = self.preprocessor.restore(labels_np, pre.meta, is_label=True)
+        if probabilities is not None and _resampled(pre):  # probabilities, not labels, go back to the input grid
+            probs = torch.as_tensor(probabilities).numpy()
+            if self.plan.regions is None:
+                restored = self.preprocessor.restore_labels(probs, pre.meta)
+            else:
+                back = self.preprocessor.restore(probs.astype(np.float32), pre.meta, is_label=False)
+                restored = self.labels_from_probabilities(back).numpy()
+        else:
+            if labels is None:
+                if probabilities is None:
+                    raise ConfigError("restore needs labels or probabilities")
+                labels = self.labels_from_probabilities(probabilities)
+            labels_np = np.asarray(torch.as_tensor(labels).numpy())
+            restored = self.preprocessor.restore(labels_np, pre.meta, is_label=True)
         if self.postprocess is not None:
             restored = self.postprocess(restored)
         top = max(self.plan.regions_class_order or [0]) if self.plan.regions else self.plan.num_classes - 1
         dtype = np.uint8 if top < 256 else np.int16
         label_volume = Volume(np.ascontiguousarray(restored, dtype=dtype)[None], image.affine.copy(), {})
         prob_volume = None
-        if probabilities is not None:
+        if probabilities is not None and keep_probabilities:
             probs = torch.as_tensor(probabilities).float().numpy()
             back = self.preprocessor.restore(probs, pre.meta, is_label=False)
             meta = {"regions_class_order": list(self.plan.regions_class_order)} if self.plan.regions else {}
