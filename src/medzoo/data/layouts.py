@@ -38,6 +38,7 @@ from typing import Any
 
 from medzoo.data.case import Case, DatasetInfo
 from medzoo.errors import DataError
+from medzoo.utils import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,8 @@ def load_dataset(root: str | Path, layout: str | None = None, **options: Any) ->
         layout: layout name (see :func:`list_layouts`); None auto-detects it.
         **options: layout-specific options (e.g. ``classes=4`` for ``mrbrains``, glob patterns for
             ``folder``). A ``medzoo_layout.json`` file at the root may hold ``"layout"`` and default options
-            (used when ``layout`` is None or names the same layout; explicit options win).
+            (used when ``layout`` is None or names the same layout; explicit options win). Every layout also
+            takes ``ignore_label=V``: voxels of raw value ``V`` are unannotated (see :func:`with_ignore_label`).
 
     Returns:
         The :class:`DatasetInfo` with cases sorted by id.
@@ -139,7 +141,10 @@ def load_dataset(root: str | Path, layout: str | None = None, **options: Any) ->
         raise DataError(f"unknown dataset layout '{layout}' (known: {', '.join(list_layouts())})")
     if not root.exists():
         raise DataError(f"{root}: dataset folder does not exist")
+    ignore = options.pop("ignore_label", None)
     info = _LAYOUTS[layout].load(root, **options)
+    if ignore is not None:
+        info = with_ignore_label(info, int(ignore))
     if not info.cases and not info.test_cases:
         raise DataError(f"{root}: the {layout} layout found no cases")
     ids = [c.case_id for c in info.cases + info.test_cases]
@@ -147,6 +152,32 @@ def load_dataset(root: str | Path, layout: str | None = None, **options: Any) ->
     if dupes:
         raise DataError(f"{root}: duplicate case ids {dupes[:5]}")
     log.info("%s: %d training and %d test cases (%s layout)", root, len(info.cases), len(info.test_cases), layout)
+    return info
+
+
+def with_ignore_label(info: DatasetInfo, value: int) -> DatasetInfo:
+    """The dataset with raw label ``value`` marking unannotated voxels (sparse annotation, as nnU-Net's ignore).
+
+    The value leaves the classes (the classes above it move down one index, region definitions follow) and
+    ``label_mapping`` sends it to :data:`medzoo.utils.IGNORE_INDEX`. A value no label file declares is fine.
+
+    Raises:
+        DataError: ``value`` is the background's value.
+    """
+    mapping = dict(info.label_mapping or {k: k for k in info.labels})
+    gone = mapping.pop(value, None)
+    if gone == 0:
+        raise DataError(f"{info.root}: the ignore label {value} is the background's value; pick another")
+    labels = dict(info.labels)
+    if gone is not None and gone != IGNORE_INDEX:
+        labels.pop(gone)
+        shift = {c: c - (c > gone) for c in info.labels if c != gone}
+        labels = {shift[c]: n for c, n in labels.items()}
+        mapping = {raw: shift[c] for raw, c in mapping.items()}
+        if info.regions:
+            info.regions = {k: [shift[c] for c in cs if c != gone] for k, cs in info.regions.items()}
+    mapping[value] = IGNORE_INDEX
+    info.labels, info.label_mapping, info.ignore_label = dict(sorted(labels.items())), mapping, value
     return info
 
 
@@ -291,22 +322,32 @@ def _load_nnunet(root: Path) -> DatasetInfo:
     ending = str(d["file_ending"])
     raw: dict[int, str] = {}
     regions: dict[str, list[int]] = {}
+    ignore = None
+    region_based = any(isinstance(v, list) for v in d["labels"].values())
     for name, value in d["labels"].items():
-        if isinstance(value, list):  # region-based dataset: a region is a union of label values
-            regions[str(name)] = [int(v) for v in value]
-            if len(value) == 1:
-                raw[int(value[0])] = str(name)
-        else:
-            raw[int(value)] = str(name)
+        if str(name) == "ignore":  # nnU-Net v2's sparse annotation: this value marks unannotated voxels
+            ignore = int(value)
+            continue
+        values = [int(v) for v in value] if isinstance(value, list) else [int(value)]
+        if len(values) == 1:
+            raw[values[0]] = str(name)
+        # region-based dataset: every entry but the background is a region, a union of label values
+        if region_based and values != [0]:
+            regions[str(name)] = values
+    for value in sorted({v for vs in regions.values() for v in vs} - set(raw)):
+        raw[value] = f"label_{value}"  # a value only named through the regions holding it
     labels, mapping = _contiguous(dict(sorted(raw.items())))
     if regions and mapping:
         regions = {k: [mapping[v] for v in vs if v in mapping] for k, vs in regions.items()}
     cases = _nnunet_cases(root / "imagesTr", ending, len(modalities), root / "labelsTr")
     tests = _nnunet_cases(root / "imagesTs", ending, len(modalities), None)
-    return DatasetInfo(
+    order = d.get("regions_class_order")
+    info = DatasetInfo(
         root=root, layout="nnunet", cases=cases, labels=labels, modalities=modalities,
         label_mapping=mapping, test_cases=tests, regions=regions or None, name=str(d.get("name", root.name)),
+        regions_class_order=[int(v) for v in order] if regions and order else None,
     )
+    return info if ignore is None else with_ignore_label(info, ignore)
 
 
 # ------------------------------------------------------------------------------------------- brats
@@ -314,6 +355,8 @@ def _load_nnunet(root: Path) -> DatasetInfo:
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
 BRATS_LABELS = {0: "background", 1: "necrotic_tumor_core", 2: "peritumoral_edema", 3: "enhancing_tumor"}
 BRATS_REGIONS = {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}
+#: The raw label value each region paints, in order: WT -> edema (2), TC -> necrosis (1), ET -> enhancing (4).
+BRATS_REGIONS_CLASS_ORDER = (2, 1, 4)
 
 
 def _brats_file(folder: Path, suffix: str) -> Path | None:
@@ -354,7 +397,7 @@ def _load_brats(root: Path) -> DatasetInfo:
         root=root, layout="brats", cases=_sorted_cases(cases), labels=dict(BRATS_LABELS),
         modalities=list(BRATS_MODALITIES), label_mapping={0: 0, 1: 1, 2: 2, 4: 3},
         test_cases=_sorted_cases(tests), regions={k: list(v) for k, v in BRATS_REGIONS.items()},
-        name="BraTS",
+        regions_class_order=list(BRATS_REGIONS_CLASS_ORDER), name="BraTS",
     )
 
 
