@@ -46,10 +46,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="layout of a PyTorch network: auto (default: channels-last on the CPU where the model's "
                         "card says it runs faster so), channels_last, contiguous")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--log-file", metavar="PATH", help="also write the log lines (one per case, ...) to this file")
     p.set_defaults(func=run)
 
 
 def run(ns: argparse.Namespace) -> int:
+    from medzoo.logs import add_log_file, remove_log_file
+
+    handler = add_log_file(ns.log_file) if ns.log_file else None
+    try:
+        return _predict(ns)
+    finally:
+        if handler is not None:
+            remove_log_file(handler)
+
+
+def _predict(ns: argparse.Namespace) -> int:
     from medzoo.inference.predictor import predict
 
     report = predict(
