@@ -8,7 +8,7 @@ gets; also says whether any prediction came out empty). Each row gives the plan 
 spacing, patch, batch) and the median share of training time the steps waited for the loader.
 
 ``--dataset``: ``hippocampus`` (default; ``$MEDZOO_HIPPOCAMPUS_DIR`` or ``../shared/data/Task04_Hippocampus``),
-``brats2013`` (``../shared/data/BraTS2013_deepmedic`` through the ``folder`` layout, FLAIR + T1c, labels 0-4),
+``brats2013`` (``$MEDZOO_BRATS2013_DIR`` or ``../shared/data/BraTS2013_deepmedic``, through the ``folder`` layout, FLAIR + T1c, labels 0-4),
 a phantom kind (``brain``, ``ct``, ``thick-mri``, ``multi-organ``: written first, ``--cases``/``--shape``), or a
 dataset folder (``--layout``, ``--layout-option``). Skipped with a message when the data is missing. Long: one
 timed run at a time on a quiet machine.
@@ -60,8 +60,10 @@ def resolve_dataset(name: str, runs_dir: Path, cases: int, shape: tuple[int, int
         data = hippocampus_dir()
         return data, layout, layout_options, "Task04_Hippocampus not found (set MEDZOO_HIPPOCAMPUS_DIR)"
     if name == "brats2013":
-        data = REPO.parent / "shared" / "data" / "BraTS2013_deepmedic"
-        return (data if data.is_dir() else None), "folder", {**BRATS_LAYOUT, **layout_options}, f"{data} not found"
+        env = os.environ.get("MEDZOO_BRATS2013_DIR")
+        data = Path(env) if env else REPO.parent / "shared" / "data" / "BraTS2013_deepmedic"
+        return ((data if data.is_dir() else None), "folder", {**BRATS_LAYOUT, **layout_options},
+                f"{data} not found (set MEDZOO_BRATS2013_DIR)")
     if name in PHANTOM_KINDS:
         from medzoo.data.phantom import make_phantom_dataset
 
