@@ -16,7 +16,7 @@ import sys
 from medzoo.errors import MedzooError
 
 COMMANDS = [
-    "demo", "phantom", "fingerprint", "preprocess", "train", "predict", "evaluate", "export", "models",
+    "demo", "phantom", "fingerprint", "preprocess", "train", "predict", "ensemble", "evaluate", "export", "models",
     "pack", "unpack", "info",
 ]
 
