@@ -17,6 +17,7 @@ from medzoo.cli import main
 from medzoo.engine.checkpoint import load_checkpoint, load_model_from_run
 from medzoo.errors import CheckpointError
 from medzoo.inference.predictor import Predictor
+from medzoo.io.readers import read_volume, write_volume
 from medzoo.packaging import MANIFEST, open_model, pack_model, read_manifest, unpack_model
 from support.inference import blob_image, make_run
 
@@ -190,3 +191,18 @@ def test_pack_and_unpack_commands(run, tmp_path, capsys):
     assert main(["unpack", str(tmp_path / "missing.medzoo"), str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("medzoo unpack: error:") and "missing.medzoo" in err and "\n" not in err
+
+
+def test_predict_command_takes_a_packed_model(run, tmp_path, fp32_on_cpu):
+    packed = pack_model(run, tmp_path / "model.medzoo")
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for seed in (1, 2):
+        write_volume(blob_image((17, 19, 12), seed=seed), scans / f"case{seed}.nii.gz")
+    common = ["--input", str(scans), "--backend", "torch", "--amp", "none", "--no-progress"]
+    assert main(["predict", "--model", str(run), "--output", str(tmp_path / "from_run"), *common]) == 0
+    assert main(["predict", "--model", str(packed), "--output", str(tmp_path / "from_file"), *common]) == 0
+    for name in ("case1.nii.gz", "case2.nii.gz"):
+        expected = read_volume(tmp_path / "from_run" / name)
+        got = read_volume(tmp_path / "from_file" / name)
+        assert np.array_equal(got.array, expected.array) and np.allclose(got.affine, expected.affine)

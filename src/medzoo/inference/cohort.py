@@ -14,15 +14,18 @@ import datetime
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch.distributed as dist
 
 from medzoo.engine.distributed import DistInfo, env_info
+from medzoo.inference.inputs import InputCase
+from medzoo.inference.pipeline import PredictionReport
 
 log = logging.getLogger(__name__)
 
-__all__ = ["cohort_group", "gather_to_main", "rank_share"]
+__all__ = ["cohort_group", "gather_to_main", "merge_reports", "rank_share", "split_existing"]
 
 T = TypeVar("T")
 #: How long rank 0 waits at the end for the slowest rank (its share can take hours on a large cohort).
@@ -64,3 +67,31 @@ def gather_to_main(obj: Any) -> list[Any] | None:
     box: list[Any] | None = [None] * dist.get_world_size() if rank == 0 else None
     dist.gather_object(obj, box, dst=0)
     return box
+
+
+def split_existing(
+    cases: Sequence[InputCase], output_dir: Path, skip_existing: bool
+) -> tuple[list[InputCase], list[Path]]:
+    """``(cases to predict, outputs kept)``: with ``skip_existing``, a case whose output file is there already
+    is kept as it is (outputs are written atomically, so an existing file is a whole one)."""
+    if not skip_existing:
+        return list(cases), []
+    todo = [case for case in cases if not (output_dir / case.output_name).is_file()]
+    kept = [output_dir / case.output_name for case in cases if (output_dir / case.output_name).is_file()]
+    if kept:
+        log.info("%d of %d case(s) already predicted in %s; skipping them", len(kept), len(cases), output_dir)
+    return todo, kept
+
+
+def merge_reports(reports: Sequence[PredictionReport]) -> PredictionReport:
+    """One report for the whole job from every rank's (rank 0's time: it waited for the slowest rank)."""
+    merged = PredictionReport(seconds=reports[0].seconds)
+    for report in reports:
+        merged.written += report.written
+        merged.failed += report.failed
+        merged.probabilities += report.probabilities
+        merged.skipped += report.skipped
+    merged.written.sort()
+    merged.failed.sort()
+    merged.skipped.sort()
+    return merged
