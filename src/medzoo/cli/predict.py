@@ -11,8 +11,10 @@ from medzoo.engine.config import AMP_MODES, MEMORY_FORMATS, OUTPUT_FORMATS
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict label maps with a trained run (or an exported model)")
-    p.add_argument("--model", required=True,
-                   help="run folder (plan.json + checkpoints), a .medzoo file (medzoo pack) or an .onnx export")
+    p.add_argument("--model", required=True, nargs="+", metavar="RUN",
+                   help="run folder (plan.json + checkpoints), a .medzoo file (medzoo pack) or an .onnx export; a "
+                        "cross-validation folder (RUN/fold_k) averages its folds, several runs are averaged (same "
+                        "labels)")
     p.add_argument("--input", "-i", required=True,
                    help="an image file, a folder of them, a DICOM series folder or a folder of series folders")
     p.add_argument("--layout", default=None,
@@ -30,6 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-largest", action="store_true", help="keep the largest component of each class")
     p.add_argument("--fill-holes", action="store_true", help="fill enclosed holes of each class")
     p.add_argument("--min-size", type=int, default=0, help="drop components smaller than this (voxels)")
+    p.add_argument("--no-postprocess", action="store_true",
+                   help="skip the post-processing a cross-validation chose (RUN/postprocessing.json)")
     p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
                    help="auto (default): on the CPU the faster of OpenVINO (fp32; the run's network exported once "
                         "and cached in RUN/.medzoo_cache) and PyTorch (in the --amp precision), timed once per "
@@ -58,11 +62,12 @@ def run(ns: argparse.Namespace) -> int:
     from medzoo.inference.predictor import predict
 
     report = predict(
-        ns.model, ns.input, ns.output, checkpoint=ns.checkpoint, device=ns.device, tta=ns.tta,
+        ns.model[0] if len(ns.model) == 1 else ns.model, ns.input, ns.output, checkpoint=ns.checkpoint, device=ns.device, tta=ns.tta,
         overlap=ns.overlap, batch_size=ns.batch_size, save_probabilities=ns.save_probabilities,
         keep_largest=ns.keep_largest, fill_holes=ns.fill_holes, min_size=ns.min_size, backend=ns.backend,
         progress=not ns.no_progress, layout=ns.layout, layout_options=dict(ns.layout_option), amp=ns.amp,
-        memory_format=ns.memory_format, output_format=ns.output_format, skip_existing=ns.skip_existing,
+        memory_format=ns.memory_format, chosen_postprocessing=not ns.no_postprocess,
+        output_format=ns.output_format, skip_existing=ns.skip_existing,
     )  # fmt: skip
     if not env_info().is_main:  # under torchrun rank 0 reports for the whole job
         return 1 if report.failed else 0

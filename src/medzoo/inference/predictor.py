@@ -48,6 +48,11 @@ __all__ = [
 ]
 
 
+
+def _resampled(pre: PreprocessedCase) -> bool:
+    """Whether preprocessing resampled the scan to another grid (the plan's spacing differs from its own)."""
+    return "resample_from_shape" in pre.meta and list(pre.meta["resample_from_shape"]) != list(pre.meta["shape"])
+
 class Predictor:
     """Predict label maps with a trained network and the plan it was trained with.
 
@@ -178,13 +183,14 @@ class Predictor:
     def predict_case(self, image: Volume, probabilities: bool = False) -> tuple[Volume, Volume | None]:
         """Labels (and optionally probabilities) of one scan; see :meth:`predict_volume`.
 
-        The probabilities are the softmax of the blended logits, mapped back linearly; the labels are the
-        argmax on the network's grid mapped back with nearest neighbour (so when the plan resamples, the
-        argmax of the returned probabilities can differ from the labels at a few boundary voxels).
+        The probabilities are the softmax of the blended logits, mapped back linearly. When the plan
+        resamples, the labels are the argmax of those probabilities on the input's grid
+        (:meth:`Preprocessor.restore_labels`), else the argmax on the network's grid.
         """
         pre = self.preprocess(image)
-        labels, probs = self.predict_preprocessed(pre.image, probabilities)
-        return self.restore(image, pre, labels=labels, probabilities=probs)
+        resampled = _resampled(pre)
+        labels, probs = self.predict_preprocessed(pre.image, probabilities or resampled)
+        return self.restore(image, pre, labels=labels, probabilities=probs, keep_probabilities=probabilities)
 
     # ----------------------------------------------------------------------------------- the three steps
     def preprocess(self, image: Volume) -> PreprocessedCase:
@@ -198,10 +204,27 @@ class Predictor:
         """The network over a preprocessed scan (C, *S'): labels (*S') uint8 and, when asked, float16
         probabilities (K, *S'), both on the CPU and on the preprocessed grid."""
         x = torch.as_tensor(image)
+        regions = self.plan.regions is not None  # region labels are painted from the probabilities
         if self.plan.spatial_dims == 3 or x.ndim == 3:  # a 3D net, or a 2D net on a 2D image
-            labels, probs = self._sliding(x[None], probabilities)
-            return labels[0], None if probs is None else probs[0]
-        return self._run_slices(x, probabilities)
+            labels, probs = self._sliding(x[None], probabilities or regions)
+            labels, probs = labels[0], None if probs is None else probs[0]
+        else:
+            labels, probs = self._run_slices(x, probabilities or regions)
+        if regions:
+            labels = self.labels_from_probabilities(probs)
+            probs = probs if probabilities else None
+        return labels, probs
+
+    def labels_from_probabilities(self, probabilities: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """(K, *S) probabilities -> (*S) labels: the argmax, or for a region plan each region above 0.5
+        painting its label value in ``plan.regions_class_order`` (see
+        :func:`medzoo.inference.ensemble.probabilities_to_labels`)."""
+        if self.plan.regions is None:
+            return torch.as_tensor(probabilities).argmax(0).to(torch.uint8 if self.plan.num_classes <= 256 else torch.int16)
+        from medzoo.inference.ensemble import probabilities_to_labels
+
+        probs = torch.as_tensor(probabilities).float().numpy()
+        return torch.from_numpy(probabilities_to_labels(probs, self.plan.regions_class_order))
 
     def restore(
         self,
@@ -210,6 +233,7 @@ class Predictor:
         *,
         labels: torch.Tensor | np.ndarray | None = None,
         probabilities: torch.Tensor | np.ndarray | None = None,
+        keep_probabilities: bool = True,
     ) -> tuple[Volume, Volume | None]:
         """Map a prediction on the preprocessed grid back onto ``image``'s grid.
 
@@ -217,27 +241,41 @@ class Predictor:
             image: the scan as given (its shape and affine are the output's).
             pre: what :meth:`preprocess` made of it.
             labels: (*S') class indices; None: the argmax of ``probabilities`` (e.g. an ensemble's mean).
-            probabilities: (K, *S') class probabilities, or None.
+            probabilities: (K, *S') class probabilities, or None. When the plan resampled the scan, the labels
+                are the argmax of these probabilities mapped back onto ``image``'s grid
+                (:meth:`Preprocessor.restore_labels`), not ``labels`` mapped back with nearest neighbour.
+            keep_probabilities: also map ``probabilities`` back and return them (False: they only decide the
+                labels).
 
         Returns:
             ``(labels, probabilities)``: uint8 (int16 above 256 classes) Volume (1, I, J, K), post-processed,
             and float16 Volume (K, I, J, K) or None.
         """
-        if labels is None:
-            if probabilities is None:
-                raise ConfigError("restore needs labels or probabilities")
-            labels = torch.as_tensor(probabilities).argmax(0)
-        labels_np = np.asarray(torch.as_tensor(labels).numpy())
-        restored = self.preprocessor.restore(labels_np, pre.meta, is_label=True)
+        if probabilities is not None and _resampled(pre):  # probabilities, not labels, go back to the input grid
+            probs = torch.as_tensor(probabilities).numpy()
+            if self.plan.regions is None:
+                restored = self.preprocessor.restore_labels(probs, pre.meta)
+            else:
+                back = self.preprocessor.restore(probs.astype(np.float32), pre.meta, is_label=False)
+                restored = self.labels_from_probabilities(back).numpy()
+        else:
+            if labels is None:
+                if probabilities is None:
+                    raise ConfigError("restore needs labels or probabilities")
+                labels = self.labels_from_probabilities(probabilities)
+            labels_np = np.asarray(torch.as_tensor(labels).numpy())
+            restored = self.preprocessor.restore(labels_np, pre.meta, is_label=True)
         if self.postprocess is not None:
             restored = self.postprocess(restored)
-        dtype = np.uint8 if self.plan.num_classes <= 256 else np.int16
+        top = max(self.plan.regions_class_order or [0]) if self.plan.regions else self.plan.num_classes - 1
+        dtype = np.uint8 if top < 256 else np.int16
         label_volume = Volume(np.ascontiguousarray(restored, dtype=dtype)[None], image.affine.copy(), {})
         prob_volume = None
-        if probabilities is not None:
+        if probabilities is not None and keep_probabilities:
             probs = torch.as_tensor(probabilities).float().numpy()
             back = self.preprocessor.restore(probs, pre.meta, is_label=False)
-            prob_volume = Volume(np.asarray(back, dtype=np.float16), image.affine.copy(), {})
+            meta = {"regions_class_order": list(self.plan.regions_class_order)} if self.plan.regions else {}
+            prob_volume = Volume(np.asarray(back, dtype=np.float16), image.affine.copy(), meta)
         return label_volume, prob_volume
 
     # ------------------------------------------------------------------------------------------ internals
@@ -266,6 +304,7 @@ class Predictor:
                 x, self.model, self.plan.patch_size, overlap=self.overlap, blend=self.blend,
                 batch_size=self.batch_size, mirror_axes=self.mirror_axes, return_probabilities=probabilities,
                 progress=self.progress, device=self.device, skip_empty=self.skip_empty,
+                activation="sigmoid" if self.plan.regions is not None else "softmax",
             )  # fmt: skip
         return labels.cpu(), None if probs is None else probs.cpu()
 
@@ -384,6 +423,7 @@ class PredictOptions:
     keep_largest: bool = False
     fill_holes: bool = False
     min_size: int = 0
+    chosen_postprocessing: bool = True
     progress: bool = True
     output_format: str = "image"
     skip_existing: bool = False
@@ -424,6 +464,7 @@ def predict(
     layout_options: dict[str, Any] | None = None,
     amp: str = "auto",
     memory_format: str = "auto",
+    chosen_postprocessing: bool = True,
     output_format: str = "image",
     skip_existing: bool = False,
     options: PredictOptions | None = None,
@@ -432,7 +473,8 @@ def predict(
 
     Args:
         run_dir: a run folder (plan.json + checkpoints), or an exported ``.onnx`` file (its JSON card beside
-            it) for the ``onnxruntime`` / ``openvino`` backends.
+            it) for the ``onnxruntime`` / ``openvino`` backends; a cross-validation parent folder (its folds
+            are averaged) or a list of runs (averaged), see :mod:`medzoo.inference.ensemble`.
         input_path: one image file, or a folder of them (4D multi-modal files or nnU-Net channel files).
         output_dir: where label maps go (same file names; channel files give ``case`` + extension).
         checkpoint: "best" or "last" (run folders, any backend: an export is made from this checkpoint).
@@ -452,6 +494,8 @@ def predict(
             native bf16, else fp32), "bf16", "fp16" or "none" (fp32; see :func:`inference_amp_dtype`).
         memory_format: layout of a PyTorch network: "auto" (channels-last on the CPU where the model's card
             says so), "channels_last" or "contiguous" (see :class:`Predictor`).
+        chosen_postprocessing: apply the post-processing a cross-validation chose (``RUN/postprocessing.json``)
+            when ``run_dir`` has one.
         output_format: "image" (default: label maps named and typed like the inputs, NIfTI for a DICOM
             series) or "dicom-seg" (a DICOM Segmentation object ``<case>.dcm`` over each input series, see
             :func:`medzoo.io.dicom_seg.write_dicom_seg`).
@@ -474,16 +518,18 @@ def predict(
 
 
 def run_prediction(
-    run_dir: str | Path, input_path: str | Path, output_dir: str | Path, options: PredictOptions
+    run_dir: str | Path | Sequence[str | Path], input_path: str | Path, output_dir: str | Path,
+    options: PredictOptions,
 ) -> PredictionReport:
     """:func:`predict` with its options in one object: find the cases, load the runtime, run the pipeline."""
     from medzoo.inference import cohort
+    from medzoo.inference.ensemble import load_models
     from medzoo.packaging import open_model
 
     started = time.perf_counter()
     tune_malloc()  # reuse freed buffers across windows and cases (see medzoo.perf)
     output_dir = Path(output_dir)
-    run_dir = open_model(run_dir)
+    run_dir = open_model(run_dir) if isinstance(run_dir, (str, Path)) else [open_model(r) for r in run_dir]
     cases = output_cases(find_cases(input_path, options), options.output_format)
     _check_outputs(cases, output_dir)
     with cohort.cohort_group() as info:
@@ -493,7 +539,7 @@ def run_prediction(
         log.debug("rank %d/%d predicts: %s", info.rank, info.world_size, ", ".join(c.name for c in mine))
         report = PredictionReport(skipped=skipped)
         if mine:
-            predictor = load_predictor(run_dir, options)
+            predictor = load_models(run_dir, options)
             run_pipeline(predictor.predict_case, mine, output_dir, options.save_probabilities, report=report,
                          progress=options.progress, write_labels=labels_writer(options.output_format, predictor.plan))
         report.seconds = time.perf_counter() - started
