@@ -355,6 +355,8 @@ def _load_nnunet(root: Path) -> DatasetInfo:
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
 BRATS_LABELS = {0: "background", 1: "necrotic_tumor_core", 2: "peritumoral_edema", 3: "enhancing_tumor"}
 BRATS_REGIONS = {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}
+#: The raw label value each region paints, in order: WT -> edema (2), TC -> necrosis (1), ET -> enhancing (4).
+BRATS_REGIONS_CLASS_ORDER = (2, 1, 4)
 
 
 def _brats_file(folder: Path, suffix: str) -> Path | None:
@@ -395,7 +397,7 @@ def _load_brats(root: Path) -> DatasetInfo:
         root=root, layout="brats", cases=_sorted_cases(cases), labels=dict(BRATS_LABELS),
         modalities=list(BRATS_MODALITIES), label_mapping={0: 0, 1: 1, 2: 2, 4: 3},
         test_cases=_sorted_cases(tests), regions={k: list(v) for k, v in BRATS_REGIONS.items()},
-        name="BraTS",
+        regions_class_order=list(BRATS_REGIONS_CLASS_ORDER), name="BraTS",
     )
 
 
