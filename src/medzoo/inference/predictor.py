@@ -533,8 +533,9 @@ def run_prediction(
     cases = output_cases(find_cases(input_path, options), options.output_format)
     _check_outputs(cases, output_dir)
     with cohort.cohort_group() as info:
-        if info.enabled:
-            options = replace(options, device=str(resolve_device(options.device, info)))
+        if info.enabled:  # this rank's GPU; one progress bar for the job, not one per rank
+            options = replace(options, device=str(resolve_device(options.device, info)),
+                              progress=options.progress and info.is_main)
         mine, skipped = cohort.split_existing(cohort.rank_share(cases, info), output_dir, options.skip_existing)
         log.debug("rank %d/%d predicts: %s", info.rank, info.world_size, ", ".join(c.name for c in mine))
         report = PredictionReport(skipped=skipped)
