@@ -28,6 +28,8 @@ __all__ = ["PredictionReport", "run_pipeline"]
 
 #: ``predict_case(image, probabilities) -> (label volume, probability volume or None)``
 PredictCase = Callable[[Volume, bool], "tuple[Volume, Volume | None]"]
+#: ``write_labels(label volume, case, path) -> the path written``
+WriteLabels = Callable[[Volume, InputCase, Path], Path]
 
 
 @dataclass
@@ -39,12 +41,14 @@ class PredictionReport:
         failed: ``(case name, one-line reason)`` for every case that could not be predicted.
         probabilities: probability files written (with ``save_probabilities``).
         seconds: wall-clock time of the whole run.
+        skipped: outputs that were there already and kept (with ``skip_existing``).
     """
 
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     probabilities: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    skipped: list[Path] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -62,6 +66,7 @@ def run_pipeline(
     save_probabilities: bool = False,
     report: PredictionReport | None = None,
     progress: bool = False,
+    write_labels: WriteLabels | None = None,
 ) -> PredictionReport:
     """Predict ``cases`` into ``output_dir``: a reader thread, ``predict_case`` on this thread, a writer thread.
 
@@ -72,6 +77,8 @@ def run_pipeline(
         save_probabilities: also write the probabilities (float16 (K, *S) + affine).
         report: a report to fill (default: a new one).
         progress: a per-case progress bar.
+        write_labels: writes a case's label map to a path and returns the path written (default: the
+            volume writer, by the path's suffix).
 
     Returns:
         The report: written files in case order, failures sorted by case name.
@@ -79,6 +86,7 @@ def run_pipeline(
     from medzoo.io.readers import write_volume
 
     report = report if report is not None else PredictionReport()
+    write_labels = write_labels or (lambda labels, case, path: write_volume(labels, path))
     read_q: queue.Queue = queue.Queue(maxsize=1)
     write_q: queue.Queue = queue.Queue(maxsize=2)
     lock = threading.Lock()
@@ -107,7 +115,7 @@ def run_pipeline(
         while (job := write_q.get()) is not _DONE:
             case, labels, probs = job
             try:
-                out = write_volume(labels, output_dir / case.output_name)
+                out = write_labels(labels, case, output_dir / case.output_name)
                 with lock:
                     report.written.append(out)
                 if probs is not None:
