@@ -54,10 +54,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-existing", action="store_true",
                    help="keep outputs that are there already and predict the rest (rerun a killed job with it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--log-file", metavar="PATH", help="also write the log lines (one per case, ...) to this file")
     p.set_defaults(func=run)
 
 
 def run(ns: argparse.Namespace) -> int:
+    from medzoo.logs import add_log_file, remove_log_file
+
+    handler = add_log_file(ns.log_file) if ns.log_file else None
+    try:
+        return _predict(ns)
+    finally:
+        if handler is not None:
+            remove_log_file(handler)
+
+
+def _predict(ns: argparse.Namespace) -> int:
     from medzoo.engine.distributed import env_info
     from medzoo.inference.predictor import predict
 
