@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from medzoo.cli import main
 from medzoo.data.layouts import load_dataset
@@ -40,6 +41,7 @@ def _predict_validation(run: Path, data: Path, options: dict, out: Path) -> tupl
     return preds, refs
 
 
+@pytest.mark.slow
 def test_region_phantom_trains_and_predicts_the_datasets_label_values(tmp_path):
     data = make_region_phantom(tmp_path / "regions")
     run = tmp_path / "run"
@@ -57,6 +59,7 @@ def test_region_phantom_trains_and_predicts_the_datasets_label_values(tmp_path):
         assert brain > 0.8, brain
 
 
+@pytest.mark.slow
 def test_sparse_labels_learn_the_full_segmentation(tmp_path):
     from medzoo.data.phantom import make_phantom_dataset
 
