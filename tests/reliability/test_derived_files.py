@@ -99,3 +99,16 @@ def test_a_damaged_checkpoint_fails_with_one_line_naming_it(threshold_run, tmp_p
     with pytest.raises(CheckpointError, match="checkpoint_best.pt") as err:
         backends.load_backend(run, backend="torch", device="cpu")
     assert "\n" not in str(err.value)
+
+
+def test_an_export_cached_before_cards_carried_a_sha256_is_made_again_without_a_warning(threshold_run, caplog):
+    import json
+
+    run, _ = threshold_run
+    export = backends.cached_onnx_export(run)
+    card = json.loads(export.with_suffix(".json").read_text())
+    del card["onnx_sha256"]
+    export.with_suffix(".json").write_text(json.dumps(card))
+    with caplog.at_level(logging.WARNING):
+        assert backends.cached_onnx_export(run) == export
+    assert not caplog.records and backends._export_problem(export) is None

@@ -260,7 +260,7 @@ def cached_onnx_export(run_dir: str | Path, checkpoint: str = "best") -> Path | 
             return path
         if _export_failed(failed, ckpt):
             return None
-        if path.exists() or card_path(path).exists():
+        if problem:
             log.warning("%s; discarding the cached export and exporting it again", problem)
         for stale in (path, card_path(path), *_verdict_files(path)):
             stale.unlink(missing_ok=True)
@@ -278,16 +278,19 @@ def _sha256(path: Path) -> str:
 
 
 def _export_problem(path: Path) -> str | None:
-    """Why the cached export ``path`` cannot be used, or None when it and its card are whole."""
+    """Why the cached export ``path`` cannot be used: None when it and its card are whole; ``""`` when it is
+    not there yet, or was cached before exports carried their SHA-256; otherwise what is damaged."""
     if not path.is_file() and not card_path(path).is_file():
-        return "not exported yet"
+        return ""
     if not path.is_file():
         return f"{path}: missing beside its card"
     try:
         card = read_card(path)
     except CheckpointError as err:
         return str(err)
-    if card.get("onnx_sha256") != _sha256(path):
+    if "onnx_sha256" not in card:
+        return ""
+    if card["onnx_sha256"] != _sha256(path):
         return f"{path}: does not match the SHA-256 in its card {card_path(path).name}"
     return None
 
