@@ -91,7 +91,7 @@ def _read_only(folder: Path):
             subprocess.run(["mount", "-o", "remount,bind,ro", str(folder), str(folder)], check=True)
             yield
         finally:
-            subprocess.run(["umount", str(folder)], check=True)
+            subprocess.run(["umount", "-l", str(folder)], check=True)
         return
     modes = {p: p.stat().st_mode for p in [folder, *folder.rglob("*")]}
     for p in modes:
@@ -123,25 +123,16 @@ def test_a_read_only_run_folder_still_predicts(run, scans, tmp_path):
 
 
 @contextmanager
-def _full_disk(folder: Path, free: int = 0):
-    """A tiny tmpfs mounted on ``folder``, filled up to ``free`` bytes by a ballast file (root only)."""
+def _full_disk(folder: Path):
+    """A tiny tmpfs mounted on ``folder`` and filled up by a ballast file (root only)."""
     folder.mkdir(parents=True, exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], check=True)
     try:
         ballast = folder / ".ballast"
-        with open(ballast, "wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 4096)
-                    f.flush()
-            except OSError:
-                pass
-        if free:
-            with open(ballast, "r+b") as f:
-                f.truncate(max(0, ballast.stat().st_size - free))
+        _fill(ballast)
         yield ballast
     finally:
-        subprocess.run(["umount", str(folder)], check=True)
+        subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="mounts a tmpfs (test_training_faults fakes the full disk instead)")
@@ -232,7 +223,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
 
 def test_a_second_training_on_the_same_out_is_refused_and_kill_9_then_resume_finishes(phantom, tmp_path):
     run = tmp_path / "run"
-    first = _train(phantom, run, pause=1.0)
+    first = _train(phantom, run, pause=4.0)
     _wait_for(run / "checkpoint_last.pt", first)
     for extra in ([], ["--resume", str(run)]):
         code, err = _finish(_train(phantom, run, *extra))
@@ -253,26 +244,34 @@ def test_training_that_fills_the_disk_keeps_its_last_checkpoint_and_resumes(phan
     run = tmp_path / "run"
     run.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(run)], check=True)
+    proc = None
     try:
-        proc = _train(phantom, run, "--cache-dir", tmp_path / "cache", pause=1.0)
+        proc = _train(phantom, run, "--cache-dir", tmp_path / "cache", pause=4.0)
         _wait_for(run / "checkpoint_last.pt", proc)
         time.sleep(0.2)
-        ballast = tmp_path / "run" / ".ballast"
-        with open(ballast, "wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 4096)
-                    f.flush()
-            except OSError:
-                pass
+        ballast = run / ".ballast"
+        _fill(ballast)  # the disk fills while the first epoch's checkpoint is on it
         code, err = _finish(proc)
         lines = error_lines(err, "train")
         assert code == 1 and len(lines) == 1, err[-2000:]
         assert "No space left" in lines[0] or "free on that disk" in lines[0], lines[0]
         assert load_checkpoint(run / "checkpoint_last.pt")["epoch"] >= 1  # whole
         ballast.unlink()
-        code, err = _finish(_train(phantom, run, "--cache-dir", tmp_path / "cache", "--resume", str(run)))
+        code, err = _finish(_train(phantom, run, "--resume", run))
         assert code == 0 and not error_lines(err, "train"), err[-2000:]
         assert load_checkpoint(run / "checkpoint_last.pt")["epoch"] == 3
     finally:
-        subprocess.run(["umount", str(run)], check=True)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["umount", "-l", str(run)], check=True)
+
+
+def _fill(ballast: Path) -> None:
+    """Write ``ballast`` until its disk is full."""
+    with open(ballast, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
