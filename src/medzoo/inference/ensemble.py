@@ -5,6 +5,14 @@
 ``regions_class_order`` (the label value each sigmoid channel paints, in painting order). An ensemble of
 several folders is the mean of their probabilities, accumulated one folder at a time so memory stays that
 of one case's probabilities plus one running sum, whatever the number of members.
+
+:class:`EnsemblePredictor` does the same live, inside ``medzoo predict``: ``--model RUN`` with a
+cross-validation parent folder (``RUN/fold_k``) averages its folds, and ``--model RUN_A RUN_B`` averages
+several runs with the same labels. Members trained with the same plan (the folds of one cross-validation)
+are averaged on the preprocessed grid, before the one resampling back to the scan's grid, as nnU-Net does;
+members with different plans (e.g. a 2D and a 3D run) each map their probabilities back to the scan's grid,
+where they are averaged. A cross-validation's chosen post-processing (``RUN/postprocessing.json``) is applied
+to the ensemble's labels.
 """
 
 from __future__ import annotations
@@ -13,18 +21,26 @@ import logging
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
-from medzoo.errors import DataError
+from medzoo.errors import ConfigError, DataError
 from medzoo.io.readers import write_volume
 from medzoo.io.volume import Volume
 from medzoo.utils import atomic_write
+
+if TYPE_CHECKING:
+    from medzoo.inference.predictor import PredictOptions, Predictor
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "PROBABILITIES_SUFFIX",
+    "EnsemblePredictor",
+    "load_models",
+    "model_members",
     "ensemble_folders",
     "probabilities_to_labels",
     "read_probabilities",
@@ -148,3 +164,126 @@ def ensemble_folders(
             write_probabilities(output_dir / f"{case}{PROBABILITIES_SUFFIX}", total, affine, order)
     log.info("ensembled %d case(s) of %d folders into %s", len(written), len(folders), output_dir)
     return written
+
+
+def model_members(models: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The run folders (or exports) a ``--model`` value names: a cross-validation parent gives its folds.
+
+    Raises:
+        ConfigError: a folder that is neither a run (``plan.json``) nor a parent of trained ``fold_k`` folders.
+    """
+    from medzoo.engine.crossval import fold_dirs
+
+    given = [Path(models)] if isinstance(models, (str, Path)) else [Path(m) for m in models]
+    members: list[Path] = []
+    for path in given:
+        if path.is_dir() and not (path / "plan.json").is_file():
+            folds = fold_dirs(path)
+            if not folds:
+                raise ConfigError(f"{path}: neither a run folder (plan.json) nor a cross-validation (fold_k folders)")
+            members.extend(folds)
+        else:
+            members.append(path)
+    return members
+
+
+def _same_preprocessing(plans: Sequence) -> bool:
+    """Whether every plan preprocesses a scan identically (then their outputs share one grid)."""
+    keys = ("target_spacing", "crop_to_nonzero", "normalization", "norm_stats", "modalities", "num_classes")
+    first = plans[0].to_dict()
+    return all(all(p.to_dict().get(k) == first.get(k) for k in keys) for p in plans[1:])
+
+
+class EnsemblePredictor:
+    """Several predictors as one: the mean of their probabilities, accumulated member by member.
+
+    Args:
+        members: :class:`~medzoo.inference.predictor.Predictor` objects with the same classes.
+        postprocess: optional callable on the ensemble's label map (*S) (e.g. a chosen post-processing).
+
+    ``predict_case(image, probabilities)`` has the :meth:`Predictor.predict_case` contract, so the prediction
+    pipeline runs an ensemble as it runs one model.
+    """
+
+    def __init__(self, members: Sequence[Predictor], postprocess: Callable[[np.ndarray], np.ndarray] | None = None):
+        if not members:
+            raise ConfigError("an ensemble needs at least one model")
+        classes = {m.plan.num_classes for m in members}
+        if len(classes) > 1:
+            raise ConfigError(f"the ensemble's models predict different numbers of classes {sorted(classes)}")
+        self.members = list(members)
+        self.plan = self.members[0].plan
+        self.postprocess = postprocess
+        self.shared_grid = _same_preprocessing([m.plan for m in self.members])
+
+    def predict_case(self, image: Volume, probabilities: bool = False) -> tuple[Volume, Volume | None]:
+        """Labels (1, *S) and, when asked, mean probabilities (K, *S) of the members on ``image``'s grid."""
+        if self.shared_grid:
+            first = self.members[0]
+            pre = first.preprocess(image)
+            total = None
+            for member in self.members:
+                _, probs = member.predict_preprocessed(pre.image, probabilities=True)
+                total = probs.float() if total is None else total.add_(probs.float())
+                del probs
+            mean = total.div_(len(self.members))
+            labels, probs = first.restore(image, pre, labels=mean.argmax(0).to(torch.uint8),
+                                          probabilities=mean if probabilities else None)  # fmt: skip
+        else:
+            total = None
+            for member in self.members:
+                _, probs = member.predict_case(image, probabilities=True)
+                arr = probs.array.astype(np.float32)
+                total = arr if total is None else np.add(total, arr, out=total)
+                del probs, arr
+            mean = total / len(self.members)
+            labels = Volume(probabilities_to_labels(mean)[None], image.affine.copy(), {})
+            probs = Volume(mean.astype(np.float16), image.affine.copy(), {}) if probabilities else None
+        if self.postprocess is not None:
+            labels = Volume(self.postprocess(labels.array[0])[None], labels.affine, labels.meta)
+        return labels, probs
+
+
+def load_models(models: str | Path | Sequence[str | Path], options: PredictOptions) -> Predictor | EnsemblePredictor:
+    """The predictor ``medzoo predict --model`` asks for: one run, a cross-validation's folds, or several runs.
+
+    A single cross-validation parent's ``postprocessing.json`` is applied unless
+    ``options.chosen_postprocessing`` is False.
+    """
+    from medzoo.inference.postprocess import POSTPROCESSING_FILE, ChosenPostprocessing
+    from medzoo.inference.predictor import load_predictor
+
+    given = [Path(models)] if isinstance(models, (str, Path)) else [Path(m) for m in models]
+    members = model_members(given)
+    chosen = None
+    if len(given) == 1 and options.chosen_postprocessing and (given[0] / POSTPROCESSING_FILE).is_file():
+        chosen = ChosenPostprocessing.load(given[0] / POSTPROCESSING_FILE)
+        log.info("post-processing chosen by cross-validation: %s", chosen.to_dict())
+    if len(members) == 1:
+        predictor = load_predictor(members[0], options)
+        if chosen is not None and chosen.active:
+            predictor.postprocess = _chain(predictor.postprocess, chosen)
+        return predictor
+    predictors = []
+    for member in members:
+        predictor = load_predictor(member, options)
+        predictor.postprocess = None  # the ensemble post-processes its own labels once
+        predictors.append(predictor)
+    post = _chain(options.postprocess(), chosen if chosen is not None and chosen.active else None)
+    log.info("ensemble of %d models: %s", len(members), ", ".join(str(m) for m in members))
+    return EnsemblePredictor(predictors, postprocess=post)
+
+
+def _chain(*steps: Callable[[np.ndarray], np.ndarray] | None) -> Callable[[np.ndarray], np.ndarray] | None:
+    active = [s for s in steps if s is not None]
+    if not active:
+        return None
+    if len(active) == 1:
+        return active[0]
+
+    def run(labels: np.ndarray) -> np.ndarray:
+        for step in active:
+            labels = step(labels)
+        return labels
+
+    return run

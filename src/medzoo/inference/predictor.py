@@ -381,6 +381,7 @@ class PredictOptions:
     keep_largest: bool = False
     fill_holes: bool = False
     min_size: int = 0
+    chosen_postprocessing: bool = True
     progress: bool = True
     # inputs
     layout: str | None = None
@@ -419,13 +420,15 @@ def predict(
     layout_options: dict[str, Any] | None = None,
     amp: str = "auto",
     memory_format: str = "auto",
+    chosen_postprocessing: bool = True,
     options: PredictOptions | None = None,
 ) -> PredictionReport:
     """Predict every scan of a file or folder with a trained run (or an exported model).
 
     Args:
         run_dir: a run folder (plan.json + checkpoints), or an exported ``.onnx`` file (its JSON card beside
-            it) for the ``onnxruntime`` / ``openvino`` backends.
+            it) for the ``onnxruntime`` / ``openvino`` backends; a cross-validation parent folder (its folds
+            are averaged) or a list of runs (averaged), see :mod:`medzoo.inference.ensemble`.
         input_path: one image file, or a folder of them (4D multi-modal files or nnU-Net channel files).
         output_dir: where label maps go (same file names; channel files give ``case`` + extension).
         checkpoint: "best" or "last" (run folders, any backend: an export is made from this checkpoint).
@@ -445,6 +448,8 @@ def predict(
             native bf16, else fp32), "bf16", "fp16" or "none" (fp32; see :func:`inference_amp_dtype`).
         memory_format: layout of a PyTorch network: "auto" (channels-last on the CPU where the model's card
             says so), "channels_last" or "contiguous" (see :class:`Predictor`).
+        chosen_postprocessing: apply the post-processing a cross-validation chose (``RUN/postprocessing.json``)
+            when ``run_dir`` has one.
         options: all of the above in one :class:`PredictOptions`; when given, the keyword arguments are
             ignored.
 
@@ -458,15 +463,18 @@ def predict(
 
 
 def run_prediction(
-    run_dir: str | Path, input_path: str | Path, output_dir: str | Path, options: PredictOptions
+    run_dir: str | Path | Sequence[str | Path], input_path: str | Path, output_dir: str | Path,
+    options: PredictOptions,
 ) -> PredictionReport:
     """:func:`predict` with its options in one object: find the cases, load the runtime, run the pipeline."""
+    from medzoo.inference.ensemble import load_models
+
     started = time.perf_counter()
     tune_malloc()  # reuse freed buffers across windows and cases (see medzoo.perf)
     output_dir = Path(output_dir)
     cases = find_cases(input_path, options)
     _check_outputs(cases, output_dir)
-    predictor = load_predictor(run_dir, options)
+    predictor = load_models(run_dir, options)
     report = run_pipeline(predictor.predict_case, cases, output_dir, options.save_probabilities,
                           progress=options.progress)  # fmt: skip
     report.seconds = time.perf_counter() - started
