@@ -107,7 +107,7 @@ def test_brats_modalities_label_remap_and_regions(tmp_path):
     assert [c.case_id for c in info.cases] == ["BraTS2021_00002", "BraTS2021_00010"]
     assert [c.case_id for c in info.test_cases] == ["BraTS2021_99999"]
     assert info.modalities == ["t1", "t1ce", "t2", "flair"]
-    assert info.regions == {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}
+    assert info.regions == {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]} and info.regions_class_order == [2, 1, 4]
     image, label = load_case(info.cases[1], info)  # 00010, n=0
     assert [float(image.array[m].max()) for m in range(4)] == [0.0, 10.0, 20.0, 30.0]
     raw = nib.load(str(info.cases[1].label_path)).get_fdata()

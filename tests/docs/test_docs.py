@@ -149,3 +149,16 @@ def test_environment_variables_are_documented():
     text = (DOCS / "configuration.md").read_text()
     missing = sorted(n for n in names if n not in text)
     assert not missing, f"environment variables missing from docs/configuration.md: {missing}"
+
+
+def test_architecture_names_every_package():
+    """docs/architecture.md's table names every package and top-level module under src/medzoo."""
+    text = (DOCS / "architecture.md").read_text()
+    entries = [
+        f"`{p.name}/`" if p.is_dir() else f"`{p.name}`"
+        for p in sorted((SRC / "medzoo").iterdir())
+        if not p.name.startswith(("_", ".")) and (p.suffix == ".py" or (p / "__init__.py").is_file())
+    ]
+    assert "`cli/`" in entries and "`losses.py`" in entries
+    missing = [e for e in entries if e not in text]
+    assert not missing, f"docs/architecture.md does not say where these live: {missing}"

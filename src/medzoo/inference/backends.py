@@ -15,8 +15,9 @@ A run's network is exported once per checkpoint into ONE cache file, ``RUN/.medz
 checked against PyTorch when written, with OpenVINO's check against PyTorch stored in the file's metadata
 (a network that cannot be exported leaves ``model_<key>.failed`` instead, so it is not tried again). Every
 check between runtimes is on the scale of the outputs: max |a - b| <= tolerance x max(1, max |reference|).
-A cache file that cannot be read is made again, with one warning; a run folder that cannot be written
-exports to a temporary folder for this process.
+The export records its own SHA-256: a damaged cache file is made again, with one warning. Processes that
+start predicting with one run at once export it once (the others wait for it). A run folder that cannot be
+written exports to a temporary folder for this process.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medzoo.errors import CheckpointError, ConfigError
+from medzoo.errors import CheckpointError, ConfigError, MedzooError
 from medzoo.planning.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ OPENVINO_TOLERANCE = 1e-3  # OpenVINO vs PyTorch (or ONNX Runtime): max |diff| /
 CACHE_DIR = ".medzoo_cache"
 _EXPORT_STYLE = "opset17-fixed-spatial-checked"  # part of the cache key: a change in how we export makes a new file
 _CHECK_KEY = "medzoo_check"  # the ONNX metadata entry holding the checks of a cached export
+_SHA_KEY = "medzoo_sha256"  # ... and the SHA-256 of the rest of the file, to tell a damaged copy
 
 
 class OnnxModel:
@@ -145,10 +148,10 @@ def read_card(export_path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{export_path}: no model card {path.name} beside the export (re-run medzoo export)")
     try:
-        card = json.loads(path.read_text())
+        card = json.loads(path.read_text(encoding="utf-8"))
         Plan.from_dict(card["plan"])
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{path}: not a valid medzoo model card ({err})") from None
+    except (ValueError, KeyError, TypeError, AttributeError, MedzooError) as err:  # ValueError: bad JSON/UTF-8
+        raise CheckpointError(f"{path}: not a valid medzoo model card ({type(err).__name__}: {err})") from None
     return card
 
 
@@ -215,22 +218,49 @@ def _checkpoint_key(checkpoint_file: Path) -> str:
 
 def export_checks(path: str | Path) -> dict[str, Any] | None:
     """The checks stored in a cached export's metadata (``{"openvino": verdict or None, "plan": the run's
-    plan}``); None when the file is not a readable ONNX model or holds no checks (an export written by
-    ``medzoo export``, whose card is beside it)."""
+    plan}``); None when the file is damaged or holds no checks (an export written by ``medzoo export``, whose
+    card is beside it)."""
+    checks, _ = _read_export(Path(path))
+    return checks
+
+
+def _export_problem(path: Path) -> str | None:
+    """Why the cached export ``path`` cannot be used, or None when it is whole."""
+    if not path.is_file():
+        return "not exported yet"
+    return _read_export(path)[1]
+
+
+def _read_export(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(checks, None)`` for a whole cached export, ``(None, why not)`` otherwise."""
     import onnx
 
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - onnx raises several types for a damaged file
-        return None
-    for prop in model.metadata_props:
-        if prop.key == _CHECK_KEY:
-            try:
-                checks = json.loads(prop.value)
-            except json.JSONDecodeError:
-                return None
-            return checks if isinstance(checks, dict) else None
-    return None
+    except Exception as err:  # noqa: BLE001 - onnx raises several types for a damaged file
+        return None, f"{path}: not a readable ONNX file ({type(err).__name__})"
+    props = {prop.key: prop.value for prop in model.metadata_props}
+    if _SHA_KEY not in props or _CHECK_KEY not in props:
+        return None, f"{path}: holds no medzoo checks"
+    if props[_SHA_KEY] != _proto_sha256(model):
+        return None, f"{path}: does not match the SHA-256 recorded in it"
+    try:
+        checks = json.loads(props[_CHECK_KEY])
+    except ValueError:
+        return None, f"{path}: its checks are not valid JSON"
+    return (checks, None) if isinstance(checks, dict) else (None, f"{path}: its checks are not a JSON object")
+
+
+def _proto_sha256(model: Any) -> str:
+    """SHA-256 of an ONNX model without its own ``_SHA_KEY`` entry."""
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key != _SHA_KEY]
+    copy = type(model)()
+    copy.CopyFrom(model)
+    del copy.metadata_props[:]
+    for key, value in kept:
+        entry = copy.metadata_props.add()
+        entry.key, entry.value = key, value
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
 
 
 def cached_onnx_export(run_dir: str | Path, checkpoint: str = "best") -> Path | None:
@@ -250,6 +280,7 @@ def cached_onnx_export(run_dir: str | Path, checkpoint: str = "best") -> Path | 
         as ``model_<key>.failed``, so the next call does not try again).
     """
     from medzoo.engine.checkpoint import checkpoint_path
+    from medzoo.utils import locked
 
     run_dir = Path(run_dir)
     ckpt = checkpoint_path(run_dir, checkpoint)
@@ -258,24 +289,56 @@ def cached_onnx_export(run_dir: str | Path, checkpoint: str = "best") -> Path | 
     key = _checkpoint_key(ckpt)
     cache = run_dir / CACHE_DIR
     path, failed = cache / f"model_{key}.onnx", cache / f"model_{key}.failed"
-    if path.is_file():
-        if export_checks(path) is not None:
-            return path
-        log.warning("%s: the cached export cannot be read; exporting it again", path)
-    elif failed.is_file():
-        log.info("%s: cannot be exported to ONNX (see %s); using PyTorch", ckpt, failed)
+    if _export_problem(path) is None:
+        return path
+    if _export_failed(failed, ckpt):
         return None
     if not _writable(cache):
         path = Path(tempfile.mkdtemp(prefix="medzoo_onnx_")) / "model.onnx"
         log.info("%s is not writable; exporting to %s for this run only", run_dir, path.parent)
+        return _export(run_dir, ckpt, path, failed=None)
+    with locked(cache):  # one process exports; the others wait here, then take its export
+        problem = _export_problem(path)
+        if problem is None:
+            return path
+        if _export_failed(failed, ckpt):
+            return None
+        if path.exists():
+            log.warning("%s; discarding the cached export and exporting it again", problem)
+            path.unlink()
+        for leftover in cache.glob(".export-*"):  # from a process killed while exporting
+            shutil.rmtree(leftover, ignore_errors=True)
+        return _export(run_dir, ckpt, path, failed)
+
+
+def _export_failed(note: Path, ckpt: Path) -> bool:
+    """Whether an earlier process noted that this checkpoint cannot be exported (a damaged note is removed)."""
+    try:
+        text = note.read_bytes().decode("utf-8").strip()
+    except OSError:  # none (or no cache folder at all)
+        return False
+    except UnicodeDecodeError:
+        text = ""
+    if not text:
+        log.warning("%s: discarding a damaged note; trying the export again", note)
+        note.unlink(missing_ok=True)
+        return False
+    log.info("%s: cannot be exported to ONNX (see %s); using PyTorch", ckpt, note)
+    return True
+
+
+def _export(run_dir: Path, ckpt: Path, path: Path, failed: Path | None) -> Path | None:
+    """Export (see :func:`_export_checked`); on failure note it in ``failed`` (when given) and return None."""
+    from medzoo.utils import atomic_write_text
+
     log.info("exporting %s to ONNX (once per checkpoint)", ckpt)
     try:
         _export_checked(run_dir, ckpt, path)
     except Exception as err:  # noqa: BLE001 - any export failure means: predict with PyTorch instead
         log.warning("%s: ONNX export failed (%s: %s); predicting with PyTorch", ckpt, type(err).__name__, err)
-        if path.parent == cache:
+        if failed is not None and not isinstance(err, OSError):  # a full disk is not the network's fault
             try:
-                failed.write_text(f"{type(err).__name__}: {err}\n")
+                atomic_write_text(failed, f"{type(err).__name__}: {err}\n")
             except OSError:
                 pass
         return None
@@ -302,7 +365,7 @@ def _export_checked(run_dir: Path, ckpt: Path, path: Path) -> None:
     from medzoo.utils import atomic_write
 
     model, plan = load_model_from_run(run_dir, which=str(ckpt), device="cpu")
-    with tempfile.TemporaryDirectory(prefix=".export_", dir=path.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=path.parent) as tmp:
         onnx_file = Path(tmp) / "model.onnx"
         try:
             export_network(model, plan, onnx_file, dynamic_spatial=False)
@@ -313,7 +376,10 @@ def _export_checked(run_dir: Path, ckpt: Path, path: Path) -> None:
         proto = onnx.load(str(onnx_file))
         entry = proto.metadata_props.add()
         entry.key, entry.value = _CHECK_KEY, json.dumps({"openvino": verdict, "plan": plan.to_dict()})
-        atomic_write(path, lambda target: onnx.save(proto, str(target)))
+        digest = _proto_sha256(proto)
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = _SHA_KEY, digest
+        atomic_write(path, lambda target: target.write_bytes(proto.SerializeToString(deterministic=True)))
 
 
 def _check_input(plan: Plan) -> torch.Tensor:

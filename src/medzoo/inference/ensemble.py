@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from medzoo.errors import ConfigError, DataError
 from medzoo.io.readers import write_volume
@@ -208,9 +207,9 @@ class EnsemblePredictor:
     def __init__(self, members: Sequence[Predictor], postprocess: Callable[[np.ndarray], np.ndarray] | None = None):
         if not members:
             raise ConfigError("an ensemble needs at least one model")
-        classes = {m.plan.num_classes for m in members}
-        if len(classes) > 1:
-            raise ConfigError(f"the ensemble's models predict different numbers of classes {sorted(classes)}")
+        outputs = {(m.plan.num_classes, str(m.plan.regions), str(m.plan.regions_class_order)) for m in members}
+        if len(outputs) > 1:
+            raise ConfigError("the ensemble's models predict different classes or regions; ensemble runs of one dataset")
         self.members = list(members)
         self.plan = self.members[0].plan
         self.postprocess = postprocess
@@ -227,8 +226,8 @@ class EnsemblePredictor:
                 total = probs.float() if total is None else total.add_(probs.float())
                 del probs
             mean = total.div_(len(self.members))
-            labels, probs = first.restore(image, pre, labels=mean.argmax(0).to(torch.uint8),
-                                          probabilities=mean if probabilities else None)  # fmt: skip
+            labels, probs = first.restore(image, pre, labels=first.labels_from_probabilities(mean), probabilities=mean,
+                                          keep_probabilities=probabilities)  # fmt: skip
         else:
             total = None
             for member in self.members:
@@ -237,8 +236,10 @@ class EnsemblePredictor:
                 total = arr if total is None else np.add(total, arr, out=total)
                 del probs, arr
             mean = total / len(self.members)
-            labels = Volume(probabilities_to_labels(mean)[None], image.affine.copy(), {})
-            probs = Volume(mean.astype(np.float16), image.affine.copy(), {}) if probabilities else None
+            labels = Volume(probabilities_to_labels(mean, self.plan.regions_class_order if self.plan.regions else None)[None],
+                            image.affine.copy(), {})  # fmt: skip
+            meta = {"regions_class_order": list(self.plan.regions_class_order)} if self.plan.regions else {}
+            probs = Volume(mean.astype(np.float16), image.affine.copy(), meta) if probabilities else None
         if self.postprocess is not None:
             labels = Volume(self.postprocess(labels.array[0])[None], labels.affine, labels.meta)
         return labels, probs

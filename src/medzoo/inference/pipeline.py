@@ -158,7 +158,9 @@ def save_probability_file(probs: Volume, path: Path) -> Path:
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
-            np.savez(fh, probabilities=probs.array.astype(np.float16, copy=False), affine=probs.affine)
+            order = probs.meta.get("regions_class_order")  # region outputs: how medzoo ensemble paints them
+            extra = {} if order is None else {"regions_class_order": np.asarray(order, dtype=np.int64)}
+            np.savez(fh, probabilities=probs.array.astype(np.float16, copy=False), affine=probs.affine, **extra)
 
     atomic_write(path, write)
     return path

@@ -46,6 +46,11 @@ __all__ = [
 ]
 
 
+
+def _resampled(pre: PreprocessedCase) -> bool:
+    """Whether preprocessing resampled the scan to another grid (the plan's spacing differs from its own)."""
+    return "resample_from_shape" in pre.meta and list(pre.meta["resample_from_shape"]) != list(pre.meta["shape"])
+
 class Predictor:
     """Predict label maps with a trained network and the plan it was trained with.
 
@@ -175,13 +180,14 @@ class Predictor:
     def predict_case(self, image: Volume, probabilities: bool = False) -> tuple[Volume, Volume | None]:
         """Labels (and optionally probabilities) of one scan; see :meth:`predict_volume`.
 
-        The probabilities are the softmax of the blended logits, mapped back linearly; the labels are the
-        argmax on the network's grid mapped back with nearest neighbour (so when the plan resamples, the
-        argmax of the returned probabilities can differ from the labels at a few boundary voxels).
+        The probabilities are the softmax of the blended logits, mapped back linearly. When the plan
+        resamples, the labels are the argmax of those probabilities on the input's grid
+        (:meth:`Preprocessor.restore_labels`), else the argmax on the network's grid.
         """
         pre = self.preprocess(image)
-        labels, probs = self.predict_preprocessed(pre.image, probabilities)
-        return self.restore(image, pre, labels=labels, probabilities=probs)
+        resampled = _resampled(pre)
+        labels, probs = self.predict_preprocessed(pre.image, probabilities or resampled)
+        return self.restore(image, pre, labels=labels, probabilities=probs, keep_probabilities=probabilities)
 
     # ----------------------------------------------------------------------------------- the three steps
     def preprocess(self, image: Volume) -> PreprocessedCase:
@@ -195,10 +201,27 @@ class Predictor:
         """The network over a preprocessed scan (C, *S'): labels (*S') uint8 and, when asked, float16
         probabilities (K, *S'), both on the CPU and on the preprocessed grid."""
         x = torch.as_tensor(image)
+        regions = self.plan.regions is not None  # region labels are painted from the probabilities
         if self.plan.spatial_dims == 3 or x.ndim == 3:  # a 3D net, or a 2D net on a 2D image
-            labels, probs = self._sliding(x[None], probabilities)
-            return labels[0], None if probs is None else probs[0]
-        return self._run_slices(x, probabilities)
+            labels, probs = self._sliding(x[None], probabilities or regions)
+            labels, probs = labels[0], None if probs is None else probs[0]
+        else:
+            labels, probs = self._run_slices(x, probabilities or regions)
+        if regions:
+            labels = self.labels_from_probabilities(probs)
+            probs = probs if probabilities else None
+        return labels, probs
+
+    def labels_from_probabilities(self, probabilities: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """(K, *S) probabilities -> (*S) labels: the argmax, or for a region plan each region above 0.5
+        painting its label value in ``plan.regions_class_order`` (see
+        :func:`medzoo.inference.ensemble.probabilities_to_labels`)."""
+        if self.plan.regions is None:
+            return torch.as_tensor(probabilities).argmax(0).to(torch.uint8 if self.plan.num_classes <= 256 else torch.int16)
+        from medzoo.inference.ensemble import probabilities_to_labels
+
+        probs = torch.as_tensor(probabilities).float().numpy()
+        return torch.from_numpy(probabilities_to_labels(probs, self.plan.regions_class_order))
 
     def restore(
         self,
@@ -207,6 +230,7 @@ class Predictor:
         *,
         labels: torch.Tensor | np.ndarray | None = None,
         probabilities: torch.Tensor | np.ndarray | None = None,
+        keep_probabilities: bool = True,
     ) -> tuple[Volume, Volume | None]:
         """Map a prediction on the preprocessed grid back onto ``image``'s grid.
 
@@ -214,27 +238,41 @@ class Predictor:
             image: the scan as given (its shape and affine are the output's).
             pre: what :meth:`preprocess` made of it.
             labels: (*S') class indices; None: the argmax of ``probabilities`` (e.g. an ensemble's mean).
-            probabilities: (K, *S') class probabilities, or None.
+            probabilities: (K, *S') class probabilities, or None. When the plan resampled the scan, the labels
+                are the argmax of these probabilities mapped back onto ``image``'s grid
+                (:meth:`Preprocessor.restore_labels`), not ``labels`` mapped back with nearest neighbour.
+            keep_probabilities: also map ``probabilities`` back and return them (False: they only decide the
+                labels).
 
         Returns:
             ``(labels, probabilities)``: uint8 (int16 above 256 classes) Volume (1, I, J, K), post-processed,
             and float16 Volume (K, I, J, K) or None.
         """
-        if labels is None:
-            if probabilities is None:
-                raise ConfigError("restore needs labels or probabilities")
-            labels = torch.as_tensor(probabilities).argmax(0)
-        labels_np = np.asarray(torch.as_tensor(labels).numpy())
-        restored = self.preprocessor.restore(labels_np, pre.meta, is_label=True)
+        if probabilities is not None and _resampled(pre):  # probabilities, not labels, go back to the input grid
+            probs = torch.as_tensor(probabilities).numpy()
+            if self.plan.regions is None:
+                restored = self.preprocessor.restore_labels(probs, pre.meta)
+            else:
+                back = self.preprocessor.restore(probs.astype(np.float32), pre.meta, is_label=False)
+                restored = self.labels_from_probabilities(back).numpy()
+        else:
+            if labels is None:
+                if probabilities is None:
+                    raise ConfigError("restore needs labels or probabilities")
+                labels = self.labels_from_probabilities(probabilities)
+            labels_np = np.asarray(torch.as_tensor(labels).numpy())
+            restored = self.preprocessor.restore(labels_np, pre.meta, is_label=True)
         if self.postprocess is not None:
             restored = self.postprocess(restored)
-        dtype = np.uint8 if self.plan.num_classes <= 256 else np.int16
+        top = max(self.plan.regions_class_order or [0]) if self.plan.regions else self.plan.num_classes - 1
+        dtype = np.uint8 if top < 256 else np.int16
         label_volume = Volume(np.ascontiguousarray(restored, dtype=dtype)[None], image.affine.copy(), {})
         prob_volume = None
-        if probabilities is not None:
+        if probabilities is not None and keep_probabilities:
             probs = torch.as_tensor(probabilities).float().numpy()
             back = self.preprocessor.restore(probs, pre.meta, is_label=False)
-            prob_volume = Volume(np.asarray(back, dtype=np.float16), image.affine.copy(), {})
+            meta = {"regions_class_order": list(self.plan.regions_class_order)} if self.plan.regions else {}
+            prob_volume = Volume(np.asarray(back, dtype=np.float16), image.affine.copy(), meta)
         return label_volume, prob_volume
 
     # ------------------------------------------------------------------------------------------ internals
@@ -263,6 +301,7 @@ class Predictor:
                 x, self.model, self.plan.patch_size, overlap=self.overlap, blend=self.blend,
                 batch_size=self.batch_size, mirror_axes=self.mirror_axes, return_probabilities=probabilities,
                 progress=self.progress, device=self.device, skip_empty=self.skip_empty,
+                activation="sigmoid" if self.plan.regions is not None else "softmax",
             )  # fmt: skip
         return labels.cpu(), None if probs is None else probs.cpu()
 

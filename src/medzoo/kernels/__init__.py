@@ -42,7 +42,9 @@ import logging
 import os
 import platform
 import shutil
+import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -51,6 +53,7 @@ from pathlib import Path
 import torch
 
 from medzoo.perf import _env_flag
+from medzoo.utils import atomic_write_text, current_umask
 
 __all__ = ["FLAGS", "CpuKernels", "cache_dir", "enabled", "load"]
 
@@ -113,8 +116,12 @@ def _build(compiler: str) -> Path:
     failed = target.with_suffix(".failed")
     if target.exists():
         return target
-    if failed.exists():
-        raise RuntimeError(f"an earlier build failed (delete {failed} to retry): {failed.read_text()[-800:]}")
+    note = _read_note(failed)
+    if note:
+        raise RuntimeError(f"an earlier build failed (delete {failed} to retry): {note[-800:]}")
+    if note is not None:
+        logger.warning("discarding a damaged note %s; building medzoo's CPU kernels again", failed)
+        failed.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=folder)
     os.close(fd)
     errors = []
@@ -124,6 +131,7 @@ def _build(compiler: str) -> Path:
             done = subprocess.run([compiler, *flags, *map(str, SOURCES), "-o", tmp], capture_output=True,
                                   text=True, timeout=300)
             if done.returncode == 0:
+                os.chmod(tmp, 0o777 & ~current_umask())  # as the compiler would make it, shareable
                 os.replace(tmp, target)
                 logger.info("built medzoo's CPU kernels in %.1f s (%s): %s", time.perf_counter() - start,
                             " ".join(flags), target)
@@ -152,10 +160,44 @@ def _writable(folder: Path) -> Path:
 
 def _write_note(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (a temporary file renamed into place)."""
-    fd, tmp = tempfile.mkstemp(prefix=".note-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
+
+
+def _read_note(path: Path) -> str | None:
+    """A note's text; None when there is none; "" when it is damaged (empty, or not text)."""
+    try:
+        return path.read_bytes().decode("utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _library_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole ELF shared library, or None. Checked before ``dlopen``, which kills the
+    process (SIGBUS) on a truncated library instead of raising. Other formats (macOS) are not checked."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        return str(err)
+    if sys.platform != "linux":
+        return None
+    if data[:4] != b"\x7fELF" or data[4] not in (1, 2) or data[5] not in (1, 2):
+        return "not an ELF library"
+    end = "<" if data[5] == 1 else ">"
+    wide = data[4] == 2  # 64-bit
+    try:
+        phoff, shoff = struct.unpack_from(end + ("QQ" if wide else "II"), data, 0x20 if wide else 0x1C)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from(end + "HHHH", data, 0x36 if wide else 0x2A)
+        ends = [phoff + phnum * phentsize, shoff + shnum * shentsize]
+        for i in range(phnum):
+            at = phoff + i * phentsize
+            offset, = struct.unpack_from(end + ("Q" if wide else "I"), data, at + (8 if wide else 4))
+            filesz, = struct.unpack_from(end + ("Q" if wide else "I"), data, at + (32 if wide else 16))
+            ends.append(offset + filesz)
+    except struct.error:
+        return "truncated"
+    return None if max(ends) <= len(data) else f"truncated ({len(data)} of at least {max(ends)} bytes)"
 
 
 class CpuKernels:
@@ -244,9 +286,12 @@ def _try_load() -> CpuKernels | None:
         return None
     try:
         path = _build(compiler)
-        kernel = CpuKernels(path)
+        kernel = _open_whole(path)
+        if kernel is None:  # damaged in the cache: built again, once
+            path = _build(compiler)
+            kernel = _open_whole(path, rebuilt=True)
         passed, stamp = path.with_suffix(".checked"), _check_stamp(path)
-        if not (passed.exists() and passed.read_text() == stamp):
+        if _read_note(passed) != stamp:
             from medzoo.kernels.check import check_kernels
 
             check_kernels(kernel)
@@ -258,6 +303,23 @@ def _try_load() -> CpuKernels | None:
         logger.warning("medzoo's CPU kernels unavailable, using PyTorch's ops (%s)", err)
         return None
     return kernel
+
+
+def _open_whole(path: Path, rebuilt: bool = False) -> CpuKernels | None:
+    """Load the library after making sure it is whole. A damaged one is deleted with one warning and None is
+    returned (so it is built again), unless it was ``rebuilt`` just now (then it raises)."""
+    problem = _library_problem(path)
+    if problem is None:
+        try:
+            return CpuKernels(path)
+        except OSError as err:  # dlopen refused it
+            problem = str(err)
+    if rebuilt:
+        raise RuntimeError(f"{path}: {problem}")
+    logger.warning("discarding a damaged kernel library %s (%s); building it again", path, problem)
+    for stale in (path, path.with_suffix(".checked")):
+        stale.unlink(missing_ok=True)
+    return None
 
 
 def _check_stamp(library: Path) -> str:
