@@ -35,10 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-postprocess", action="store_true",
                    help="skip the post-processing a cross-validation chose (RUN/postprocessing.json)")
     p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
-                   help="auto (default): on the CPU the faster of OpenVINO (fp32; the run's network exported once "
-                        "and cached in RUN/.medzoo_cache) and PyTorch (in the --amp precision), timed once per "
-                        "checkpoint on one batch of windows; PyTorch without OpenVINO and on a GPU; torch | "
-                        "onnxruntime | openvino force one")
+                   help="auto (default): on the CPU OpenVINO (fp32; the run's network exported once and cached in "
+                        "RUN/.medzoo_cache), PyTorch where it predicts in bf16 (--amp), without OpenVINO, or when "
+                        "the network does not export; PyTorch on a GPU; torch | onnxruntime | openvino force one")
     p.add_argument("--amp", choices=AMP_MODES, default="auto",
                    help="autocast precision of a PyTorch network: auto (default: bf16, else fp16, on a GPU; bf16 "
                         "on a CPU with native bf16 (AMX, AVX512-BF16), as training there; else fp32), bf16 (with "
@@ -54,10 +53,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-existing", action="store_true",
                    help="keep outputs that are there already and predict the rest (rerun a killed job with it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--log-file", metavar="PATH", help="also write the log lines (one per case, ...) to this file")
     p.set_defaults(func=run)
 
 
 def run(ns: argparse.Namespace) -> int:
+    from medzoo.logs import add_log_file, remove_log_file
+
+    handler = add_log_file(ns.log_file) if ns.log_file else None
+    try:
+        return _predict(ns)
+    finally:
+        if handler is not None:
+            remove_log_file(handler)
+
+
+def _predict(ns: argparse.Namespace) -> int:
     from medzoo.engine.distributed import env_info
     from medzoo.inference.predictor import predict
 
