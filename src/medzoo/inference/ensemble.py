@@ -226,8 +226,8 @@ class EnsemblePredictor:
                 total = probs.float() if total is None else total.add_(probs.float())
                 del probs
             mean = total.div_(len(self.members))
-            labels, probs = first.restore(image, pre, labels=first.labels_from_probabilities(mean),
-                                          probabilities=mean if probabilities else None)  # fmt: skip
+            labels, probs = first.restore(image, pre, labels=first.labels_from_probabilities(mean), probabilities=mean,
+                                          keep_probabilities=probabilities)  # fmt: skip
         else:
             total = None
             for member in self.members:
