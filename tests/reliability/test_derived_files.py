@@ -71,7 +71,7 @@ def test_a_damaged_failure_note_is_discarded_and_the_export_tried_again(threshol
     assert backends._export_problem(export) is None
 
 
-def test_an_export_that_does_not_match_its_card_is_made_again(threshold_run, caplog):
+def test_an_export_that_does_not_match_its_recorded_sha256_is_made_again(threshold_run, caplog):
     run, _ = threshold_run
     export = backends.cached_onnx_export(run)
     whole = export.read_bytes()
@@ -100,15 +100,3 @@ def test_a_damaged_checkpoint_fails_with_one_line_naming_it(threshold_run, tmp_p
         backends.load_backend(run, backend="torch", device="cpu")
     assert "\n" not in str(err.value)
 
-
-def test_an_export_cached_before_cards_carried_a_sha256_is_made_again_without_a_warning(threshold_run, caplog):
-    import json
-
-    run, _ = threshold_run
-    export = backends.cached_onnx_export(run)
-    card = json.loads(export.with_suffix(".json").read_text())
-    del card["onnx_sha256"]
-    export.with_suffix(".json").write_text(json.dumps(card))
-    with caplog.at_level(logging.WARNING):
-        assert backends.cached_onnx_export(run) == export
-    assert not caplog.records and backends._export_problem(export) is None

@@ -52,13 +52,12 @@ registry._REGISTRY[THRESHOLD] = registry._Entry(
     ThresholdNet, registry.ModelCard(name=THRESHOLD, spatial_dims=(2, 3), typical_patch=(8, 8, 8)))
 pause = float(os.environ.get("MEDZOO_TEST_STEP_PAUSE", "0"))
 if pause:  # slower training steps, so a test can act while a run trains
-    import medzoo.engine.trainer as trainer
-    step = getattr(trainer, "_train_step", None)
-    if step is not None:
-        def slow_step(*args, **kwargs):
-            time.sleep(pause)
-            return step(*args, **kwargs)
-        trainer._train_step = slow_step
+    from medzoo.engine.trainer import Trainer
+    step = Trainer.train_step
+    def slow_step(*args, **kwargs):
+        time.sleep(pause)
+        return step(*args, **kwargs)
+    Trainer.train_step = slow_step
 from medzoo.cli import main
 sys.exit(main(sys.argv[1:]))
 """
