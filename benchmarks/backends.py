@@ -5,7 +5,7 @@ folder with freshly initialised weights (1 channel, 3 classes, patch 64^3, z-sco
 120x110x100 scan with an oblique affine through :class:`medzoo.inference.Predictor`, once per backend as
 ``medzoo.inference.backends.load_backend`` builds it:
 
-- ``torch``: PyTorch in the layout :func:`medzoo.perf.preferred_memory_format` picks (channels-last where
+- ``torch``: PyTorch in the layout :func:`medzoo.runtime.preferred_memory_format` picks (channels-last where
   the model's card says so), what ``--backend torch`` runs;
 - ``torch_contiguous``: PyTorch in its default layout (``memory_format="contiguous"``);
 - ``onnxruntime`` and ``openvino``: the run's cached ONNX export under each runtime (export and checks made
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         shape, patch, models, kwargs = (20, 18, 17), (16, 16, 16), ["unet3d"], {"features": [4, 8]}
     else:
         shape, patch, models, kwargs = (120, 110, 100), (64, 64, 64), args.models.split(","), None
-    from medzoo.perf import tune_malloc
+    from medzoo.runtime import tune_malloc
 
     tune_malloc()  # as medzoo predict does
     rows = []

@@ -67,9 +67,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    import os
     from pathlib import Path
 
+    from medzoo import runtime
     from medzoo.engine.config import TrainConfig
     from medzoo.engine.trainer import train
     from medzoo.errors import ConfigError
@@ -96,7 +96,7 @@ def run(ns: argparse.Namespace) -> int:
             cache_dir=ns.cache_dir, progress=not ns.no_progress,
         )
         result = train(config)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+    if runtime.distributed_env().rank == 0:  # under torchrun only rank 0 reports
         metric = "accuracy" if config.task == "classify" else "mean foreground Dice"
         print(
             f"trained {result.epochs} epochs ({result.steps} steps, {result.seconds:.0f} s, "

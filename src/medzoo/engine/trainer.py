@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medzoo import runtime
 from medzoo.engine import distributed
 from medzoo.engine.budget import (
     Budget,
@@ -45,20 +46,9 @@ from medzoo.engine.schedules import Schedule, create_schedule
 from medzoo.engine.splits import load_splits, make_splits, save_splits
 from medzoo.engine.validation import ValidationResult, validate
 from medzoo.errors import CheckpointError, ConfigError, DataError
-from medzoo.perf import (
-    BF16_MIN_CONV_VOXELS,
-    BF16_MIN_CONV_WIDTH,
-    compile_requested,
-    conv_census,
-    cpu_has_native_bf16,
-    cuda_amp_dtype,
-    keep_native_conv_weights_contiguous,
-    maybe_compile,
-    preferred_memory_format,
-    release_memory,
-    tune_malloc,
-)
+from medzoo.models.registry import prefers_channels_last
 from medzoo.planning.plan import Plan
+from medzoo.runtime import compile_requested, maybe_compile, release_memory, tune_malloc
 
 log = logging.getLogger(__name__)
 
@@ -124,46 +114,15 @@ def build_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.op
 
 
 def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype of the training steps and validations (None: fp32).
-
-    CUDA: bf16 where supported, else fp16 ("auto"), or as asked. CPU: bf16 with "bf16", and with "auto" on a
-    CPU with native bf16 instructions (:func:`medzoo.perf.cpu_has_native_bf16`, where it is about twice as
-    fast); fp16 is not used on CPU (fp32 instead, with a warning). "none": always fp32.
-    """
-    if config.amp == "none" or device.type not in ("cuda", "cpu"):
-        return None
-    if device.type == "cpu":
-        if config.amp == "fp16":
-            log.warning("amp fp16 is for CUDA; training in fp32 on the CPU (use --amp bf16 or auto)")
-            return None
-        if config.amp == "bf16" or cpu_has_native_bf16():
-            return torch.bfloat16
-        return None
-    return cuda_amp_dtype(config.amp)
+    """Autocast dtype of the training steps and validations (None: fp32): :func:`medzoo.runtime.autocast_dtype`."""
+    return runtime.autocast_dtype(config.amp, device, "training")
 
 
 def cpu_bf16_guard(dtype: torch.dtype | None, model: nn.Module, plan: Plan, device: torch.device,
                    auto: bool = False) -> torch.dtype | None:
-    """``dtype``, or None (fp32) where bf16 on the CPU is unsafe or, with ``auto`` (amp "auto"), not worth it.
-
-    Unsafe: a convolution of ``model`` sees fewer than :data:`medzoo.perf.BF16_MIN_CONV_VOXELS` voxels of a
-    patch (oneDNN's bf16 backward can return NaN there). Not worth it: its convolutions are narrower than
-    :data:`medzoo.perf.BF16_MIN_CONV_WIDTH` channels on average (:func:`medzoo.perf.conv_census`). The rule
-    reads shapes only, so the same run always gets the same precision.
-    """
-    if dtype != torch.bfloat16 or device.type != "cpu":
-        return dtype
-    census = conv_census(model, (1, plan.in_channels, *plan.patch_size), device)
-    if census.smallest_input is not None and census.smallest_input < BF16_MIN_CONV_VOXELS:
-        log.warning("training in fp32, not bf16: a convolution of %s sees only %d voxels of a %s patch (bf16 "
-                    "needs %d; oneDNN's bf16 backward is unreliable below that)", plan.model,
-                    census.smallest_input, "x".join(map(str, plan.patch_size)), BF16_MIN_CONV_VOXELS)
-        return None
-    if auto and census.mean_width < BF16_MIN_CONV_WIDTH:
-        log.info("training in fp32: %s's convolutions are %.1f channels wide on average, too narrow to gain from "
-                 "bf16 (from %d)", plan.model, census.mean_width, BF16_MIN_CONV_WIDTH)
-        return None
-    return dtype
+    """``dtype``, or None (fp32) where bf16 on the CPU is unsafe or, with ``auto``, not worth it
+    (:func:`medzoo.runtime.bf16_guard` on a patch of ``plan``)."""
+    return runtime.bf16_guard(dtype, model, (1, plan.in_channels, *plan.patch_size), device, auto, plan.model)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
@@ -374,7 +333,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         A :class:`TrainResult`.
     """
     start = time.monotonic()
-    tune_malloc()  # reuse freed activations instead of page-faulting them back in every step (see perf.py)
+    tune_malloc()  # reuse freed activations instead of page-faulting them back in every step
     dist_info = distributed.env_info()
     device = distributed.resolve_device(config.device, dist_info)
     distributed.setup(device, dist_info)
@@ -427,7 +386,8 @@ def _train_segmentation(
 
     seed_everything(config.seed)  # same initial weights on every rank and every run
     model = build_model(plan).to(device)
-    memory_format = preferred_memory_format(config.memory_format, plan.model, plan.spatial_dims, device)
+    memory_format = runtime.preferred_memory_format(config.memory_format, plan.spatial_dims, device,
+                                                    prefers_channels_last(plan.model))
     if memory_format is not None:
         model = model.to(memory_format=memory_format)
     log.info("memory format: %s", "contiguous" if memory_format is None else str(memory_format).removeprefix("torch."))
@@ -447,10 +407,6 @@ def _train_segmentation(
     dtype = cpu_bf16_guard(amp_dtype(config, device), model, plan, device, auto=config.amp == "auto")
     log.info("precision: %s (amp '%s' on %s)", "fp32" if dtype is None else f"{str(dtype).removeprefix('torch.')} autocast",
              config.amp, device.type)
-    if memory_format is not None and dtype is None and device.type == "cpu":  # before DDP keeps views of them
-        kept = keep_native_conv_weights_contiguous(model, (plan.batch_size, plan.in_channels, *plan.patch_size))
-        if kept:
-            log.info("%d convolutions run on PyTorch's own fp32 path: their weights stay contiguous", kept)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     loss_fn = create_loss(config.loss)
     deep_loss_fn = DeepSupervisionLoss(loss_fn)  # used when the network returns a list in train mode

@@ -338,12 +338,11 @@ def race_key(batch_size: int, torch_dtype: torch.dtype | None = None) -> str:
 
 
 def _torch_race_dtype(amp: str) -> torch.dtype | None:
-    """The autocast dtype PyTorch predicts in on the CPU for ``amp`` (None: fp32)."""
-    from medzoo.inference.predictor import inference_amp_dtype
+    """The autocast dtype PyTorch predicts in on the CPU for ``amp`` (None: fp32; fp16 is fp32 there, and the
+    predictor itself warns about it)."""
+    from medzoo import runtime
 
-    if amp == "fp16":  # fp32 on the CPU; the predictor itself warns about it
-        return None
-    return inference_amp_dtype(amp, torch.device("cpu"), torch.nn.Identity())
+    return runtime.autocast_dtype("none" if amp == "fp16" else amp, "cpu", "predicting")
 
 
 class _RaceRecord:
@@ -373,17 +372,18 @@ class _RaceRecord:
     def run(self, openvino: tuple[OpenVinoModel, Plan], load_torch: Any) -> tuple[Any, Plan]:
         """Race the compiled export against the network ``load_torch()`` returns (as ``(model, plan)``),
         record the result and return the winner's ``(model, plan)``."""
+        from medzoo import runtime
         from medzoo.inference.race import race_runtimes
         from medzoo.inference.sliding_window import network_window
-        from medzoo.perf import preferred_memory_format, tune_malloc
+        from medzoo.models.registry import prefers_channels_last
         from medzoo.utils import atomic_write_text
 
-        tune_malloc()  # as predict() runs: without it PyTorch page-faults its activations back in every call
+        runtime.tune_malloc()  # as predict() runs: without it PyTorch page-faults its activations back in every call
 
         ov_model, plan = openvino
         torch_model, _ = load_torch()
         torch_model.eval()
-        layout = preferred_memory_format("auto", plan.model, plan.spatial_dims, "cpu")
+        layout = runtime.preferred_memory_format("auto", plan.spatial_dims, "cpu", prefers_channels_last(plan.model))
         if layout is not None:
             torch_model.to(memory_format=layout)
         window = network_window(ov_model, tuple(plan.patch_size))

@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from medzoo import runtime
 from medzoo.errors import ConfigError, DataError, MedzooError, VolumeError
 from medzoo.inference.postprocess import PostProcess
 from medzoo.inference.sliding_window import sliding_window_argmax
 from medzoo.io.volume import Volume
-from medzoo.perf import tune_malloc
+from medzoo.models.registry import prefers_channels_last
 from medzoo.planning.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -86,11 +87,11 @@ class Predictor:
             (fp32).
         memory_format: memory layout of a PyTorch network's weights (its windows follow): "auto" (default:
             channels-last on the CPU when the plan's model card says so, as ``medzoo train`` does; see
-            :func:`medzoo.perf.preferred_memory_format`), "channels_last" or "contiguous". The layout changes
+            :func:`medzoo.runtime.preferred_memory_format`), "channels_last" or "contiguous". The layout changes
             the convolutions' summation order, so logits move by float rounding (about 1e-5 of their
             range) and a label can flip only at a near-tie. Exported networks keep their runtime's layout.
 
-    Building one calls :func:`medzoo.perf.tune_malloc` (as ``predict`` and ``train`` do; off with
+    Building one calls :func:`medzoo.runtime.tune_malloc` (as ``predict`` and ``train`` do; off with
     ``MEDZOO_TUNE_MALLOC=0``): with glibc's defaults PyTorch page-faults each window's activations back in,
     and predicting the 160x192x160 phantom took 1.3x as long (5.2-5.6 s against 3.8-4.3 s).
     """
@@ -112,10 +113,9 @@ class Predictor:
         amp: str = "auto",
         memory_format: str = "auto",
     ) -> None:
-        from medzoo.perf import tune_malloc
         from medzoo.transforms.preprocess import Preprocessor
 
-        tune_malloc()
+        runtime.tune_malloc()
         self.plan = plan
         self.model = model
         if device is not None and isinstance(model, torch.nn.Module):
@@ -278,40 +278,20 @@ class Predictor:
 
 
 def inference_amp_dtype(amp: str, device: torch.device, model: Any) -> torch.dtype | None:
-    """Autocast dtype of the network during prediction (None: fp32).
-
-    A GPU ("auto"): bf16 where supported, else fp16, as ``medzoo train`` does (the blending, softmax and
-    argmax stay fp32). The CPU ("auto"): bf16 on a CPU with native bf16 instructions
-    (:func:`medzoo.perf.cpu_has_native_bf16`: AMX or AVX512-BF16), as ``medzoo train`` trains there, else
-    fp32. On the 2-core AMX CPU every 3D network of the zoo ran its forward pass faster in bf16 than in fp32
-    (batch 4 of 64^3 windows: 1.03-1.47x for the MedicalNet ResNets, SkipDenseNet and the plain 3D CNN,
-    1.6-4.7x for the others; the backend race still prefers OpenVINO's fp32 where that is faster), the
-    160x192x160 phantom predicted 2.2x faster (822 of 4.9 M voxels differ, at near-ties) and 36 hippocampus
-    cases with the same Dice (0.8808 against 0.8807 in fp32; 54 of 2.2 M voxels differ). A network that is
-    not a PyTorch module (an ONNX Runtime or OpenVINO export) always runs as exported, in fp32.
+    """Autocast dtype of the network during prediction (None: fp32): :func:`medzoo.runtime.autocast_dtype`,
+    the rule training follows too (the blending, softmax and argmax stay fp32). A network that is not a
+    PyTorch module (an ONNX Runtime or OpenVINO export) always runs as exported, in fp32.
 
     Raises:
         ConfigError: ``amp`` is not one of "auto", "bf16", "fp16", "none".
     """
-    from medzoo import perf
-    from medzoo.engine.config import AMP_MODES
-
-    if amp not in AMP_MODES:
-        raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got '{amp}'")
-    if amp == "none":
-        return None
+    if amp not in runtime.AMP_MODES:
+        raise ConfigError(f"amp must be one of {', '.join(runtime.AMP_MODES)}, got '{amp}'")
     if not isinstance(model, torch.nn.Module):
-        if amp != "auto":
+        if amp not in ("auto", "none"):
             log.warning("amp %s applies to the torch backend; the exported network runs in fp32", amp)
         return None
-    if device.type == "cuda":
-        return perf.cuda_amp_dtype(amp)
-    if device.type != "cpu":
-        return None
-    if amp == "fp16":
-        log.warning("amp fp16 is for CUDA; predicting in fp32 on the CPU (use amp bf16)")
-        return None
-    return torch.bfloat16 if amp == "bf16" or perf.cpu_has_native_bf16() else None
+    return runtime.autocast_dtype(amp, device, "predicting")
 
 
 def inference_memory_format(
@@ -323,17 +303,15 @@ def inference_memory_format(
     Raises:
         ConfigError: ``memory_format`` is not one of "auto", "channels_last", "contiguous".
     """
-    from medzoo.engine.config import MEMORY_FORMATS
-    from medzoo.perf import preferred_memory_format
-
-    if memory_format not in MEMORY_FORMATS:
-        raise ConfigError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, got '{memory_format}'")
+    if memory_format not in runtime.MEMORY_FORMATS:
+        raise ConfigError(f"memory_format must be one of {', '.join(runtime.MEMORY_FORMATS)}, got '{memory_format}'")
     if not isinstance(model, torch.nn.Module):
         if memory_format != "auto":
             log.warning("memory_format %s applies to the torch backend; the export keeps its runtime's layout",
                         memory_format)
         return None
-    return preferred_memory_format(memory_format, plan.model, plan.spatial_dims, device)
+    return runtime.preferred_memory_format(memory_format, plan.spatial_dims, device,
+                                           prefers_channels_last(plan.model))
 
 
 def context_stack(vol: torch.Tensor, indices: range | Sequence[int], context: int) -> torch.Tensor:
@@ -364,7 +342,7 @@ def _device_of(model: Any) -> torch.device:
 
 
 def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return runtime.resolve_device(None)
 
 
 # ------------------------------------------------------------------------------------------- files in/out
@@ -520,7 +498,7 @@ def predict(
     from medzoo.inference.backends import load_backend
 
     started = time.perf_counter()
-    tune_malloc()  # reuse freed buffers across windows and cases (see medzoo.perf)
+    runtime.tune_malloc()  # reuse freed buffers across windows and cases
     output_dir = Path(output_dir)
     if layout or layout_options:
         cases = collect_layout_cases(input_path, layout, **(layout_options or {}))
