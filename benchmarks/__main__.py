@@ -4,7 +4,7 @@ Default set: training_step, models, sliding_window, backends, data_pipeline, pro
 (skipped without CUDA). ``--full`` adds the long ones
 (time_to_dice, model_table); ``--only`` picks any. Each module follows the convention in
 ``benchmarks/common.py`` (``main(argv) -> dict``, prints its table, writes ``benchmarks/results/<name>.json``).
-Afterwards the markdown tables are collected into ``benchmarks/results/summary.md`` (paste into the README;
+Afterwards the markdown tables are collected into ``benchmarks/results/summary.md`` (paste into docs/benchmarks.md;
 regenerate with the same command). A module that is missing or fails is reported and the others still run.
 """
 

@@ -9,7 +9,7 @@ Calling convention (every ``benchmarks/<name>.py`` follows it):
   process setting alone) and ``--out DIR`` (results folder, default ``benchmarks/results``).
 * ``main`` measures medzoo and its peer(s) in the same process, interleaved (round-robin: medzoo, peer,
   medzoo, peer, ...; see :func:`interleaved`), several repetitions, and reports medians and ratios.
-* ``main`` prints its table (:func:`format_table`, plain text; :func:`markdown_table` for the README),
+* ``main`` prints its table (:func:`format_table`, plain text; :func:`markdown_table` for docs/benchmarks.md),
   writes ``<out>/<name>.json`` with :func:`write_results`, and returns the same results dict.
 * The results dict is JSON-able and has at least ``{"benchmark": name, "environment": environment(),
   "rows": [ {...}, ... ]}``; each row is one workload with its medians (seconds) and ratios
@@ -186,11 +186,9 @@ def conv_peak_workload(quick: bool, dtype: Any = None, channels_last: bool = Tru
     """The reference conv (32->32, 3x3x3 on 64^3; 8 channels on 16^3 with --quick) in ``dtype`` (a
     ``torch.dtype``; None: fp32), forward only, and its FLOPs.
 
-    A peak is the best the machine does, so the conv runs in channels-last, its faster layout on the CPU: on
-    the 2-core AMX machine 435 against 328 GFLOP/s in fp32 and 3232 against 847 in bf16 (in the default layout
-    oneDNN copies a bf16 map to channels-last and back around the conv). Until this was noticed the peaks
-    were measured in the default layout, which made every "% of peak" 1.25-1.33x (fp32) and 2.8-3.8x (bf16)
-    too high.
+    A peak is the best the machine does, so the conv runs in channels-last, its faster layout on the CPU (in
+    the default layout oneDNN copies a bf16 map to channels-last and back around the conv); the two layouts'
+    rates are compared in docs/benchmarks.md.
     """
     import torch
 

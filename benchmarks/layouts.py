@@ -166,7 +166,7 @@ GROUP_NORM_VARIANTS = ("group_norm", "group_norm CL", "medzoo GroupNorm CL")
 def group_norm_case(shape: tuple[int, ...], variant: str, dtype: torch.dtype) -> Callable[[], None]:
     """Group norm (8 groups, affine, fp32 parameters as under autocast), forward + backward, on a (B, C, *S)
     map, as ``variant``: PyTorch's ``group_norm`` in the default layout or channels-last, or medzoo's
-    :class:`~medzoo.models.layers.norm.GroupNorm` in channels-last (segresnet's and resnet3d_vae's norm)."""
+    :class:`~medzoo.accel.norm.GroupNorm` in channels-last (segresnet's and resnet3d_vae's norm)."""
     from medzoo.accel.norm import GroupNorm
 
     gen = torch.Generator().manual_seed(0)

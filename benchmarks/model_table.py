@@ -1,4 +1,4 @@
-"""The README model table: every segmentation network's parameter count and Dice on demo phantoms after one
+"""The model table of docs/benchmarks.md: every segmentation network's parameter count and Dice on demo phantoms after one
 fixed, short CPU training budget.
 
 Workload: ``medzoo.data.phantom.make_phantom_dataset`` (two-channel T1/T2 phantoms, 3 foreground classes),
@@ -15,7 +15,7 @@ Run (one command, all models; about ``models x (budget + 3 s)``, e.g. 23 x 33 s 
     python -m benchmarks.model_table --budget 30
 
 ``--pattern '*unet*,vnet'`` restricts the models (comma-separated globs). Writes ``benchmarks/results/model_table.json`` (after every
-model, so a run cut short keeps its rows) and prints the markdown table for the README.
+model, so a run cut short keeps its rows) and prints the markdown table for docs/benchmarks.md.
 """
 
 from __future__ import annotations

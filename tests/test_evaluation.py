@@ -184,3 +184,51 @@ def test_dataset_json_beside_the_references_names_the_classes(tmp_path):
     assert evaluate(pred_dir, ref_dir, metrics=["dice"], workers=1).labels == {1: "Anterior", 2: "Posterior"}
     given = evaluate(pred_dir, ref_dir, metrics=["dice"], labels=[1], workers=1)  # explicit labels win
     assert given.labels == {1: "label_1"}
+
+
+# ----------------------------------------------------------------------------------- regions, ignore label
+def _brats_pair(tmp_path):
+    ref = np.zeros((10, 9, 8), np.uint8)
+    ref[1:8, 1:8, 1:7] = 2  # edema
+    ref[3:6, 3:6, 2:5] = 1  # necrosis inside
+    ref[4:5, 4:5, 3:4] = 4  # enhancing inside that
+    pred = ref.copy()
+    pred[1:8, 1:8, 6] = 0  # misses a slab of edema: only WT loses
+    aff = _oblique_affine()
+    write_volume(Volume(pred[None], aff), tmp_path / "pred" / "c1.nii.gz")
+    write_volume(Volume(ref[None], aff), tmp_path / "ref" / "c1.nii.gz")
+    return pred, ref
+
+
+def test_evaluate_regions_scores_unions_of_label_values(tmp_path, capsys):
+    pred, ref = _brats_pair(tmp_path)
+    res = evaluate(tmp_path / "pred", tmp_path / "ref", regions={"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]},
+                   metrics=["dice", "hd95"])  # fmt: skip
+    assert res.labels == {1: "WT", 2: "TC", 3: "ET"}
+    wt = compute_case_metrics(np.isin(pred, [1, 2, 4]).astype(np.uint8), np.isin(ref, [1, 2, 4]).astype(np.uint8),
+                              [1], SPACING, metrics=["dice", "hd95"])[1]  # fmt: skip
+    case = res.cases["c1.nii.gz"]
+    assert case[1]["dice"] == pytest.approx(wt["dice"]) and case[1]["dice"] < 1
+    assert case[2]["dice"] == 1.0 and case[3]["dice"] == 1.0
+    assert cli_main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"),
+                     "--regions", "brats", "--metrics", "dice"]) == 0
+    assert "WT" in capsys.readouterr().out
+    (tmp_path / "dataset.json").write_text(json.dumps(
+        {"labels": {"background": 0, "whole": [1, 2, 4], "core": [1, 4], "enh": 4, "ignore": 7}}))
+    assert cli_main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"),
+                     "--regions", "--metrics", "dice"]) == 0
+    out = capsys.readouterr().out
+    assert "whole" in out and "enh" in out and "ignore" not in out
+
+
+def test_evaluate_skips_ignored_reference_voxels(tmp_path):
+    ref = np.zeros((10, 9, 8), np.uint8)
+    ref[2:6, 2:6, 2:6] = 1
+    pred = ref.copy()
+    ref[7:9, :, :] = 9  # unannotated
+    pred[7:9, 0:3, :] = 1  # whatever is predicted there does not count
+    write_volume(Volume(pred[None], _oblique_affine()), tmp_path / "pred" / "c.nii.gz")
+    write_volume(Volume(ref[None], _oblique_affine()), tmp_path / "ref" / "c.nii.gz")
+    res = evaluate(tmp_path / "pred", tmp_path / "ref", labels=[1], metrics=["dice"], ignore_label=9)
+    assert res.cases["c.nii.gz"][1]["dice"] == 1.0
+    assert evaluate(tmp_path / "pred", tmp_path / "ref", labels=[1], metrics=["dice"]).cases["c.nii.gz"][1]["dice"] < 1

@@ -260,3 +260,64 @@ def test_loss_is_finite_under_half_precision_logits():
     target = torch.randint(0, 3, (1, 4, 4, 4), generator=gen)
     val = create_loss("dice_ce")(logits, target)
     assert val.dtype == torch.float32 and math.isfinite(val.item())
+
+
+# ----------------------------------------------------------------------------------------------- ignore label
+IGNORE = 255
+REGIONS = [[1, 2, 3], [2, 3], [3]]
+
+
+def _sparse_batch(seed: int = 0):
+    """Logits (2, 4, 6, 5, 4) and labels with about 60 % of the voxels set to the ignore value."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 4, (2, 6, 5, 4), generator=g)
+    ignored = torch.rand(labels.shape, generator=g) < 0.6
+    return torch.randn(2, 4, 6, 5, 4, generator=g), labels.masked_fill(ignored, IGNORE), ignored
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("dice_ce", {}), ("dice_ce", {"weight": [0.5, 1.0, 2.0, 1.5]}), ("dice_ce", {"batch_dice": True}),
+        ("dice", {}), ("ce", {}), ("bce_dice", {"regions": REGIONS}), ("bce", {"regions": REGIONS}),
+        ("dice", {"activation": "sigmoid", "regions": REGIONS}),
+    ],
+)
+def test_ignored_voxels_change_no_gradient(name, kwargs):
+    logits, labels, ignored = _sparse_batch()
+    n_out = 3 if "regions" in kwargs else 4
+    logits = logits[:, :n_out].clone().requires_grad_(True)
+    loss_fn = create_loss(name, ignore_index=IGNORE, **kwargs)
+    loss = loss_fn(logits, labels)
+    loss.backward()
+    grad = logits.grad.permute(1, 0, 2, 3, 4)  # (K, B, *S)
+    assert torch.isfinite(loss)
+    assert (grad[:, ignored] == 0).all()  # exactly zero, not merely small
+    assert (grad[:, ~ignored] != 0).any()
+    # whatever the network says on ignored voxels, the loss is the same
+    other = logits.detach().clone()
+    other.permute(1, 0, 2, 3, 4)[:, ignored] = 100.0 * torch.randn(int(ignored.sum()), dtype=other.dtype)
+    assert torch.allclose(loss_fn(other, labels), loss.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_ignore_label_equals_loss_on_the_annotated_voxels_only():
+    """CE over annotated voxels of a batch equals plain CE over those voxels; an all-ignored patch gives 0."""
+    logits, labels, ignored = _sparse_batch(1)
+    got = create_loss("ce", ignore_index=IGNORE)(logits, labels)
+    flat_logits = logits.permute(0, 2, 3, 4, 1)[~ignored]
+    want = torch.nn.functional.cross_entropy(flat_logits, labels[~ignored])
+    assert torch.allclose(got, want)
+    all_ignored = torch.full_like(labels, IGNORE)
+    assert create_loss("dice_ce", ignore_index=IGNORE)(logits, all_ignored).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_region_loss_from_integer_labels_matches_given_region_targets():
+    logits, labels, _ = _sparse_batch(2)
+    labels = labels.clamp_max(3)  # no ignore
+    from_labels = create_loss("bce_dice", regions=REGIONS)(logits[:, :3], labels)
+    from_regions = create_loss("bce_dice")(logits[:, :3], labels_to_regions(labels, REGIONS))
+    assert torch.allclose(from_labels, from_regions)
+    ds = create_loss("bce_dice", regions=REGIONS, ignore_index=IGNORE, deep_supervision=True)
+    outs = [logits[:, :3].requires_grad_(True), torch.randn(2, 3, 3, 3, 2, requires_grad=True)]
+    ds(outs, labels).backward()
+    assert all(o.grad is not None and torch.isfinite(o.grad).all() for o in outs)

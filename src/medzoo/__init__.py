@@ -8,6 +8,7 @@ The public API, importable from the top level (loaded lazily so ``import medzoo`
 - training: :func:`train`, :class:`TrainConfig`
 - prediction: :class:`Predictor`, :func:`predict`
 - evaluation: :func:`evaluate`
+- sharing: :func:`pack_model`, :func:`unpack_model`, :func:`open_model` (``.medzoo`` files), :func:`run_info`
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ _EXPORTS = {
     "Predictor": "medzoo.inference.predictor",
     "predict": "medzoo.inference.predictor",
     "evaluate": "medzoo.evaluation",
+    "pack_model": "medzoo.packaging",
+    "unpack_model": "medzoo.packaging",
+    "open_model": "medzoo.packaging",
+    "run_info": "medzoo.info",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -15,6 +15,12 @@ Outputs (all written atomically):
   ``n_infinite``; mean/std/median are over the finite values.
 - CSV beside it (same stem): one row per case and class.
 - Optional HTML report (``report_dir``): see :mod:`medzoo.viz.report`.
+
+Regions (``regions={"WT": [1, 2, 4], ...}``, e.g. BraTS or an nnU-Net v2 region dataset): each region is
+scored as the binary map of the label values it unites, in both prediction and reference; the result's
+"labels" are then the regions, numbered 1..R in the given order. An ignore label (``ignore_label=V``, or a
+label named ``ignore`` in the dataset.json read) marks unannotated reference voxels: they count for nothing
+(the prediction there is treated as agreeing).
 """
 
 from __future__ import annotations
@@ -38,7 +44,10 @@ from medzoo.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_METRICS", "EvaluationResult", "evaluate", "label_names_from_dataset_json", "pair_files"]
+__all__ = [
+    "DEFAULT_METRICS", "EvaluationResult", "evaluate", "label_names_from_dataset_json", "pair_files",
+    "regions_from_dataset_json",
+]
 
 DEFAULT_METRICS = ("dice", "iou", "precision", "recall", "hd95", "assd", "nsd")
 GEOMETRY_ATOL = 1e-4
@@ -193,6 +202,8 @@ def label_names_from_dataset_json(path: str | Path) -> dict[int, str]:
         raise DataError(f"{path}: no 'labels' mapping in dataset.json")
     names: dict[int, str] = {}
     for key, value in labels.items():
+        if str(key) == "ignore":  # nnU-Net v2's unannotated voxels: not a class
+            continue
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not str(key).lstrip("-").isdigit():
             names[int(value)] = str(key)  # nnU-Net v2: name -> value
         elif str(key).lstrip("-").isdigit():
@@ -200,6 +211,29 @@ def label_names_from_dataset_json(path: str | Path) -> dict[int, str]:
     if not names:
         raise DataError(f"{path}: could not read integer labels from {labels}")
     return dict(sorted(names.items()))
+
+
+def regions_from_dataset_json(path: str | Path) -> tuple[dict[str, list[int]], int | None]:
+    """The regions (name -> label values; every non-background entry of a region-based nnU-Net v2
+    ``labels``) and the ignore label (or None) of a ``dataset.json``.
+
+    Raises:
+        DataError: unreadable file, or no region (list-valued) entry.
+    """
+    path = Path(path)
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8")).get("labels", {})
+    except (OSError, ValueError, AttributeError) as err:
+        raise DataError(f"{path}: cannot read dataset.json ({err})") from err
+    ignore = labels.get("ignore") if isinstance(labels, dict) else None
+    if not isinstance(labels, dict) or not any(isinstance(v, list) for v in labels.values()):
+        raise DataError(f"{path}: declares no regions (labels mapping a name to a list of values); pass --regions NAME=V,V")
+    regions = {}
+    for name, value in labels.items():
+        values = [int(v) for v in value] if isinstance(value, list) else [int(value)]
+        if name != "ignore" and values != [0]:
+            regions[str(name)] = values
+    return regions, None if ignore is None else int(ignore)
 
 
 # --------------------------------------------------------------------------------------------------- cases
@@ -227,7 +261,7 @@ def _as_labels(array: np.ndarray, name: str, which: str) -> np.ndarray:
 
 def _evaluate_case(
     name: str, pred_path: Path, ref_path: Path, labels: Sequence[int] | None, metrics: Sequence[str],
-    tolerance_mm: float,
+    tolerance_mm: float, regions: Sequence[Sequence[int]] | None = None, ignore_label: int | None = None,
 ) -> tuple[dict[int, dict[str, float]], tuple[float, ...]]:
     from medzoo.io.readers import read_volume
 
@@ -244,12 +278,21 @@ def _evaluate_case(
             f"{GEOMETRY_ATOL}); predictions must be written with the reference's affine"
         )
     p, r = _as_labels(pred.array, name, "prediction"), _as_labels(ref.array, name, "reference")
+    spacing = tuple(float(s) for s in ref.spacing[: r.ndim])
+    if ignore_label is not None:
+        unannotated = r == ignore_label
+        p, r = np.where(unannotated, 0, p), np.where(unannotated, 0, r)
+    if regions is not None:
+        out = {}
+        for i, values in enumerate(regions, start=1):
+            pr, rr = np.isin(p, values).astype(np.uint8), np.isin(r, values).astype(np.uint8)
+            out[i] = compute_case_metrics(pr, rr, [1], spacing, metrics=metrics, tolerance_mm=tolerance_mm)[1]
+        return out, spacing
     if labels is None:
         present = np.union1d(np.unique(p), np.unique(r))
         case_labels = [int(v) for v in present if v > 0]
     else:
         case_labels = list(labels)
-    spacing = tuple(float(s) for s in ref.spacing[: r.ndim])
     return compute_case_metrics(p, r, case_labels, spacing, metrics=metrics, tolerance_mm=tolerance_mm), spacing
 
 
@@ -296,6 +339,8 @@ def evaluate(
     tolerance_mm: float = 1.0,
     workers: int | None = None,
     max_overlays: int = 24,
+    regions: Mapping[str, Sequence[int]] | None = None,
+    ignore_label: int | None = None,
 ) -> EvaluationResult:
     """Score every prediction in ``pred_dir`` against the same-named reference in ``ref_dir``.
 
@@ -314,6 +359,9 @@ def evaluate(
         tolerance_mm: tolerance of the normalised surface Dice.
         workers: threads over cases (default min(4, CPUs)).
         max_overlays: overlay pictures in the report (worst cases first).
+        regions: score these regions (name -> label values) instead of the labels (see the module text).
+        ignore_label: reference value of unannotated voxels (default: a label named ``ignore`` in the
+            dataset.json read, else none).
 
     Returns:
         :class:`EvaluationResult`.
@@ -333,6 +381,19 @@ def evaluate(
             log.info("class names from %s", beside)
         except DataError as err:  # a dataset.json we were not asked to read: ignore it if it is unusable
             log.info("not naming classes from %s: %s", beside, err)
+    json_used = dataset_json or beside
+    if ignore_label is None and json_used:
+        try:
+            raw = json.loads(Path(json_used).read_text(encoding="utf-8")).get("labels", {})
+            ignore_label = int(raw["ignore"]) if isinstance(raw, dict) and "ignore" in raw else None
+        except (OSError, ValueError, TypeError, AttributeError):
+            ignore_label = None
+    region_values = None
+    if regions is not None:
+        if not regions:
+            raise DataError("no regions to evaluate")
+        labels = {i: str(n) for i, n in enumerate(regions, start=1)}
+        region_values = [[int(v) for v in vs] for vs in regions.values()]
     if labels is None and names_from_json:
         labels = {k: v for k, v in names_from_json.items() if k != 0}
     label_list: list[int] | None = None
@@ -350,7 +411,8 @@ def evaluate(
     n_workers = workers or min(4, os.cpu_count() or 1)
 
     def job(item: tuple[str, Path, Path]):
-        return _evaluate_case(item[0], item[1], item[2], label_list, metrics, tolerance_mm)
+        return _evaluate_case(item[0], item[1], item[2], label_list, metrics, tolerance_mm, region_values,
+                              ignore_label)  # fmt: skip
 
     if n_workers > 1 and len(pairs) > 1:
         with ThreadPoolExecutor(max_workers=n_workers) as pool:

@@ -8,6 +8,13 @@ Every loss is an ``nn.Module`` called as ``loss(logits, target) -> scalar tensor
   says so, a float one-hot / region target (B, K, *S) (e.g. BraTS regions WT/TC/ET, see
   :func:`labels_to_regions`).
 
+Ignore label (sparse annotation): losses built with ``ignore_index=V`` (the label value, usually
+:data:`medzoo.utils.IGNORE_INDEX`) take an integer label map in which voxels equal to ``V`` count for
+nothing: they add no term to the cross-entropy or BCE mean and no probability or target mass to the Dice
+sums, so their logits get an exactly zero gradient. Region losses (``bce``, ``bce_dice``) built with
+``regions=[[values...], ...]`` turn an integer label map into one sigmoid target per region (nnU-Net's
+region-based training, e.g. BraTS WT/TC/ET), with the ignore label masked out the same way.
+
 Multi-class losses use a softmax over K. Region / binary losses (``bce``, ``bce_dice`` and the Dice family
 with ``activation="sigmoid"``) use an independent sigmoid per channel. Integer targets are one-hot encoded
 with ``scatter`` (no python loops over voxels); all reductions are over whole tensors.
@@ -108,6 +115,28 @@ def _dense_target(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return one_hot(labels, logits.shape[1])
 
 
+def _valid_mask(target: torch.Tensor, logits: torch.Tensor, ignore_index: int | None) -> torch.Tensor | None:
+    """(B, *S) boolean mask of annotated voxels of an integer target, or None when nothing is ignored."""
+    if ignore_index is None or target.is_floating_point() and target.shape == logits.shape:
+        return None
+    return _label_map(target, logits) != ignore_index
+
+
+def _region_target(
+    target: torch.Tensor, logits: torch.Tensor, regions: Sequence[Sequence[int]] | None, ignore_index: int | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Dense float target (B, R, *S) and the (B, 1, *S) float mask of annotated voxels (None: all are)."""
+    valid = _valid_mask(target, logits, ignore_index)
+    if regions is not None and not (target.is_floating_point() and target.shape == logits.shape):
+        labels = _label_map(target, logits)
+        dense = labels_to_regions(labels, regions)
+    else:
+        if valid is not None:  # ignored voxels become background, then the mask removes them
+            target = _label_map(target, logits).masked_fill(~valid, 0)
+        dense = _dense_target(target, logits)
+    return dense, None if valid is None else valid.unsqueeze(1).float()
+
+
 def _activate(logits: torch.Tensor, activation: str | None) -> torch.Tensor:
     if activation == "softmax":
         return torch.softmax(logits, dim=1)
@@ -133,8 +162,12 @@ class _RegionBase(nn.Module):
         batch_dice: bool = False,
         smooth: float = 1e-5,
         activation: str = "softmax",
+        ignore_index: int | None = None,
+        regions: Sequence[Sequence[int]] | None = None,
     ) -> None:
         super().__init__()
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
+        self.regions = None if regions is None else [list(map(int, r)) for r in regions]
         self.include_background = include_background
         self.batch_dice = batch_dice
         self.smooth = float(smooth)
@@ -157,14 +190,25 @@ class _RegionBase(nn.Module):
         dense = target.shape == logits.shape and (target.is_floating_point() or k > 1)
         if self.activation == "softmax" and k > 1 and not dense:
             labels = _label_map(target, logits).reshape(logits.shape[0], -1)  # (B, N)
-            p_true = probs.reshape(probs.shape[0], k, -1).gather(1, labels.unsqueeze(1)).squeeze(1)  # (B, N)
+            flat = probs.reshape(probs.shape[0], k, -1)
+            valid = None if self.ignore_index is None else labels != self.ignore_index
+            if valid is not None:  # ignored voxels: gathered at class 0, then zeroed, so they add nothing
+                labels = labels.masked_fill(~valid, 0)
+            p_true = flat.gather(1, labels.unsqueeze(1)).squeeze(1)  # (B, N)
+            ones = torch.ones_like(p_true)
+            if valid is not None:
+                p_true, ones = p_true * valid, ones * valid
+                psum = (flat * valid.unsqueeze(1)).sum(-1)
+            else:
+                psum = probs.sum(tuple(range(2, probs.ndim)))
             tp = probs.new_zeros((probs.shape[0], k)).scatter_add_(1, labels, p_true)
-            gsum = probs.new_zeros((probs.shape[0], k)).scatter_add_(1, labels, torch.ones_like(p_true))
-            psum = probs.sum(tuple(range(2, probs.ndim)))
+            gsum = probs.new_zeros((probs.shape[0], k)).scatter_add_(1, labels, ones)
             if self.batch_dice:
                 tp, gsum, psum = tp.sum(0), gsum.sum(0), psum.sum(0)
         else:
-            onehot = _dense_target(target, logits)
+            onehot, mask = _region_target(target, logits, self.regions, self.ignore_index)
+            if mask is not None:
+                probs, onehot = probs * mask, onehot * mask
             dims = _sum_dims(probs, self.batch_dice)
             tp = (probs * onehot).sum(dims)
             psum, gsum = probs.sum(dims), onehot.sum(dims)
@@ -184,6 +228,8 @@ class DiceLoss(_RegionBase):
         smooth: added to numerator and denominator (empty classes then score 1, not NaN).
         activation: ``"softmax"`` (multi-class), ``"sigmoid"`` (binary / region channels) or ``"none"``
             (inputs are already probabilities).
+        ignore_index: label value of unannotated voxels in an integer target (None: every voxel counts).
+        regions: label values of each sigmoid channel; an integer target becomes region targets.
 
     Shapes: logits (B, K, *S); target (B, *S) integer, or (B, K, *S) float one-hot / regions.
     """
@@ -249,17 +295,17 @@ class CrossEntropyLoss(nn.Module):
 
     Args:
         weight: per-class weights (K,) (weighted mean over voxels, as ``torch.nn.functional.cross_entropy``).
-        ignore_index: label value that contributes nothing (default: none).
+        ignore_index: label value that contributes nothing (None or -100: none).
         label_smoothing: as in PyTorch.
     """
 
     def __init__(
-        self, weight: Sequence[float] | torch.Tensor | None = None, ignore_index: int = -100,
+        self, weight: Sequence[float] | torch.Tensor | None = None, ignore_index: int | None = -100,
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         self.register_buffer("weight", _class_weight(weight), persistent=False)
-        self.ignore_index = ignore_index
+        self.ignore_index = -100 if ignore_index is None else int(ignore_index)
         self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -299,19 +345,29 @@ class BCELoss(nn.Module):
 
     Args:
         pos_weight: optional per-channel weight of positives (R,).
+        regions: label values of each region (an integer target is turned into region targets).
+        ignore_index: label value of unannotated voxels in an integer target (None: every voxel counts).
     """
 
-    def __init__(self, pos_weight: Sequence[float] | torch.Tensor | None = None) -> None:
+    def __init__(
+        self, pos_weight: Sequence[float] | torch.Tensor | None = None,
+        regions: Sequence[Sequence[int]] | None = None, ignore_index: int | None = None,
+    ) -> None:
         super().__init__()
         self.register_buffer("pos_weight", _class_weight(pos_weight), persistent=False)
+        self.regions = None if regions is None else [list(map(int, r)) for r in regions]
+        self.ignore_index = ignore_index
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
-        dense = _dense_target(target, logits)
+        dense, mask = _region_target(target, logits, self.regions, self.ignore_index)
         pw = None
         if self.pos_weight is not None:
             pw = self.pos_weight.to(logits.device).view(1, -1, *([1] * (logits.ndim - 2)))
-        return F.binary_cross_entropy_with_logits(logits, dense, pos_weight=pw)
+        if mask is None:
+            return F.binary_cross_entropy_with_logits(logits, dense, pos_weight=pw)
+        per_voxel = F.binary_cross_entropy_with_logits(logits, dense, pos_weight=pw, reduction="none") * mask
+        return per_voxel.sum() / (mask.sum() * logits.shape[1]).clamp_min(1e-8)
 
 
 # ----------------------------------------------------------------------------------------------- compounds
@@ -322,20 +378,32 @@ class DiceCELoss(nn.Module):
         include_background, batch_dice, smooth: passed to :class:`DiceLoss` (softmax).
         weight: optional per-class CE weights (K,).
         weight_dice, weight_ce: mixing weights.
+        ignore_index: label value of unannotated voxels (None: every voxel counts).
     """
 
     def __init__(
         self, include_background: bool = False, batch_dice: bool = False, smooth: float = 1e-5,
         weight: Sequence[float] | torch.Tensor | None = None, weight_dice: float = 1.0, weight_ce: float = 1.0,
+        ignore_index: int | None = None,
     ) -> None:
         super().__init__()
-        self.dice = DiceLoss(include_background=include_background, batch_dice=batch_dice, smooth=smooth)
-        self.ce = CrossEntropyLoss(weight=weight)
+        self.dice = DiceLoss(include_background=include_background, batch_dice=batch_dice, smooth=smooth,
+                             ignore_index=ignore_index)
+        self.ce = CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
+        self.ignore_index = ignore_index
         self.weight_dice, self.weight_ce = float(weight_dice), float(weight_ce)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logp = torch.log_softmax(logits.float(), dim=1)  # one softmax shared by both terms
-        ce = F.nll_loss(logp, _label_map(target, logits), weight=_on(self.ce.weight, logits))
+        labels = _label_map(target, logits)
+        weight = _on(self.ce.weight, logits)
+        if self.ignore_index is None:
+            ce = F.nll_loss(logp, labels, weight=weight)
+        else:  # a mean over annotated voxels that is 0, not NaN, when a patch has none
+            nll = F.nll_loss(logp, labels, weight=weight, ignore_index=self.ignore_index, reduction="none")
+            valid = labels != self.ignore_index
+            w = valid.float() if weight is None else weight[labels.masked_fill(~valid, 0)] * valid
+            ce = nll.sum() / w.sum().clamp_min(1e-8)
         return self.weight_dice * self.dice(logits, target, probs=logp.exp()) + self.weight_ce * ce
 
 
@@ -359,16 +427,19 @@ class DiceFocalLoss(nn.Module):
 class BCEDiceLoss(nn.Module):
     """``weight_bce * BCE + weight_dice * sigmoid soft Dice`` for binary or region (e.g. BraTS) targets.
 
-    Shapes: logits (B, R, *S); target (B, R, *S) float, or (B, *S) integer when R == 1.
+    Shapes: logits (B, R, *S); target (B, R, *S) float, or (B, *S) integer when R == 1 or ``regions`` is given
+    (then ``ignore_index`` marks unannotated voxels).
     """
 
     def __init__(
         self, batch_dice: bool = False, smooth: float = 1e-5, pos_weight: Sequence[float] | None = None,
-        weight_dice: float = 1.0, weight_bce: float = 1.0,
+        weight_dice: float = 1.0, weight_bce: float = 1.0, regions: Sequence[Sequence[int]] | None = None,
+        ignore_index: int | None = None,
     ) -> None:
         super().__init__()
-        self.bce = BCELoss(pos_weight=pos_weight)
-        self.dice = DiceLoss(include_background=True, batch_dice=batch_dice, smooth=smooth, activation="sigmoid")
+        self.bce = BCELoss(pos_weight=pos_weight, regions=regions, ignore_index=ignore_index)
+        self.dice = DiceLoss(include_background=True, batch_dice=batch_dice, smooth=smooth, activation="sigmoid",
+                             regions=regions, ignore_index=ignore_index)
         self.weight_dice, self.weight_bce = float(weight_dice), float(weight_bce)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

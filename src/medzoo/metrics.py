@@ -66,7 +66,8 @@ def dice_per_class(pred, ref, num_classes: int, empty_value: float = 1.0) -> np.
 
     Args:
         pred, ref: integer label maps of the same shape (numpy arrays or torch tensors, any shape; a batch is
-            pooled into one set of counts). Values outside 0..num_classes-1 are not allowed.
+            pooled into one set of counts). Reference voxels with a value >= num_classes (the ignore label,
+            :data:`medzoo.utils.IGNORE_INDEX`) are not counted; ``pred`` must hold values in 0..num_classes-1.
         num_classes: K.
         empty_value: Dice of a class absent from both (1.0 by the module's rule; pass ``np.nan`` to skip
             such classes with ``np.nanmean``).

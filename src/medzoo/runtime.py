@@ -47,8 +47,8 @@ __all__ = [
     "AMP_MODES", "BF16_MIN_CONV_VOXELS", "BF16_MIN_CONV_WIDTH", "ENVIRONMENT", "MEMORY_FORMATS", "ConvCensus",
     "EnvVar", "autocast_dtype", "compile_requested", "conv_census", "cpu_has_native_bf16", "cuda_amp_dtype",
     "distributed_env", "env", "environment_table", "fused_kernels", "kernel_cache_dir", "limit_worker_threads",
-    "maybe_compile", "preferred_memory_format", "release_memory", "resolve_device", "training_autocast_dtype",
-    "tune_malloc",
+    "maybe_compile", "model_cache_dir", "preferred_memory_format", "release_memory", "resolve_device",
+    "training_autocast_dtype", "tune_malloc", "user_cache_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,10 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
            "concatenation) off: the same layers run on PyTorch's ops.", _flag(True)),
     EnvVar("MEDZOO_KERNEL_CACHE", "`$XDG_CACHE_HOME/medzoo/kernels`", "Folder for the compiled kernels (a "
            "per-user temp folder when it cannot be written).", _text),
-    EnvVar("XDG_CACHE_HOME", "`~/.cache`", "Base of the default kernel cache.", _text),
+    EnvVar("MEDZOO_MODEL_CACHE", "`$XDG_CACHE_HOME/medzoo/models`", "Where `predict --model FILE.medzoo` unpacks "
+           "packed models (one folder per file content).", _text),
+    EnvVar("XDG_CACHE_HOME", "`~/.cache`", "Base of medzoo's caches (kernels, packed models, the planner's device "
+           "profiles).", _text),
     EnvVar("CXX", "`c++`", "C++ compiler for the kernels (read by `torch.utils.cpp_extension` too); none found "
            "means PyTorch's ops.", _text),
     EnvVar("MEDZOO_TUNE_MALLOC", "1", "0 leaves glibc's malloc as it is; otherwise `train`, `predict` and "
@@ -392,13 +395,23 @@ def maybe_compile(model: nn.Module, compile: bool | None = None, **options) -> n
 # ------------------------------------------------------------------------------------------ fused kernels
 
 
+def user_cache_dir(kind: str) -> Path:
+    """medzoo's per-user cache folder for ``kind`` ("kernels", "models", "planner"):
+    ``$XDG_CACHE_HOME/medzoo/<kind>``, else ``~/.cache/medzoo/<kind>``."""
+    return Path(env("XDG_CACHE_HOME") or Path.home() / ".cache") / "medzoo" / kind
+
+
 def kernel_cache_dir() -> Path:
-    """Where compiled kernels are kept: ``MEDZOO_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/medzoo/kernels``, else
-    ``~/.cache/medzoo/kernels``."""
+    """Where compiled kernels are kept: ``MEDZOO_KERNEL_CACHE``, else :func:`user_cache_dir` ("kernels")."""
     folder = env("MEDZOO_KERNEL_CACHE")
-    if folder:
-        return Path(folder)
-    return Path(env("XDG_CACHE_HOME") or Path.home() / ".cache") / "medzoo" / "kernels"
+    return Path(folder) if folder else user_cache_dir("kernels")
+
+
+def model_cache_dir() -> Path:
+    """Where packed ``.medzoo`` models are unpacked: ``MEDZOO_MODEL_CACHE``, else :func:`user_cache_dir`
+    ("models")."""
+    folder = env("MEDZOO_MODEL_CACHE")
+    return Path(folder) if folder else user_cache_dir("models")
 
 
 def fused_kernels() -> _kernels_module.CpuKernels | None:

@@ -69,15 +69,15 @@ def test_module_quick(name: str, tmp_path) -> None:
 
 
 def test_backends_benchmark_times_every_backend(tmp_path) -> None:
-    from benchmarks.backends import BACKENDS, main
+    from benchmarks.backends import RUNTIMES, main
 
-    res = main(["--quick", "--reps", "1", "--warmup", "0", "--out", str(tmp_path)])
+    res = main(["--quick", "--reps", "2", "--warmup", "0", "--out", str(tmp_path)])
     (row,) = res["rows"]
-    assert row["torch_layout"] == "channels_last_3d"  # unet3d's card: channels-last on the CPU
-    for name in BACKENDS:  # all runtimes are runtime dependencies: none may be skipped
+    assert row["torch_layout"] == "channels_last"  # unet3d's card: channels-last on the CPU
+    for name in RUNTIMES:  # a runtime that fails is reported in the row, so here none may be skipped
         assert row[f"{name}_s"] > 0 and f"{name}_skipped" not in row
-    assert row["torch_over_torch"] == 1.0
-    assert all(row[f"{k}_label_agreement"] > 0.99 for k in ("torch", "onnxruntime", "openvino"))
+    assert row["speedup_min"] <= row["speedup"] <= row["speedup_max"]
+    assert row["equal_labels"] > 0.99 and row["max_prob_diff"] < 0.01
     assert (tmp_path / "backends.json").is_file()
 
 

@@ -18,6 +18,7 @@ from support.layouts import (  # noqa: F401
     label_map,
     make_brats,
     make_mrbrains,
+    make_mrbrains2013,
     make_msd,
     make_nnunet,
     oblique_affine,
@@ -106,7 +107,7 @@ def test_brats_modalities_label_remap_and_regions(tmp_path):
     assert [c.case_id for c in info.cases] == ["BraTS2021_00002", "BraTS2021_00010"]
     assert [c.case_id for c in info.test_cases] == ["BraTS2021_99999"]
     assert info.modalities == ["t1", "t1ce", "t2", "flair"]
-    assert info.regions == {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}
+    assert info.regions == {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]} and info.regions_class_order == [2, 1, 4]
     image, label = load_case(info.cases[1], info)  # 00010, n=0
     assert [float(image.array[m].max()) for m in range(4)] == [0.0, 10.0, 20.0, 30.0]
     raw = nib.load(str(info.cases[1].label_path)).get_fdata()
@@ -166,6 +167,37 @@ def test_mrbrains_label_groupings(tmp_path, classes):
         expected = {v: v for v in range(11)}
     for value, cls in expected.items():  # every raw value present is mapped as documented
         assert (raw == value).any() and (lab[raw == value] == cls).all()
+
+
+@pytest.mark.parametrize("classes", [4, 9])
+def test_mrbrains2013_files_labels_and_test_subjects(tmp_path, classes):
+    root = make_mrbrains2013(tmp_path / "MRBrainS13DataNii")
+    info = load_dataset(root, classes=classes)  # auto-detected beside the 2018 edition
+    assert info.layout == "mrbrains2013" and info.num_classes == classes
+    assert [c.case_id for c in info.cases] == ["TrainingData_1", "TrainingData_5", "TrainingData_12"]
+    assert [c.case_id for c in info.test_cases] == ["TestData_1"]
+    assert info.modalities == ["T1", "T1_IR", "T2_FLAIR"]
+    wanted = "LabelsForTesting.nii" if classes == 4 else "LabelsForTraining.nii"
+    assert all(c.label_path.name == wanted for c in info.cases)
+    if classes == 4:
+        assert info.labels == {0: "background", 1: "csf", 2: "gray_matter", 3: "white_matter"}
+    image, label = load_case(info.cases[1], info)  # subject 5 (n=0 in the fake copy)
+    assert [float(image.array[m].max()) for m in range(3)] == [0.0, 10.0, 20.0]
+    raw = np.asarray(nib.load(str(info.cases[1].label_path)).dataobj)
+    assert np.array_equal(label.array[0], raw) and set(np.unique(raw)) == set(range(classes))
+
+
+def test_mrbrains2013_missing_modality_and_bad_classes(tmp_path):
+    root = make_mrbrains2013(tmp_path / "m13")
+    (root / "TrainingData" / "5" / "T1_IR.nii").unlink()
+    (root / "TrainingData" / "5" / "T1_IR.nii.gz").write_bytes(b"")  # another suffix still counts as present
+    info = load_dataset(root, layout="mrbrains2013")
+    assert info.cases[1].image_paths[1].name == "T1_IR.nii.gz"
+    (root / "TrainingData" / "1" / "T2_FLAIR.nii").unlink()
+    with pytest.raises(DataError, match=r"case 1: missing the T2_FLAIR file"):
+        load_dataset(root, layout="mrbrains2013")
+    with pytest.raises(DataError, match="classes must be 4 or 9"):
+        load_dataset(root, layout="mrbrains2013", classes=11)
 
 
 # ------------------------------------------------------------------------------------ folder and csv

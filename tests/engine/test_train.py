@@ -350,12 +350,12 @@ def test_resolved_augmentation_is_stored_and_kept_on_resume(phantom, cache, tmp_
 def test_amp_dtype_choice(monkeypatch):
     """CPU: bf16 with "auto" only where the CPU has native bf16, with "bf16" always, never fp16; CUDA: bf16
     where supported (auto), else fp16; "none" turns it off everywhere."""
-    import medzoo.engine.trainer as trainer
+    import medzoo.runtime as runtime
     from medzoo.engine.trainer import amp_dtype
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     for native in (True, False):
-        monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda native=native: native)
+        monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda native=native: native)
         assert amp_dtype(TrainConfig(amp="auto"), cpu) == (torch.bfloat16 if native else None)
         assert amp_dtype(TrainConfig(amp="bf16"), cpu) == torch.bfloat16
         assert amp_dtype(TrainConfig(amp="fp16"), cpu) is None

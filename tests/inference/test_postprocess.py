@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from medzoo.inference.postprocess import (
+    ChosenPostprocessing,
     PostProcess,
+    determine_postprocessing,
     fill_holes,
     keep_largest_component,
+    keep_largest_foreground,
     remove_small_components,
 )
 
@@ -56,3 +59,52 @@ def test_postprocess_chain():
     out = chain(lab)
     assert (out == 1).sum() == 8**3 and (out == 2).sum() == 6 * 4 * 6
     np.testing.assert_array_equal(lab, _scene())  # input untouched
+
+
+# ------------------------------------------------------------------------------ chosen from cross-validation
+
+
+def _cv_cases(n=3):
+    """References with one blob per class; predictions with a stray class-1 blob (removing it helps) and a
+    class-2 structure that really is two components (keeping only the largest hurts)."""
+    refs, preds = [], []
+    for i in range(n):
+        ref = np.zeros((24, 20, 16), np.uint8)
+        ref[2:10, 2:10, 2:10] = 1
+        ref[12:20, 2:8, 2:8] = 2
+        ref[12:20, 12:18, 10:14] = 2  # a second class-2 component in the reference itself
+        pred = ref.copy()
+        pred[2:10, 2:9, 2:10] = 1 if i % 2 else pred[2:10, 2:9, 2:10]
+        pred[20:23, 14:18, 1:4] = 1  # a false-positive class-1 blob
+        refs.append(ref)
+        preds.append(pred)
+    return preds, refs
+
+
+def test_determine_postprocessing_keeps_what_raises_dice(tmp_path):
+    preds, refs = _cv_cases()
+    chosen = determine_postprocessing(preds, refs, 3)
+    # all-foreground would drop a real class-2 component, so it is refused; class 1 alone is accepted
+    assert chosen.foreground is False and chosen.classes == (1,)
+    assert chosen.dice_after[1] > chosen.dice_before[1] and chosen.dice_after[2] == chosen.dice_before[2]
+    out = chosen(preds[0])
+    assert out[20:23, 14:18, 1:4].max() == 0 and np.array_equal(out == 2, refs[0] == 2)
+    chosen.save(tmp_path / "postprocessing.json")
+    assert ChosenPostprocessing.load(tmp_path / "postprocessing.json") == chosen
+
+
+def test_determine_postprocessing_foreground_and_nothing():
+    preds, refs = _cv_cases()
+    refs = [np.where(r == 2, 0, r) for r in refs]  # class 2 gone from the references...
+    preds = [np.where(p == 2, 0, p) for p in preds]
+    preds[0][0:2, 18:20, 14:16] = 2  # ...except a stray class-2 false positive
+    chosen = determine_postprocessing(preds, refs, 3)
+    assert chosen.foreground is True and chosen.active
+    assert not determine_postprocessing(refs, refs, 3).active  # perfect predictions: nothing to gain
+
+
+def test_keep_largest_foreground_treats_classes_as_one_object():
+    lab = _scene()
+    out = keep_largest_foreground(lab)
+    # the class-1 cube and the class-2 slab do not touch: only the larger, the cube, stays
+    assert out[2:10, 2:10, 2:10].max() == 1 and out[12:18, 2:6, 2:8].max() == 0 and out[0, 15, 11] == 0

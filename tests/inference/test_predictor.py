@@ -9,7 +9,7 @@ import torch
 from medzoo.errors import DataError, VolumeError
 from medzoo.inference import sliding_window
 from medzoo.inference.postprocess import PostProcess
-from medzoo.inference.predictor import Predictor, context_stack
+from medzoo.inference.predictor import Predictor
 from medzoo.io.volume import Volume
 from support.inference import THRESHOLD, blob_image, make_run, register_threshold  # noqa: F401
 
@@ -72,7 +72,7 @@ def test_probabilities_and_tta(tmp_path):
 def test_2d_plan_predicts_slice_by_slice_with_context(tmp_path, monkeypatch, memory_format):
     register_threshold(monkeypatch)
     # 3 input channels = 1 modality x (2 * 1 context + 1) slices; the net thresholds the first channel,
-    # i.e. the previous slice (edge-replicated at slice 0). In channels-last only zeros are added: exact too.
+    # i.e. the previous slice (zeros before slice 0, as training). In channels-last only zeros are added.
     run, _ = make_run(
         tmp_path / "run", THRESHOLD, 3, 2, spatial_dims=2, patch_size=(8, 8), normalization=["none"],
         slice_axis=1, context_slices=1,
@@ -88,16 +88,40 @@ def test_2d_plan_predicts_slice_by_slice_with_context(tmp_path, monkeypatch, mem
     assert out.spatial_shape == image.spatial_shape
     np.testing.assert_array_equal(out.affine, image.affine)
     positive = image.array[0] > 0
-    previous = np.concatenate([positive[:, :1], positive[:, :-1]], axis=1)
+    previous = np.concatenate([np.zeros_like(positive[:, :1]), positive[:, :-1]], axis=1)
     np.testing.assert_array_equal(out.array[0], previous.astype(np.uint8))
 
 
-def test_context_stack_is_channel_major_and_replicates_edges():
-    vol = torch.arange(2 * 4 * 1 * 1, dtype=torch.float32).reshape(2, 4, 1, 1)  # (C=2, N=4, 1, 1)
-    out = context_stack(vol, [0, 3], 1)
-    assert out.shape == (2, 6, 1, 1)
-    assert out[0, :, 0, 0].tolist() == [0, 0, 1, 4, 4, 5]
-    assert out[1, :, 0, 0].tolist() == [2, 3, 3, 6, 7, 7]
+def test_2d_context_at_the_edge_slices_matches_training(tmp_path):
+    """Training fills context slices beyond the volume with zeros; prediction must feed the same input."""
+    from types import SimpleNamespace
+
+    from medzoo.data.loader import PatchLoader
+
+    run, plan = make_run(
+        tmp_path / "run", "unet2d", 2 * 3, 3, spatial_dims=2, patch_size=(16, 12), normalization=["none", "none"],
+        modalities=["t1", "t2"], slice_axis=1, context_slices=1, model_kwargs={"features": [4, 8]},
+    )  # fmt: skip
+    image = blob_image(shape=(16, 5, 12), channels=2)
+    image.array[:] += 1.0  # no zero slab anywhere: a zero context slice can only come from the padding
+    predictor = Predictor.from_run(run, device="cpu", overlap=0.0, blend="constant", memory_format="contiguous")
+    fed: list[torch.Tensor] = []
+    net = predictor.model
+    predictor.model = lambda x: fed.append(x.clone()) or net(x)
+    predictor.predict_volume(image)
+    predicted_input = torch.cat(fed)  # (5 slices, 6, 16, 12) in slice order
+    # the training path: the patch loader's 2D sample centred on each edge slice (no augmentation)
+    for edge in (0, 4):
+        case = SimpleNamespace(image=image.array, label=np.zeros(image.spatial_shape, np.uint8),
+                               class_locations={}, shape=image.spatial_shape)  # fmt: skip
+        loader = PatchLoader([case], (16, 12), 1, spatial_dims=2, slice_axis=1, context_slices=1, augment="none",
+                             num_workers=0, sampler=lambda c, patch, rng, force, e=edge: np.array([8, e, 6]))  # fmt: skip
+        trained_input, _ = next(loader)
+        np.testing.assert_array_equal(predicted_input[edge].numpy(), trained_input[0].numpy())
+        with torch.inference_mode():
+            np.testing.assert_allclose(net(predicted_input[edge : edge + 1]).numpy(), net(trained_input).numpy(),
+                                       rtol=1e-5, atol=1e-6)  # fmt: skip
+    assert predicted_input[0, 0].abs().max() == 0 and predicted_input[4, 2].abs().max() == 0  # zeros beyond
 
 
 def test_wrong_modalities_and_2d_scan_are_clear_errors(tmp_path):

@@ -96,3 +96,16 @@ def make_mrbrains(root: Path) -> Path:
             save_nii(root / sid / rel, channel(10.0 * m + n))
         save_nii(root / sid / "segm.nii.gz", label_map(list(range(11)), n))
     return root
+
+
+def make_mrbrains2013(root: Path) -> Path:
+    """MRBrainS 2013 as distributed in NIfTI: TrainingData/N with both label files, TestData/N without."""
+    for n, sid in enumerate(["5", "1", "12"]):
+        folder = root / "TrainingData" / sid
+        for m, name in enumerate(["T1.nii", "T1_IR.nii", "T2_FLAIR.nii"]):
+            save_nii(folder / name, channel(10.0 * m + n))
+        save_nii(folder / "LabelsForTesting.nii", label_map([0, 1, 2, 3], n))
+        save_nii(folder / "LabelsForTraining.nii", label_map(list(range(9)), n))
+    for name in ["T1.nii", "T1_IR.nii", "T2_FLAIR.nii"]:
+        save_nii(root / "TestData" / "1" / name, channel(1))
+    return root

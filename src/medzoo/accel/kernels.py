@@ -172,20 +172,24 @@ def _try_load(cache: Path, cxx: str | None) -> CpuKernels | None:
     library, note = folder / f"{folder.name.replace('-', '_')}.so", folder / "checked"
     if note.exists():  # a build that passed its check: load it only if it is still the very file checked
         try:
-            if note.read_text() == _check_stamp(library):
+            if _read_note(note) == _check_stamp(library):
                 return CpuKernels(library)
             problem = "the library is not the one that passed its check"
         except OSError as err:  # unreadable, or not a library
             problem = _first_line(err)
-        logger.warning("discarding the cached kernel build %s (%s); rebuilding it", folder, problem)
+        logger.warning("discarding the cached kernel build %s (%s); building it again", library, problem)
         shutil.rmtree(folder, ignore_errors=True)
     if compiler(cxx) is None:
         logger.info("no C++ compiler found: norms and concatenations run on PyTorch's ops")
         return None
     failed = folder.with_suffix(".failed")
-    if failed.exists():
+    reason = _read_note(failed)
+    if reason:
         logger.info("an earlier kernel build failed (delete %s to retry): using PyTorch's ops", failed)
         return None
+    if reason is not None:
+        logger.warning("discarding a damaged note %s; building medzoo's CPU kernels again", failed)
+        failed.unlink(missing_ok=True)
     try:
         kernels = CpuKernels(_build(folder, library.stem))
         from medzoo.accel.check import check_kernels
@@ -248,6 +252,16 @@ def _writable(folder: Path) -> Path:
 
 def _write_note(path: Path, text: str) -> None:
     atomic_write_text(path, text)
+
+
+def _read_note(path: Path) -> str | None:
+    """A note's text; None when there is none; "" when it is damaged (empty, or not text)."""
+    try:
+        return path.read_bytes().decode("utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 def _first_line(err: BaseException) -> str:

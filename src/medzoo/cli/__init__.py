@@ -16,7 +16,8 @@ import sys
 from medzoo.errors import MedzooError
 
 COMMANDS = [
-    "demo", "phantom", "fingerprint", "preprocess", "train", "predict", "evaluate", "export", "models",
+    "demo", "phantom", "fingerprint", "plan", "preprocess", "train", "predict", "ensemble", "evaluate", "export",
+    "models", "pack", "unpack", "info",
 ]
 
 log = logging.getLogger("medzoo")

@@ -20,6 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", default=None, metavar="DIR", help="write an offline HTML report to DIR")
     p.add_argument("--images", default=None, metavar="DIR", help="images to draw under the report's overlays")
     p.add_argument("--workers", type=int, default=None, help="parallel cases (default min(4, CPUs))")
+    p.add_argument("--regions", nargs="*", default=None, metavar="NAME=V,V",
+                   help="score regions (unions of label values), e.g. WT=1,2,4 TC=1,4 ET=4; 'brats' for those "
+                        "three; no value: the regions of the dataset.json (--dataset-json or beside --ref)")
+    p.add_argument("--ignore-label", type=int, default=None, metavar="V",
+                   help="reference value of unannotated voxels, not scored (default: dataset.json's 'ignore')")
     p.set_defaults(func=run)
 
 
@@ -42,13 +47,43 @@ def _parse_labels(items: list[str] | None):
     return {v: named.get(v, f"label_{v}") for v in plain} if named else plain
 
 
+def _parse_regions(items: list[str] | None, dataset_json: str | None, ref: str):
+    """``--regions`` values as {name: [values]} (None: not asked), and the dataset.json's ignore label."""
+    from pathlib import Path
+
+    from medzoo.errors import ConfigError
+    from medzoo.evaluation import regions_from_dataset_json
+
+    if items is None:
+        return None, None
+    if items == ["brats"]:
+        return {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]}, None
+    if not items:
+        path = Path(dataset_json) if dataset_json else Path(ref).resolve().parent / "dataset.json"
+        if not path.is_file():
+            raise ConfigError(f"--regions without values reads a dataset.json; none at {path} (use --dataset-json)")
+        return regions_from_dataset_json(path)
+    regions = {}
+    for item in items:
+        name, _, values = item.partition("=")
+        try:
+            regions[name] = [int(v) for v in values.split(",")]
+        except ValueError:
+            raise ConfigError(f"--regions: '{item}' is not NAME=V,V (e.g. TC=1,4)") from None
+        if not name:
+            raise ConfigError(f"--regions: '{item}' has no name (e.g. TC=1,4)")
+    return regions, None
+
+
 def run(ns: argparse.Namespace) -> int:
     from medzoo.evaluation import evaluate
 
+    regions, ignore = _parse_regions(ns.regions, ns.dataset_json, ns.ref)
     result = evaluate(
         ns.pred, ns.ref, out_json=ns.out, labels=_parse_labels(ns.labels), metrics=ns.metrics,
         report_dir=ns.report, images_dir=ns.images, dataset_json=ns.dataset_json, tolerance_mm=ns.tolerance,
-        workers=ns.workers,
+        workers=ns.workers, regions=regions,
+        ignore_label=ns.ignore_label if ns.ignore_label is not None else ignore,
     )  # fmt: skip
     print(result.table())
     if result.json_path:

@@ -11,10 +11,12 @@ from medzoo.engine.config import AMP_MODES, MEMORY_FORMATS
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict label maps with a trained run (or an exported model)")
-    p.add_argument("--model", required=True, help="run folder (plan.json + checkpoints) or an .onnx export")
+    p.add_argument("--model", required=True, nargs="+", metavar="RUN",
+                   help="run folder (plan.json + checkpoints) or an .onnx export; a cross-validation folder "
+                        "(RUN/fold_k) averages its folds, several runs are averaged (same labels)")
     p.add_argument("--input", "-i", required=True, help="an image file or a folder of them")
     p.add_argument("--layout", default=None,
-                   help="read --input as a dataset folder in this layout (msd, nnunet, brats, iseg, mrbrains, "
+                   help="read --input as a dataset folder in this layout (msd, nnunet, brats, iseg, mrbrains, mrbrains2013, "
                         "folder, csv; 'auto' detects) and predict its test cases, or all its cases if none")
     add_layout_options(p)
     p.add_argument("--output", "-o", required=True, help="output folder for the label maps")
@@ -28,6 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-largest", action="store_true", help="keep the largest component of each class")
     p.add_argument("--fill-holes", action="store_true", help="fill enclosed holes of each class")
     p.add_argument("--min-size", type=int, default=0, help="drop components smaller than this (voxels)")
+    p.add_argument("--no-postprocess", action="store_true",
+                   help="skip the post-processing a cross-validation chose (RUN/postprocessing.json)")
     p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
                    help="auto (default): on the CPU the faster of OpenVINO (fp32; the run's network exported once "
                         "and cached in RUN/.medzoo_cache) and PyTorch (in the --amp precision), timed once per "
@@ -49,11 +53,11 @@ def run(ns: argparse.Namespace) -> int:
     from medzoo.inference.predictor import predict
 
     report = predict(
-        ns.model, ns.input, ns.output, checkpoint=ns.checkpoint, device=ns.device, tta=ns.tta,
+        ns.model[0] if len(ns.model) == 1 else ns.model, ns.input, ns.output, checkpoint=ns.checkpoint, device=ns.device, tta=ns.tta,
         overlap=ns.overlap, batch_size=ns.batch_size, save_probabilities=ns.save_probabilities,
         keep_largest=ns.keep_largest, fill_holes=ns.fill_holes, min_size=ns.min_size, backend=ns.backend,
         progress=not ns.no_progress, layout=ns.layout, layout_options=dict(ns.layout_option), amp=ns.amp,
-        memory_format=ns.memory_format,
+        memory_format=ns.memory_format, chosen_postprocessing=not ns.no_postprocess,
     )  # fmt: skip
     total = len(report.written) + len(report.failed)
     print(f"wrote {len(report.written)}/{total} label map(s) to {ns.output} in {report.seconds:.1f} s")

@@ -48,8 +48,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "costs at most 20%% of the time budget)")
     p.add_argument("--max-val-cases", type=int, help="validate on at most this many cases")
     p.add_argument("--patience", type=int, help="early stopping after N validations without improvement")
-    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--fold", nargs="+", default=["0"], metavar="K",
+                   help="with --folds k: one fold trains into --out itself; several (0 1 ...) or 'all' run a "
+                        "cross-validation into --out/fold_K with out-of-fold Dice in --out/crossval.json")
     p.add_argument("--folds", type=int, default=1, help="k for k-fold cross-validation (1: one 80/20 split)")
+    p.add_argument("--ignore-label", type=int, metavar="V",
+                   help="label value of unannotated voxels (sparse labels): no loss, no metric, no patch centre")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower)")
     p.add_argument("--compile", action="store_true", default=None,
@@ -74,15 +78,19 @@ def run(ns: argparse.Namespace) -> int:
     from medzoo.engine.trainer import train
     from medzoo.errors import ConfigError
 
+    folds = _folds(ns.fold, ns.folds)
     if ns.resume:
         config = TrainConfig.load(Path(ns.resume) / "config.json")
         result = train(config, resume=True)
     else:
         if not ns.data or not ns.out:
             raise ConfigError("--data and --out are required (or --resume RUN)")
+        layout_options = dict(ns.layout_option)
+        if ns.ignore_label is not None:
+            layout_options["ignore_label"] = ns.ignore_label
         config = TrainConfig(
             data=ns.data, out=ns.out, layout=ns.layout, task=ns.task, model=ns.model,
-            model_kwargs=dict(ns.model_arg), layout_options=dict(ns.layout_option), epochs=ns.epochs,
+            model_kwargs=dict(ns.model_arg), layout_options=layout_options, epochs=ns.epochs,
             time_budget=ns.time_budget, iterations_per_epoch=ns.iterations, batch_size=ns.batch_size,
             patch_size=tuple(ns.patch_size) if ns.patch_size else None, spatial_dims=ns.spatial_dims,
             context_slices=ns.context_slices, optimizer=ns.optimizer, lr=ns.lr, weight_decay=ns.weight_decay,
@@ -90,11 +98,13 @@ def run(ns: argparse.Namespace) -> int:
             loss=ns.loss, augment=ns.augment, amp=ns.amp, memory_format=ns.memory_format, val_every=ns.val_every,
             final_tta=not ns.no_final_tta,
             max_val_cases=ns.max_val_cases,
-            patience=ns.patience, fold=ns.fold, folds=ns.folds, seed=ns.seed, deterministic=ns.deterministic,
+            patience=ns.patience, fold=folds[0], folds=ns.folds, seed=ns.seed, deterministic=ns.deterministic,
             compile=ns.compile,
             num_workers=ns.num_workers, device=ns.device, init_from=ns.init_from, freeze=list(ns.freeze),
             cache_dir=ns.cache_dir, progress=not ns.no_progress,
         )
+        if len(folds) > 1 or ns.fold == ["all"]:
+            return _cross_validate(config, folds)
         result = train(config)
     if runtime.distributed_env().rank == 0:  # under torchrun only rank 0 reports
         metric = "accuracy" if config.task == "classify" else "mean foreground Dice"
@@ -103,4 +113,32 @@ def run(ns: argparse.Namespace) -> int:
             f"stopped by {result.stop_reason}); best {metric} {result.best_metric:.4f} "
             f"at epoch {result.best_epoch}; run folder: {result.run_dir}"
         )
+    return 0
+
+
+def _folds(values: list[str], k: int) -> list[int]:
+    """``--fold`` values as fold numbers (``all``: 0..k-1)."""
+    from medzoo.errors import ConfigError
+
+    if values == ["all"]:
+        if k < 2:
+            raise ConfigError("--fold all needs --folds k with k >= 2")
+        return list(range(k))
+    try:
+        folds = [int(v) for v in values]
+    except ValueError:
+        raise ConfigError(f"--fold takes fold numbers or 'all', got {' '.join(values)}") from None
+    if len(folds) > 1 and k < 2:
+        raise ConfigError("several --fold values need --folds k with k >= 2")
+    return folds
+
+
+def _cross_validate(config, folds: list[int]) -> int:
+    from medzoo.engine.crossval import cross_validate
+
+    result = cross_validate(config, folds)
+    if result is not None:  # rank 0
+        print(result.table())
+        print(f"cross-validation of {len(result.folds)} fold(s) in {result.seconds:.0f} s: "
+              f"{result.run_dir / 'crossval.json'}")
     return 0

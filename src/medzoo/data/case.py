@@ -42,6 +42,10 @@ class DatasetInfo:
         test_cases: unlabelled cases the layout lists (e.g. MSD ``imagesTs``).
         regions: optional region view (e.g. BraTS ``{"WT": [1, 2, 3], ...}``) over class indices.
         name: dataset name for display.
+        ignore_label: the raw label value of unannotated voxels (sparse annotation), or None; it is mapped to
+            :data:`medzoo.utils.IGNORE_INDEX` by ``label_mapping`` and is not one of ``labels``.
+        regions_class_order: the raw label value each region paints, in painting order (nnU-Net v2's
+            ``regions_class_order``), when the dataset declares one.
     """
 
     root: Path
@@ -53,6 +57,8 @@ class DatasetInfo:
     test_cases: list[Case] = field(default_factory=list)
     regions: dict[str, list[int]] | None = None
     name: str = ""
+    ignore_label: int | None = None
+    regions_class_order: list[int] | None = None
 
     @property
     def num_classes(self) -> int:

@@ -14,6 +14,8 @@ Built-in layouts:
 - ``iseg``: iSeg 2017/2019 (``subject-N-T1.hdr``, ``subject-N-T2.hdr``, ``subject-N-label.hdr``, Analyze).
 - ``mrbrains``: MRBrainS 2018 (a folder per subject with ``pre/reg_T1.nii.gz``, ``pre/reg_IR.nii.gz``,
   ``pre/FLAIR.nii.gz`` and ``segm.nii.gz``).
+- ``mrbrains2013``: MRBrainS 2013 (a folder per subject with ``T1``, ``T1_IR``, ``T2_FLAIR`` and
+  ``LabelsForTesting`` / ``LabelsForTraining``, as ``.nii``, ``.nii.gz`` or ``.mhd``).
 - ``folder``: glob patterns per modality and for the label (options, or a ``medzoo_layout.json`` file at the
   root; never auto-detected from file names).
 - ``csv``: a CSV file with a column per modality plus ``label`` (paths relative to the CSV).
@@ -36,6 +38,7 @@ from typing import Any
 
 from medzoo.data.case import Case, DatasetInfo
 from medzoo.errors import DataError
+from medzoo.utils import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +119,8 @@ def load_dataset(root: str | Path, layout: str | None = None, **options: Any) ->
         layout: layout name (see :func:`list_layouts`); None auto-detects it.
         **options: layout-specific options (e.g. ``classes=4`` for ``mrbrains``, glob patterns for
             ``folder``). A ``medzoo_layout.json`` file at the root may hold ``"layout"`` and default options
-            (used when ``layout`` is None or names the same layout; explicit options win).
+            (used when ``layout`` is None or names the same layout; explicit options win). Every layout also
+            takes ``ignore_label=V``: voxels of raw value ``V`` are unannotated (see :func:`with_ignore_label`).
 
     Returns:
         The :class:`DatasetInfo` with cases sorted by id.
@@ -137,7 +141,10 @@ def load_dataset(root: str | Path, layout: str | None = None, **options: Any) ->
         raise DataError(f"unknown dataset layout '{layout}' (known: {', '.join(list_layouts())})")
     if not root.exists():
         raise DataError(f"{root}: dataset folder does not exist")
+    ignore = options.pop("ignore_label", None)
     info = _LAYOUTS[layout].load(root, **options)
+    if ignore is not None:
+        info = with_ignore_label(info, int(ignore))
     if not info.cases and not info.test_cases:
         raise DataError(f"{root}: the {layout} layout found no cases")
     ids = [c.case_id for c in info.cases + info.test_cases]
@@ -145,6 +152,32 @@ def load_dataset(root: str | Path, layout: str | None = None, **options: Any) ->
     if dupes:
         raise DataError(f"{root}: duplicate case ids {dupes[:5]}")
     log.info("%s: %d training and %d test cases (%s layout)", root, len(info.cases), len(info.test_cases), layout)
+    return info
+
+
+def with_ignore_label(info: DatasetInfo, value: int) -> DatasetInfo:
+    """The dataset with raw label ``value`` marking unannotated voxels (sparse annotation, as nnU-Net's ignore).
+
+    The value leaves the classes (the classes above it move down one index, region definitions follow) and
+    ``label_mapping`` sends it to :data:`medzoo.utils.IGNORE_INDEX`. A value no label file declares is fine.
+
+    Raises:
+        DataError: ``value`` is the background's value.
+    """
+    mapping = dict(info.label_mapping or {k: k for k in info.labels})
+    gone = mapping.pop(value, None)
+    if gone == 0:
+        raise DataError(f"{info.root}: the ignore label {value} is the background's value; pick another")
+    labels = dict(info.labels)
+    if gone is not None and gone != IGNORE_INDEX:
+        labels.pop(gone)
+        shift = {c: c - (c > gone) for c in info.labels if c != gone}
+        labels = {shift[c]: n for c, n in labels.items()}
+        mapping = {raw: shift[c] for raw, c in mapping.items()}
+        if info.regions:
+            info.regions = {k: [shift[c] for c in cs if c != gone] for k, cs in info.regions.items()}
+    mapping[value] = IGNORE_INDEX
+    info.labels, info.label_mapping, info.ignore_label = dict(sorted(labels.items())), mapping, value
     return info
 
 
@@ -289,22 +322,32 @@ def _load_nnunet(root: Path) -> DatasetInfo:
     ending = str(d["file_ending"])
     raw: dict[int, str] = {}
     regions: dict[str, list[int]] = {}
+    ignore = None
+    region_based = any(isinstance(v, list) for v in d["labels"].values())
     for name, value in d["labels"].items():
-        if isinstance(value, list):  # region-based dataset: a region is a union of label values
-            regions[str(name)] = [int(v) for v in value]
-            if len(value) == 1:
-                raw[int(value[0])] = str(name)
-        else:
-            raw[int(value)] = str(name)
+        if str(name) == "ignore":  # nnU-Net v2's sparse annotation: this value marks unannotated voxels
+            ignore = int(value)
+            continue
+        values = [int(v) for v in value] if isinstance(value, list) else [int(value)]
+        if len(values) == 1:
+            raw[values[0]] = str(name)
+        # region-based dataset: every entry but the background is a region, a union of label values
+        if region_based and values != [0]:
+            regions[str(name)] = values
+    for value in sorted({v for vs in regions.values() for v in vs} - set(raw)):
+        raw[value] = f"label_{value}"  # a value only named through the regions holding it
     labels, mapping = _contiguous(dict(sorted(raw.items())))
     if regions and mapping:
         regions = {k: [mapping[v] for v in vs if v in mapping] for k, vs in regions.items()}
     cases = _nnunet_cases(root / "imagesTr", ending, len(modalities), root / "labelsTr")
     tests = _nnunet_cases(root / "imagesTs", ending, len(modalities), None)
-    return DatasetInfo(
+    order = d.get("regions_class_order")
+    info = DatasetInfo(
         root=root, layout="nnunet", cases=cases, labels=labels, modalities=modalities,
         label_mapping=mapping, test_cases=tests, regions=regions or None, name=str(d.get("name", root.name)),
+        regions_class_order=[int(v) for v in order] if regions and order else None,
     )
+    return info if ignore is None else with_ignore_label(info, ignore)
 
 
 # ------------------------------------------------------------------------------------------- brats
@@ -312,6 +355,8 @@ def _load_nnunet(root: Path) -> DatasetInfo:
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
 BRATS_LABELS = {0: "background", 1: "necrotic_tumor_core", 2: "peritumoral_edema", 3: "enhancing_tumor"}
 BRATS_REGIONS = {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}
+#: The raw label value each region paints, in order: WT -> edema (2), TC -> necrosis (1), ET -> enhancing (4).
+BRATS_REGIONS_CLASS_ORDER = (2, 1, 4)
 
 
 def _brats_file(folder: Path, suffix: str) -> Path | None:
@@ -352,7 +397,7 @@ def _load_brats(root: Path) -> DatasetInfo:
         root=root, layout="brats", cases=_sorted_cases(cases), labels=dict(BRATS_LABELS),
         modalities=list(BRATS_MODALITIES), label_mapping={0: 0, 1: 1, 2: 2, 4: 3},
         test_cases=_sorted_cases(tests), regions={k: list(v) for k, v in BRATS_REGIONS.items()},
-        name="BraTS",
+        regions_class_order=list(BRATS_REGIONS_CLASS_ORDER), name="BraTS",
     )
 
 
@@ -459,6 +504,66 @@ def _load_mrbrains(root: Path, classes: int = 9) -> DatasetInfo:
         root=root, layout="mrbrains", cases=_sorted_cases(cases), labels=labels,
         modalities=list(MRBRAINS_FILES), label_mapping=mapping, test_cases=_sorted_cases(tests),
         name="MRBrainS18",
+    )
+
+
+MRBRAINS13_FILES = {"T1": "T1", "T1_IR": "T1_IR", "T2_FLAIR": "T2_FLAIR"}
+MRBRAINS13_LABELS_4 = {0: "background", 1: "csf", 2: "gray_matter", 3: "white_matter"}
+_MRBRAINS13_SUFFIXES = (".nii.gz", ".nii", ".mhd")
+
+
+def _mrbrains13_file(folder: Path, stem: str) -> Path | None:
+    for ext in _MRBRAINS13_SUFFIXES:
+        if (folder / f"{stem}{ext}").is_file():
+            return folder / f"{stem}{ext}"
+    return None
+
+
+def _mrbrains13_folders(root: Path) -> list[Path]:
+    """Subject folders: those holding a T1_IR scan, at most two levels below the root."""
+    hits = [p for pattern in ("*/T1_IR.*", "*/*/T1_IR.*") for p in root.glob(pattern)]
+    return sorted({p.parent for p in hits if p.name.endswith(_MRBRAINS13_SUFFIXES)}, key=lambda p: natural_key(p.name))
+
+
+def _detect_mrbrains13(root: Path) -> bool:
+    return any(_mrbrains13_file(f, "T2_FLAIR") is not None for f in _mrbrains13_folders(root))
+
+
+@register_layout("mrbrains2013", _detect_mrbrains13)
+def _load_mrbrains13(root: Path, classes: int = 4) -> DatasetInfo:
+    """MRBrainS 2013: a folder per subject (e.g. ``TrainingData/1``) with ``T1``, ``T1_IR``, ``T2_FLAIR``.
+
+    The challenge gives two label files per training subject: ``LabelsForTesting`` (the evaluated task:
+    0 background, 1 CSF, 2 gray matter, 3 white matter) and ``LabelsForTraining`` (0..8, the 2018 edition's
+    first nine structures). Subjects without the chosen label file (``TestData``) become test cases.
+
+    Args:
+        root: dataset folder (the one holding ``TrainingData``/``TestData``, or a subject folders' parent).
+        classes: 4 (default) reads ``LabelsForTesting``; 9 reads ``LabelsForTraining``.
+    """
+    if int(classes) == 4:
+        labels, label_stem = dict(MRBRAINS13_LABELS_4), "LabelsForTesting"
+    elif int(classes) == 9:
+        labels, label_stem = {k: v for k, v in MRBRAINS_LABELS_11.items() if k <= 8}, "LabelsForTraining"
+    else:
+        raise DataError(f"mrbrains2013: classes must be 4 or 9, got {classes}")
+    cases, tests = [], []
+    for folder in _mrbrains13_folders(root):
+        paths = []
+        for mod, stem in MRBRAINS13_FILES.items():
+            p = _mrbrains13_file(folder, stem)
+            if p is None:
+                raise DataError(f"case {folder.name}: missing the {mod} file ({stem}.nii) in {folder}")
+            paths.append(p.resolve())
+        seg = _mrbrains13_file(folder, label_stem)
+        # subject numbers restart in TestData, so the parent folder is part of the id
+        cid = folder.name if folder.parent == root else f"{folder.parent.name}_{folder.name}"
+        case = Case(cid, paths, seg.resolve() if seg else None)
+        (cases if seg else tests).append(case)
+    return DatasetInfo(
+        root=root, layout="mrbrains2013", cases=_sorted_cases(cases), labels=labels,
+        modalities=list(MRBRAINS13_FILES), label_mapping=None, test_cases=_sorted_cases(tests),
+        name="MRBrainS13",
     )
 
 

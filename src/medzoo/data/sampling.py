@@ -5,6 +5,10 @@ A sampler is called as ``sampler(case, patch_size, rng, force_foreground)`` and 
 case (for 2D training on 3D data the sliced axis has size 1). The patch ``[centre - P // 2, centre - P // 2
 + P)`` may reach outside the case; :func:`crop_with_padding` pads it with zeros.
 
+Sparsely annotated cases (voxels of the ignore label, :data:`medzoo.utils.IGNORE_INDEX`): no sampler
+centres a patch on an unannotated voxel by choice of class, and where a sampler would draw a uniform centre
+it draws a random annotated voxel instead, so every patch holds annotation.
+
 Samplers (names for ``PatchLoader(sampler=...)``):
 
 - ``uniform``: a uniformly random patch inside the case.
@@ -24,6 +28,7 @@ from collections.abc import Callable
 import numpy as np
 
 from medzoo.errors import ConfigError
+from medzoo.utils import IGNORE_INDEX
 
 
 def _bounds(shape: tuple[int, ...], patch: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -53,16 +58,30 @@ def uniform_centre(shape: tuple[int, ...], patch: tuple[int, ...], rng: np.rando
 
 def _class_voxel(case, classes: list[int], rng: np.random.Generator) -> np.ndarray | None:
     locs = case.class_locations
-    present = [k for k in classes if k in locs and len(locs[k])]
+    present = [k for k in classes if k in locs and len(locs[k]) and k != IGNORE_INDEX]
     if not present:
         return None
     k = present[int(rng.integers(len(present)))]
     return np.asarray(locs[k][int(rng.integers(len(locs[k])))], dtype=np.int64)
 
 
-def sample_uniform(case, patch_size, rng, force_foreground=False) -> np.ndarray:
-    """Uniform centre."""
+def _sparse(case) -> bool:
+    locs = getattr(case, "class_locations", None) or {}
+    return IGNORE_INDEX in locs and len(locs[IGNORE_INDEX]) > 0
+
+
+def _any_centre(case, patch_size, rng) -> np.ndarray:
+    """Uniform centre, or on a sparsely annotated case a random annotated voxel (any class)."""
+    if _sparse(case):
+        voxel = _class_voxel(case, sorted(case.class_locations), rng)
+        if voxel is not None:
+            return clamp_centre(voxel, case.shape, patch_size)
     return uniform_centre(case.shape, patch_size, rng)
+
+
+def sample_uniform(case, patch_size, rng, force_foreground=False) -> np.ndarray:
+    """Uniform centre (an annotated voxel on sparsely annotated cases)."""
+    return _any_centre(case, patch_size, rng)
 
 
 def sample_foreground(case, patch_size, rng, force_foreground=False) -> np.ndarray:
@@ -71,14 +90,14 @@ def sample_foreground(case, patch_size, rng, force_foreground=False) -> np.ndarr
         voxel = _class_voxel(case, sorted(k for k in case.class_locations if k != 0), rng)
         if voxel is not None:
             return clamp_centre(voxel, case.shape, patch_size)
-    return uniform_centre(case.shape, patch_size, rng)
+    return _any_centre(case, patch_size, rng)
 
 
 def sample_class_balanced(case, patch_size, rng, force_foreground=False) -> np.ndarray:
     """Centre on a random voxel of a class drawn uniformly among those present (background included)."""
     voxel = _class_voxel(case, sorted(case.class_locations), rng)
     if voxel is None:
-        return uniform_centre(case.shape, patch_size, rng)
+        return _any_centre(case, patch_size, rng)
     return clamp_centre(voxel, case.shape, patch_size)
 
 
@@ -100,7 +119,7 @@ class ThresholdSampler:
             if case.label is None:
                 return centre
             patch = crop_with_padding(case.label, centre, patch_size)
-            frac = float(np.count_nonzero(patch)) / patch.size
+            frac = float(np.count_nonzero((patch != 0) & (patch != IGNORE_INDEX))) / patch.size
             if frac > self.threshold:
                 return centre
             if frac > best_frac:

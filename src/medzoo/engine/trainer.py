@@ -161,7 +161,8 @@ def _plan_for(config: TrainConfig, info: Any) -> Plan:
         overrides["model_kwargs"] = dict(config.model_kwargs)
     if config.context_slices:
         overrides["context_slices"] = config.context_slices
-    return make_plan(info, fingerprint, **overrides)
+    budget = config.budget_seconds if config.epochs is None else None  # the plan fits a time budget
+    return make_plan(info, fingerprint, time_budget=budget, **overrides)
 
 
 @dataclass

@@ -29,6 +29,8 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medzoo.errors import CheckpointError, ConfigError
+from medzoo.errors import CheckpointError, ConfigError, MedzooError
 from medzoo.planning.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -135,11 +137,32 @@ def read_card(export_path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{export_path}: no model card {path.name} beside the export (re-run medzoo export)")
     try:
-        card = json.loads(path.read_text())
+        card = json.loads(path.read_text(encoding="utf-8"))
         Plan.from_dict(card["plan"])
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{path}: not a valid medzoo model card ({err})") from None
+    except (ValueError, KeyError, TypeError, AttributeError, MedzooError) as err:  # ValueError: bad JSON/UTF-8
+        raise CheckpointError(f"{path}: not a valid medzoo model card ({type(err).__name__}: {err})") from None
     return card
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """A JSON record medzoo keeps beside an export (a check, a race), or None when there is none. A damaged
+    one is deleted with one warning and None is returned: it is derived, so it is simply made again."""
+    try:
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError:  # none, or unreadable: nothing to go by
+        return None
+    except ValueError as err:  # truncated JSON, garbage bytes
+        record, problem = None, f"{type(err).__name__}: {err}"
+    else:
+        problem = None if isinstance(record, dict) else f"a JSON {type(record).__name__}, not an object"
+    if problem is None:
+        return record
+    log.warning("%s: discarding a damaged record (%s); it will be made again", path, problem)
+    try:
+        path.unlink()
+    except OSError:
+        pass
+    return None
 
 
 def _size_rule(plan: Plan) -> Any:
@@ -195,8 +218,10 @@ def cached_onnx_export(run_dir: str | Path, checkpoint: str = "best") -> Path | 
     The export is checked against PyTorch (see :func:`medzoo.export.export_network`); its spatial axes are
     fixed to the plan's patch size (about 10 % faster under ONNX Runtime than size-generic axes; the sliding
     window only feeds patch-sized windows), or size-generic for the graphs that only export that way. A new
-    or rewritten checkpoint gets a new export. When the run folder cannot be written, the export goes to a
-    temporary folder for this process only.
+    or rewritten checkpoint gets a new export. Processes that start predicting with one run at once export it
+    once (the others wait for it). A cached export is checked against the SHA-256 its card records before
+    use: a damaged one is discarded with one warning and made again. When the run folder cannot be written,
+    the export goes to a temporary folder for this process only.
 
     Args:
         run_dir: the run folder.
@@ -207,7 +232,7 @@ def cached_onnx_export(run_dir: str | Path, checkpoint: str = "best") -> Path | 
         (remembered in the cache, so the next call does not try again).
     """
     from medzoo.engine.checkpoint import checkpoint_path
-    from medzoo.export import export_model
+    from medzoo.utils import locked
 
     run_dir = Path(run_dir)
     ckpt = checkpoint_path(run_dir, checkpoint)
@@ -216,10 +241,9 @@ def cached_onnx_export(run_dir: str | Path, checkpoint: str = "best") -> Path | 
     key = _checkpoint_key(ckpt)
     cache = run_dir / CACHE_DIR
     path, failed = cache / f"model_{key}.onnx", cache / f"model_{key}.failed"
-    if path.is_file() and card_path(path).is_file():
+    if _export_problem(path) is None:
         return path
-    if failed.is_file():
-        log.info("%s: cannot be exported to ONNX (see %s); using PyTorch", ckpt, failed)
+    if _export_failed(failed, ckpt):
         return None
     try:
         cache.mkdir(exist_ok=True)
@@ -228,23 +252,97 @@ def cached_onnx_export(run_dir: str | Path, checkpoint: str = "best") -> Path | 
         probe.unlink()
     except OSError:
         path = Path(tempfile.mkdtemp(prefix="medzoo_onnx_")) / "model.onnx"
-        failed = None
         log.info("%s is not writable; exporting to %s for this run only", run_dir, path.parent)
+        return _export(run_dir, ckpt, path, failed=None)
+    with locked(cache):  # one process exports; the others wait here, then take its export
+        problem = _export_problem(path)
+        if problem is None:
+            return path
+        if _export_failed(failed, ckpt):
+            return None
+        if path.exists() or card_path(path).exists():
+            log.warning("%s; discarding the cached export and exporting it again", problem)
+        for stale in (path, card_path(path), *_verdict_files(path)):
+            stale.unlink(missing_ok=True)
+        for leftover in cache.glob(".export-*"):  # from a process killed while exporting
+            shutil.rmtree(leftover, ignore_errors=True)
+        return _export(run_dir, ckpt, path, failed)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _export_problem(path: Path) -> str | None:
+    """Why the cached export ``path`` cannot be used, or None when it and its card are whole."""
+    if not path.is_file() and not card_path(path).is_file():
+        return "not exported yet"
+    if not path.is_file():
+        return f"{path}: missing beside its card"
+    try:
+        card = read_card(path)
+    except CheckpointError as err:
+        return str(err)
+    if card.get("onnx_sha256") != _sha256(path):
+        return f"{path}: does not match the SHA-256 in its card {card_path(path).name}"
+    return None
+
+
+def _export_failed(note: Path, ckpt: Path) -> bool:
+    """Whether an earlier process noted that this checkpoint cannot be exported (a damaged note is removed)."""
+    try:
+        text = note.read_bytes().decode("utf-8").strip()
+    except OSError:  # none (or no cache folder at all)
+        return False
+    except UnicodeDecodeError:
+        text = ""
+    if not text:
+        log.warning("%s: discarding a damaged note; trying the export again", note)
+        note.unlink(missing_ok=True)
+        return False
+    log.info("%s: cannot be exported to ONNX (see %s); using PyTorch", ckpt, note)
+    return True
+
+
+def _verdict_files(export: Path) -> tuple[Path, Path]:
+    """The records kept beside an export: OpenVINO's check and the race."""
+    return export.with_suffix(".openvino.json"), export.with_suffix(".race.json")
+
+
+def _export(run_dir: Path, ckpt: Path, path: Path, failed: Path | None) -> Path | None:
+    """Export into a private folder beside ``path``, record the export's SHA-256 in its card, then move both
+    into place (export first: a card is only ever found beside the export it describes)."""
+    from medzoo.export import export_model
+    from medzoo.utils import atomic_write_text
+
     log.info("exporting %s to ONNX (once per checkpoint)", ckpt)
+    work = Path(tempfile.mkdtemp(prefix=".export-", dir=path.parent))
+    out = work / path.name
     try:
         try:
-            export_model(run_dir, "onnx", out=path, checkpoint=str(ckpt), dynamic_spatial=False)
+            export_model(run_dir, "onnx", out=out, checkpoint=str(ckpt), dynamic_spatial=False)
         except Exception as err:  # noqa: BLE001 - some graphs only export with size-generic axes
             log.info("%s: fixed-size ONNX export failed (%s); trying size-generic axes", ckpt, err)
-            export_model(run_dir, "onnx", out=path, checkpoint=str(ckpt), dynamic_spatial=True)
+            export_model(run_dir, "onnx", out=out, checkpoint=str(ckpt), dynamic_spatial=True)
+        card = json.loads(card_path(out).read_text())
+        card["onnx_sha256"] = _sha256(out)
+        atomic_write_text(card_path(out), json.dumps(card, indent=2))
+        os.replace(out, path)
+        os.replace(card_path(out), card_path(path))
     except Exception as err:  # noqa: BLE001 - any export failure means: predict with PyTorch instead
         log.warning("%s: ONNX export failed (%s: %s); predicting with PyTorch", ckpt, type(err).__name__, err)
-        if failed is not None:
+        if failed is not None and not isinstance(err, OSError):  # a full disk is not the network's fault
             try:
-                failed.write_text(f"{type(err).__name__}: {err}\n")
+                atomic_write_text(failed, f"{type(err).__name__}: {err}\n")
             except OSError:
                 pass
         return None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return path
 
 
@@ -357,11 +455,8 @@ class _RaceRecord:
         self.key = race_key(self.batch_size, torch_dtype)
 
     def _read(self) -> dict[str, Any]:
-        try:
-            races = json.loads(self.path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return {}
-        return races if isinstance(races, dict) else {}
+        races = _read_record(self.path)
+        return {} if races is None else races
 
     def winner(self) -> str | None:
         """The recorded winner for this key ("openvino" / "torch"), else None."""
@@ -434,7 +529,10 @@ def _openvino_backend(export: Path, strict: bool) -> tuple[OpenVinoModel, Plan] 
     model = None
     try:
         # a stored verdict first: a network that failed the check is not compiled again on every call
-        verdict = json.loads(record.read_text()) if record.is_file() else None
+        verdict = _read_record(record)
+        if verdict is not None and not isinstance(verdict.get("ok"), bool):
+            log.warning("%s: discarding a damaged record (no verdict); checking OpenVINO again", record)
+            verdict = None
         if verdict is None or verdict.get("ok"):
             model = OpenVinoModel(export, card=_size_rule(plan), threads=_cpu_threads("cpu"))
         if verdict is None:

@@ -3,17 +3,40 @@
 All functions take an integer label map (*S) (2D or 3D, any integer dtype; 0 = background) and return a new
 map of the same shape and dtype. ``classes`` selects which foreground classes are processed (default: every
 class present). Connectivity is face connectivity (6 neighbours in 3D, 4 in 2D), as nnU-Net uses.
+
+:func:`determine_postprocessing` chooses from data, as nnU-Net's ``determine_postprocessing`` does, whether
+keeping the largest connected component (of all foreground together, then of each class) raises the
+out-of-fold Dice of a cross-validation; the resulting :class:`ChosenPostprocessing` is stored as
+``postprocessing.json`` in the run folder and applied by ``predict``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["PostProcess", "fill_holes", "keep_largest_component", "remove_small_components"]
+from medzoo.errors import DataError
+from medzoo.metrics import dice_per_class
+from medzoo.utils import atomic_write_text
+
+__all__ = [
+    "POSTPROCESSING_FILE",
+    "ChosenPostprocessing",
+    "PostProcess",
+    "determine_postprocessing",
+    "fill_holes",
+    "keep_largest_component",
+    "keep_largest_foreground",
+    "remove_small_components",
+]
+
+#: File name of the chosen post-processing in a run folder.
+POSTPROCESSING_FILE = "postprocessing.json"
 
 
 def _classes(labels: np.ndarray, classes: Iterable[int] | None) -> list[int]:
@@ -138,3 +161,130 @@ class PostProcess:
         if self.keep_largest:
             labels = keep_largest_component(labels, self.classes)
         return labels
+
+
+def keep_largest_foreground(labels: np.ndarray) -> np.ndarray:
+    """Keep the largest connected component of all foreground classes taken together; the rest -> 0."""
+    out = labels.copy()
+    mask = labels != 0
+    box = _bbox(mask)
+    if box is None:
+        return out
+    comp, n = ndimage.label(mask[box])
+    if n > 1:
+        sizes = np.bincount(comp.ravel())
+        sizes[0] = 0
+        out[box][(comp != 0) & (comp != int(sizes.argmax()))] = 0
+    return out
+
+
+@dataclass
+class ChosenPostprocessing:
+    """Which largest-component steps a cross-validation found helpful, with the Dice that decided it.
+
+    Attributes:
+        foreground: keep the largest component of all foreground together (applied first).
+        classes: classes whose largest component alone is kept (applied after, in this order).
+        dice_before, dice_after: mean out-of-fold Dice per foreground class, without and with the choice.
+    """
+
+    foreground: bool = False
+    classes: tuple[int, ...] = ()
+    dice_before: dict[int, float] = field(default_factory=dict)
+    dice_after: dict[int, float] = field(default_factory=dict)
+
+    def __call__(self, labels: np.ndarray) -> np.ndarray:
+        """Apply the chosen steps to a label map (*S) of class indices; returns a new array."""
+        if self.foreground:
+            labels = keep_largest_foreground(labels)
+        if self.classes:
+            labels = keep_largest_component(labels, self.classes)
+        return labels
+
+    @property
+    def active(self) -> bool:
+        """Whether any step was chosen."""
+        return self.foreground or bool(self.classes)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dictionary."""
+        return {
+            "keep_largest_foreground": self.foreground, "keep_largest_classes": list(self.classes),
+            "dice_before": {str(k): v for k, v in self.dice_before.items()},
+            "dice_after": {str(k): v for k, v in self.dice_after.items()},
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write as JSON, atomically."""
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> ChosenPostprocessing:
+        """Read a file written by :meth:`save`.
+
+        Raises:
+            DataError: the file is not valid JSON or lacks the decision.
+        """
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+            return cls(
+                foreground=bool(d["keep_largest_foreground"]),
+                classes=tuple(int(c) for c in d["keep_largest_classes"]),
+                dice_before={int(k): float(v) for k, v in d.get("dice_before", {}).items()},
+                dice_after={int(k): float(v) for k, v in d.get("dice_after", {}).items()},
+            )
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise DataError(f"{path}: not a post-processing decision ({err}); delete it or rerun cross-validation") from err
+
+
+def _mean_dice(preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], num_classes: int) -> np.ndarray:
+    """Mean over cases of each foreground class's Dice (classes absent from both maps of a case skipped)."""
+    per_case = np.array([dice_per_class(p, r, num_classes, empty_value=np.nan)[1:] for p, r in zip(preds, refs)])
+    return np.array([_nanmean(per_case[:, c]) for c in range(num_classes - 1)]) if len(per_case) else (
+        np.full(num_classes - 1, np.nan))
+
+
+def _nanmean(values: np.ndarray) -> float:
+    """Mean of the finite values (NaN when there is none, without numpy's warning)."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+def _better(after: float, before: float) -> bool:
+    return bool(np.isfinite(after) and (not np.isfinite(before) or after > before))
+
+
+def determine_postprocessing(
+    predictions: Sequence[np.ndarray], references: Sequence[np.ndarray], num_classes: int
+) -> ChosenPostprocessing:
+    """Choose the largest-component steps that raise the mean Dice of out-of-fold predictions.
+
+    First all foreground together: kept when the mean over foreground classes rises. Then, on top of that
+    choice, each class alone: kept when that class's Dice rises. Ties keep the predictions untouched.
+
+    Args:
+        predictions: label maps (class indices) of every cross-validation case, each on its reference's grid.
+        references: the matching reference label maps (ignore-label voxels, values >= num_classes, skipped).
+        num_classes: K, background included.
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    preds = [np.asarray(p) for p in predictions]
+    before = _mean_dice(preds, references, num_classes)
+    base, chosen = before, ChosenPostprocessing()
+    candidate = [keep_largest_foreground(p) for p in preds]
+    fg_after = _mean_dice(candidate, references, num_classes)
+    if _better(_nanmean(fg_after), _nanmean(base)):
+        preds, base, chosen.foreground = candidate, fg_after, True
+    classes = []
+    for c in range(1, num_classes):
+        candidate = [keep_largest_component(p, [c]) for p in preds]
+        after = _mean_dice(candidate, references, num_classes)
+        if _better(float(after[c - 1]), float(base[c - 1])):
+            preds, base = candidate, after
+            classes.append(c)
+    chosen.classes = tuple(classes)
+    chosen.dice_before = {c: float(before[c - 1]) for c in range(1, num_classes)}
+    chosen.dice_after = {c: float(base[c - 1]) for c in range(1, num_classes)}
+    return chosen

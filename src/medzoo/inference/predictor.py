@@ -1,25 +1,26 @@
-"""The predictor: a run folder (plan + weights) in, label maps on each scan's own grid out.
+"""The predictor: a trained network and its plan in, label maps (or probabilities) on each scan's own grid out.
 
-:class:`Predictor` repeats the plan's preprocessing (crop to non-zero, normalise, resample), runs the
-memory-bounded sliding window (:func:`~medzoo.inference.sliding_window.sliding_window_argmax`), maps the
-labels back onto the scan's grid with :meth:`Preprocessor.restore` (so the output always has the input's
-exact shape and affine) and applies optional post-processing. 2D plans are run slice by slice along
-``plan.slice_axis`` with ``plan.context_slices`` neighbours on each side stacked as channels.
+Layers of prediction, each usable on its own:
 
-:func:`predict` does it for a file or a folder: cases are read by a prefetching thread, predicted on the
-main thread and written (atomically) by a writer thread, so reading, computing and writing overlap. A case
-that fails is listed in the :class:`PredictionReport` and the others still run.
+- :class:`Predictor` (here): one volume in, its label map / probabilities out. In three steps, which
+  ensembles can run separately: :meth:`Predictor.preprocess` (the plan's crop, normalisation and
+  resampling), :meth:`Predictor.predict_preprocessed` (the memory-bounded sliding window on the preprocessed
+  grid; 2D plans slice by slice with their context slices, as training stacks them) and
+  :meth:`Predictor.restore` (probabilities and/or labels on the preprocessed grid -> the input's exact grid,
+  plus optional post-processing).
+- :mod:`medzoo.inference.inputs`: which cases a file, folder or dataset layout holds, and reading one.
+- :mod:`medzoo.inference.pipeline`: the threaded read -> compute -> write loop over cases.
+- :mod:`medzoo.inference.backends`: the runtimes (PyTorch, or an ONNX export under OpenVINO / ONNX Runtime).
+
+:func:`predict` ties them together for a run folder (or an export) and a file or folder of scans.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import re
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,42 +28,29 @@ import numpy as np
 import torch
 
 from medzoo import runtime
-from medzoo.errors import ConfigError, DataError, MedzooError, VolumeError
+from medzoo.data.loader import slices_with_context
+from medzoo.errors import ConfigError, DataError, VolumeError
+from medzoo.inference.inputs import InputCase, collect_cases, collect_layout_cases, read_case
+from medzoo.inference.pipeline import PredictionReport, run_pipeline
 from medzoo.inference.postprocess import PostProcess
 from medzoo.inference.sliding_window import sliding_window_argmax
 from medzoo.io.volume import Volume
 from medzoo.models.registry import prefers_channels_last
 from medzoo.planning.plan import Plan
+from medzoo.transforms.preprocess import PreprocessedCase, Preprocessor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PredictionReport", "Predictor", "collect_cases", "predict"]
+__all__ = [
+    "InputCase", "PredictOptions", "PredictionReport", "Predictor", "collect_cases", "collect_layout_cases",
+    "predict", "read_case",
+]
 
-#: nnU-Net style channel files: ``case_0000.nii.gz``, ``case_0001.nii.gz``, ...
-_CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
-@dataclass
-class PredictionReport:
-    """What :func:`predict` did.
-
-    Attributes:
-        written: label-map files written, in case order.
-        failed: ``(case name, one-line reason)`` for every case that could not be predicted.
-        probabilities: probability files written (with ``save_probabilities``).
-        seconds: wall-clock time of the whole run.
-    """
-
-    written: list[Path] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    probabilities: list[Path] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """True when every case was predicted."""
-        return not self.failed
-
+def _resampled(pre: PreprocessedCase) -> bool:
+    """Whether preprocessing resampled the scan to another grid (the plan's spacing differs from its own)."""
+    return "resample_from_shape" in pre.meta and list(pre.meta["resample_from_shape"]) != list(pre.meta["shape"])
 
 class Predictor:
     """Predict label maps with a trained network and the plan it was trained with.
@@ -88,12 +76,11 @@ class Predictor:
         memory_format: memory layout of a PyTorch network's weights (its windows follow): "auto" (default:
             channels-last on the CPU when the plan's model card says so, as ``medzoo train`` does; see
             :func:`medzoo.runtime.preferred_memory_format`), "channels_last" or "contiguous". The layout changes
-            the convolutions' summation order, so logits move by float rounding (about 1e-5 of their
-            range) and a label can flip only at a near-tie. Exported networks keep their runtime's layout.
+            the convolutions' summation order, so logits move by float rounding and a label can flip only
+            at a near-tie. Exported networks keep their runtime's layout.
 
     Building one calls :func:`medzoo.runtime.tune_malloc` (as ``predict`` and ``train`` do; off with
-    ``MEDZOO_TUNE_MALLOC=0``): with glibc's defaults PyTorch page-faults each window's activations back in,
-    and predicting the 160x192x160 phantom took 1.3x as long (5.2-5.6 s against 3.8-4.3 s).
+    ``MEDZOO_TUNE_MALLOC=0``): with glibc's defaults PyTorch page-faults each window's activations back in.
     """
 
     def __init__(
@@ -113,9 +100,9 @@ class Predictor:
         amp: str = "auto",
         memory_format: str = "auto",
     ) -> None:
-        from medzoo.transforms.preprocess import Preprocessor
-
         runtime.tune_malloc()
+        if plan.spatial_dims not in (2, 3):
+            raise ConfigError(f"plan.spatial_dims must be 2 or 3, got {plan.spatial_dims}")
         self.plan = plan
         self.model = model
         if device is not None and isinstance(model, torch.nn.Module):
@@ -137,10 +124,7 @@ class Predictor:
             # an explicit "contiguous" also converts back a network that is in channels-last already
             model.to(memory_format=self.memory_format or torch.contiguous_format)
         self.preprocessor = Preprocessor(plan)
-        if plan.spatial_dims not in (2, 3):
-            raise ConfigError(f"plan.spatial_dims must be 2 or 3, got {plan.spatial_dims}")
 
-    # ------------------------------------------------------------------------------------------ building
     @classmethod
     def from_run(
         cls,
@@ -170,7 +154,7 @@ class Predictor:
             postprocess=postprocess, **options,
         )  # fmt: skip
 
-    # ---------------------------------------------------------------------------------------- predicting
+    # ------------------------------------------------------------------------------- one volume, whole
     @property
     def num_modalities(self) -> int:
         """Channels a scan must have (the network's inputs divided by the 2D context stack)."""
@@ -197,27 +181,102 @@ class Predictor:
     def predict_case(self, image: Volume, probabilities: bool = False) -> tuple[Volume, Volume | None]:
         """Labels (and optionally probabilities) of one scan; see :meth:`predict_volume`.
 
-        The probabilities are the softmax of the blended logits, mapped back linearly; the labels are the
-        argmax on the network's grid mapped back with nearest neighbour (so when the plan resamples, the
-        argmax of the returned probabilities can differ from the labels at a few boundary voxels).
+        The probabilities are the softmax of the blended logits, mapped back linearly. When the plan
+        resamples, the labels are the argmax of those probabilities on the input's grid
+        (:meth:`Preprocessor.restore_labels`), else the argmax on the network's grid.
         """
+        pre = self.preprocess(image)
+        resampled = _resampled(pre)
+        labels, probs = self.predict_preprocessed(pre.image, probabilities or resampled)
+        return self.restore(image, pre, labels=labels, probabilities=probs, keep_probabilities=probabilities)
+
+    # ----------------------------------------------------------------------------------- the three steps
+    def preprocess(self, image: Volume) -> PreprocessedCase:
+        """Check ``image`` against the plan and preprocess it (crop, normalise, resample) as training did."""
         self._check_input(image)
-        pre = self.preprocessor.apply(image)
-        x = torch.from_numpy(pre.image)
-        labels, probs = self._run_network(x, probabilities)
-        labels_np = labels.numpy()
-        del x, labels
-        restored = self.preprocessor.restore(labels_np, pre.meta, is_label=True)
+        return self.preprocessor.apply(image)
+
+    def predict_preprocessed(
+        self, image: np.ndarray | torch.Tensor, probabilities: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The network over a preprocessed scan (C, *S'): labels (*S') uint8 and, when asked, float16
+        probabilities (K, *S'), both on the CPU and on the preprocessed grid."""
+        x = torch.as_tensor(image)
+        regions = self.plan.regions is not None  # region labels are painted from the probabilities
+        if self.plan.spatial_dims == 3 or x.ndim == 3:  # a 3D net, or a 2D net on a 2D image
+            labels, probs = self._sliding(x[None], probabilities or regions)
+            labels, probs = labels[0], None if probs is None else probs[0]
+        else:
+            labels, probs = self._run_slices(x, probabilities or regions)
+        if regions:
+            labels = self.labels_from_probabilities(probs)
+            probs = probs if probabilities else None
+        return labels, probs
+
+    def labels_from_probabilities(self, probabilities: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """(K, *S) probabilities -> (*S) labels: the argmax, or for a region plan each region above 0.5
+        painting its label value in ``plan.regions_class_order`` (see
+        :func:`medzoo.inference.ensemble.probabilities_to_labels`)."""
+        if self.plan.regions is None:
+            return torch.as_tensor(probabilities).argmax(0).to(torch.uint8 if self.plan.num_classes <= 256 else torch.int16)
+        from medzoo.inference.ensemble import probabilities_to_labels
+
+        probs = torch.as_tensor(probabilities).float().numpy()
+        return torch.from_numpy(probabilities_to_labels(probs, self.plan.regions_class_order))
+
+    def restore(
+        self,
+        image: Volume,
+        pre: PreprocessedCase,
+        *,
+        labels: torch.Tensor | np.ndarray | None = None,
+        probabilities: torch.Tensor | np.ndarray | None = None,
+        keep_probabilities: bool = True,
+    ) -> tuple[Volume, Volume | None]:
+        """Map a prediction on the preprocessed grid back onto ``image``'s grid.
+
+        Args:
+            image: the scan as given (its shape and affine are the output's).
+            pre: what :meth:`preprocess` made of it.
+            labels: (*S') class indices; None: the argmax of ``probabilities`` (e.g. an ensemble's mean).
+            probabilities: (K, *S') class probabilities, or None. When the plan resampled the scan, the labels
+                are the argmax of these probabilities mapped back onto ``image``'s grid
+                (:meth:`Preprocessor.restore_labels`), not ``labels`` mapped back with nearest neighbour.
+            keep_probabilities: also map ``probabilities`` back and return them (False: they only decide the
+                labels).
+
+        Returns:
+            ``(labels, probabilities)``: uint8 (int16 above 256 classes) Volume (1, I, J, K), post-processed,
+            and float16 Volume (K, I, J, K) or None.
+        """
+        if probabilities is not None and _resampled(pre):  # probabilities, not labels, go back to the input grid
+            probs = torch.as_tensor(probabilities).numpy()
+            if self.plan.regions is None:
+                restored = self.preprocessor.restore_labels(probs, pre.meta)
+            else:
+                back = self.preprocessor.restore(probs.astype(np.float32), pre.meta, is_label=False)
+                restored = self.labels_from_probabilities(back).numpy()
+        else:
+            if labels is None:
+                if probabilities is None:
+                    raise ConfigError("restore needs labels or probabilities")
+                labels = self.labels_from_probabilities(probabilities)
+            labels_np = np.asarray(torch.as_tensor(labels).numpy())
+            restored = self.preprocessor.restore(labels_np, pre.meta, is_label=True)
         if self.postprocess is not None:
             restored = self.postprocess(restored)
-        dtype = np.uint8 if self.plan.num_classes <= 256 else np.int16
+        top = max(self.plan.regions_class_order or [0]) if self.plan.regions else self.plan.num_classes - 1
+        dtype = np.uint8 if top < 256 else np.int16
         label_volume = Volume(np.ascontiguousarray(restored, dtype=dtype)[None], image.affine.copy(), {})
         prob_volume = None
-        if probs is not None:
-            back = self.preprocessor.restore(probs.float().numpy(), pre.meta, is_label=False)
-            prob_volume = Volume(np.asarray(back, dtype=np.float16), image.affine.copy(), {})
+        if probabilities is not None and keep_probabilities:
+            probs = torch.as_tensor(probabilities).float().numpy()
+            back = self.preprocessor.restore(probs, pre.meta, is_label=False)
+            meta = {"regions_class_order": list(self.plan.regions_class_order)} if self.plan.regions else {}
+            prob_volume = Volume(np.asarray(back, dtype=np.float16), image.affine.copy(), meta)
         return label_volume, prob_volume
 
+    # ------------------------------------------------------------------------------------------ internals
     def _check_input(self, image: Volume) -> None:
         where = image.meta.get("path", "input scan")
         dims = image.spatial_dims
@@ -243,34 +302,30 @@ class Predictor:
                 x, self.model, self.plan.patch_size, overlap=self.overlap, blend=self.blend,
                 batch_size=self.batch_size, mirror_axes=self.mirror_axes, return_probabilities=probabilities,
                 progress=self.progress, device=self.device, skip_empty=self.skip_empty,
+                activation="sigmoid" if self.plan.regions is not None else "softmax",
             )  # fmt: skip
         return labels.cpu(), None if probs is None else probs.cpu()
 
-    def _run_network(self, x: torch.Tensor, probabilities: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Preprocessed (C, *S') -> labels (*S') uint8 and probabilities (K, *S') float16 or None."""
-        if self.plan.spatial_dims == 3 or x.ndim == 3:  # a 3D net, or a 2D net on a 2D image
-            labels, probs = self._sliding(x[None], probabilities)
-            return labels[0], None if probs is None else probs[0]
-        return self._run_slices(x, probabilities)
-
     def _run_slices(self, x: torch.Tensor, probabilities: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """2D network over a 3D scan: slice by slice along ``plan.slice_axis``, context slices as channels."""
-        axis = self.plan.slice_axis
-        ctx = self.plan.context_slices
-        vol = x.movedim(axis + 1, 1)  # (C, N, *in-plane)
-        channels, n = vol.shape[0], vol.shape[1]
-        labels = torch.empty((n, *vol.shape[2:]), dtype=torch.uint8)
+        """2D network over a 3D scan: slice by slice along ``plan.slice_axis``, ``slices_per_step`` at a time,
+        with the context slices stacked by :func:`medzoo.data.loader.slices_with_context` as in training
+        (zeros beyond the volume)."""
+        axis, ctx = self.plan.slice_axis, self.plan.context_slices
+        n = x.shape[axis + 1]
+        in_plane = [s for a, s in enumerate(x.shape[1:]) if a != axis]
+        labels = torch.empty((n, *in_plane), dtype=torch.uint8)
         probs = None
         for start in range(0, n, self.slices_per_step):
             stop = min(start + self.slices_per_step, n)
-            stack = context_stack(vol, range(start, stop), ctx)  # (B, C*(2ctx+1), *in-plane)
+            # the slices start..stop-1 need their neighbours within ctx; beyond the volume they are zeros
+            lo, hi = max(0, start - ctx), min(n, stop + ctx)
+            stack = slices_with_context(x.narrow(axis + 1, lo, hi - lo), axis, ctx)[start - lo : stop - lo]
             lab, pr = self._sliding(stack, probabilities)
             labels[start:stop] = lab
             if pr is not None:
                 if probs is None:
-                    probs = torch.empty((pr.shape[1], n, *vol.shape[2:]), dtype=torch.float16)
+                    probs = torch.empty((pr.shape[1], n, *in_plane), dtype=torch.float16)
                 probs[:, start:stop] = pr.movedim(0, 1)
-        del channels
         labels = labels.movedim(0, axis)
         if probs is not None:
             probs = probs.movedim(1, axis + 1)
@@ -314,26 +369,6 @@ def inference_memory_format(
                                            prefers_channels_last(plan.model))
 
 
-def context_stack(vol: torch.Tensor, indices: range | Sequence[int], context: int) -> torch.Tensor:
-    """2D network inputs for slices ``indices`` of ``vol`` with ``context`` neighbours on each side.
-
-    Args:
-        vol: (C, N, *in-plane) — the sliced axis second.
-        indices: the slices to build.
-        context: neighbouring slices on each side; beyond the volume the edge slice is repeated.
-
-    Returns:
-        (len(indices), C * (2 * context + 1), *in-plane): channel-major, i.e. for each modality its slices
-        ``i - context .. i + context`` in order (the same order as the training patch loader).
-    """
-    n = vol.shape[1]
-    offsets = torch.arange(-context, context + 1)
-    idx = (torch.as_tensor(list(indices))[:, None] + offsets[None]).clamp_(0, n - 1)  # (B, 2ctx+1)
-    out = vol[:, idx]  # (C, B, 2ctx+1, *in-plane)
-    out = out.movedim(1, 0)  # (B, C, 2ctx+1, *in-plane)
-    return out.reshape(out.shape[0], -1, *vol.shape[2:]).contiguous()
-
-
 def _device_of(model: Any) -> torch.device:
     if isinstance(model, torch.nn.Module):
         for p in model.parameters():
@@ -345,101 +380,45 @@ def _default_device() -> torch.device:
     return runtime.resolve_device(None)
 
 
-# ------------------------------------------------------------------------------------------- files in/out
 @dataclass
-class _InputCase:
-    name: str  # case name (for messages)
-    paths: list[Path]  # one file, or one per channel
-    output_name: str  # label file name
+class PredictOptions:
+    """How :func:`predict` runs; the fields are its keyword arguments (see there).
 
-
-def collect_cases(input_path: str | Path) -> list[_InputCase]:
-    """The cases of a file or a folder.
-
-    A folder's image files (NIfTI, Analyze, NRRD, MetaImage) are one case each, except nnU-Net style
-    channel files ``NAME_0000.ext``, ``NAME_0001.ext``, ... which are grouped into case ``NAME`` (channels
-    in index order). Output names: the input's file name, or for channel files ``NAME`` + the extension.
+    Grouped so that callers building a prediction in steps (the CLI, ensembles, distributed runs) pass one
+    object: ``predict(run, scans, out, options=PredictOptions(tta=True))``.
     """
-    from medzoo.io.readers import is_volume_file, volume_suffix
 
-    path = Path(input_path)
-    if path.is_file():
-        if not is_volume_file(path):
-            raise VolumeError(path, "unsupported file type (give a .nii/.nii.gz/.nrrd/.mha/.mhd/.hdr file)")
-        return [_InputCase(_stem(path), [path], path.name)]
-    if not path.is_dir():
-        raise VolumeError(path, "input not found")
-    files = sorted(p for p in path.iterdir() if p.is_file() and is_volume_file(p) and not p.name.startswith("."))
-    # Analyze pairs: keep the header only.
-    headers = {p.with_suffix(".hdr") for p in files if p.suffix.lower() == ".hdr"}
-    files = [p for p in files if not (p.suffix.lower() == ".img" and p.with_suffix(".hdr") in headers)]
-    if not files:
-        raise VolumeError(path, "no image files in this folder")
-    groups: dict[str, list[tuple[int, Path]]] = {}
-    singles: list[_InputCase] = []
-    for p in files:
-        match = _CHANNEL_FILE.match(_stem(p))
-        if match:
-            groups.setdefault(match["case"], []).append((int(match["channel"]), p))
-        else:
-            singles.append(_InputCase(_stem(p), [p], p.name))
-    cases = list(singles)
-    for name, members in groups.items():
-        members.sort()
-        cases.append(_InputCase(name, [p for _, p in members], name + volume_suffix(members[0][1])))
-    cases.sort(key=lambda c: c.name)
-    return cases
+    checkpoint: str = "best"
+    device: str | None = None
+    backend: str = "auto"
+    amp: str = "auto"
+    memory_format: str = "auto"
+    # sliding window
+    tta: bool = False
+    mirror_axes: Sequence[int] | None = None
+    overlap: float = 0.5
+    batch_size: int = 4
+    # outputs
+    save_probabilities: bool = False
+    keep_largest: bool = False
+    fill_holes: bool = False
+    min_size: int = 0
+    chosen_postprocessing: bool = True
+    progress: bool = True
+    # inputs
+    layout: str | None = None
+    layout_options: dict[str, Any] | None = field(default=None)
 
+    def postprocess(self) -> PostProcess | None:
+        """The post-processing these options ask for, or None."""
+        post = PostProcess(keep_largest=self.keep_largest, fill_holes=self.fill_holes, min_size=self.min_size)
+        return post if post.active else None
 
-def collect_layout_cases(root: str | Path, layout: str | None = None, **options: Any) -> list[_InputCase]:
-    """The cases of a dataset folder read through a layout (``msd``, ``brats``, ``iseg``, ...).
-
-    The layout's unlabelled (test) cases when it lists any, else all its cases; each case's modality files
-    become its channels in the layout's order. Output names: ``<case id>`` + the first image's extension
-    (``.nii.gz`` for Analyze, which cannot hold every affine). ``options`` go to the layout.
-    """
-    from medzoo.data.layouts import load_dataset
-    from medzoo.io.readers import volume_suffix
-
-    info = load_dataset(root, layout=None if layout in (None, "auto") else layout, **options)
-    chosen = info.test_cases or info.cases
-    if not chosen:
-        raise DataError(f"{root}: the {info.layout} layout found no cases to predict")
-    cases = []
-    for case in chosen:
-        suffix = volume_suffix(case.image_paths[0])
-        suffix = ".nii.gz" if suffix.lower() in (".hdr", ".img", "") else suffix
-        cases.append(_InputCase(case.case_id, list(case.image_paths), case.case_id + suffix))
-    log.info("%s: predicting %d %s of the %s layout", root, len(cases),
-             "test case(s)" if info.test_cases else "case(s)", info.layout)
-    return cases
-
-
-def _stem(path: Path) -> str:
-    from medzoo.io.readers import volume_suffix
-
-    suffix = volume_suffix(path)
-    return path.name[: len(path.name) - len(suffix)] if suffix else path.stem
-
-
-def read_case(case: _InputCase) -> Volume:
-    """Read a case's file(s); channel files are stacked (they must share one grid)."""
-    from medzoo.io.readers import read_volume
-
-    if len(case.paths) == 1:
-        return read_volume(case.paths[0])
-    volumes = [read_volume(p) for p in case.paths]
-    first = volumes[0]
-    for p, v in zip(case.paths[1:], volumes[1:]):
-        if v.num_channels != 1:
-            raise DataError(f"case {case.name}: channel file {p.name} holds {v.num_channels} channels, expected 1")
-        if v.spatial_shape != first.spatial_shape or not np.allclose(v.affine, first.affine, atol=1e-3):
-            raise DataError(
-                f"case {case.name}: channel file {p.name} is not on the grid of {case.paths[0].name} "
-                f"(shape {v.spatial_shape} vs {first.spatial_shape}); resample it first"
-            )
-    array = np.concatenate([v.array.astype(np.float32, copy=False) for v in volumes], axis=0)
-    return Volume(array, first.affine, {"path": str(case.paths[0])})
+    def mirror_axes_for(self, plan: Plan) -> tuple[int, ...] | None:
+        """Test-time mirroring axes: ``mirror_axes``, else every spatial axis of the network with ``tta``."""
+        if self.mirror_axes:
+            return tuple(self.mirror_axes)
+        return tuple(range(3 if plan.spatial_dims == 3 else 2)) if self.tta else None
 
 
 def predict(
@@ -463,66 +442,63 @@ def predict(
     layout_options: dict[str, Any] | None = None,
     amp: str = "auto",
     memory_format: str = "auto",
+    chosen_postprocessing: bool = True,
+    options: PredictOptions | None = None,
 ) -> PredictionReport:
     """Predict every scan of a file or folder with a trained run (or an exported model).
 
     Args:
         run_dir: a run folder (plan.json + checkpoints), or an exported ``.onnx`` file (its JSON card beside
-            it) for the ``onnxruntime`` / ``openvino`` backends.
+            it) for the ``onnxruntime`` / ``openvino`` backends; a cross-validation parent folder (its folds
+            are averaged) or a list of runs (averaged), see :mod:`medzoo.inference.ensemble`.
         input_path: one image file, or a folder of them (4D multi-modal files or nnU-Net channel files).
         output_dir: where label maps go (same file names; channel files give ``case`` + extension).
-        checkpoint: "best" or "last" (run folders, any backend: the export is made from this checkpoint).
+        checkpoint: "best" or "last" (run folders, any backend: an export is made from this checkpoint).
         device: "cpu" / "cuda" (default: cuda if available).
         tta: mirroring test-time augmentation over every spatial axis (``mirror_axes`` picks axes).
         overlap, batch_size: sliding-window settings.
         save_probabilities: also write ``<case>_probabilities.npz`` (float16 (K, *S) + affine).
         keep_largest, fill_holes, min_size: post-processing (see :class:`PostProcess`).
-        backend: "auto" (default): on the CPU the faster of OpenVINO (fp32, through an export cached in the
-            run folder and checked against PyTorch) and PyTorch (in the precision ``amp`` gives it: bf16 on a
-            CPU with native bf16), timed once per checkpoint; PyTorch on a GPU, without OpenVINO, when the
-            network does not export or check, and when ``amp`` is "bf16". "torch", "onnxruntime" or
-            "openvino" force one (see :func:`medzoo.inference.backends.load_backend`).
-        progress: tqdm bar over cases.
+        backend: "auto" (default: PyTorch for a run folder; an ``.onnx`` file under OpenVINO when installed,
+            else ONNX Runtime), "torch", "onnxruntime" or "openvino" (see
+            :func:`medzoo.inference.backends.load_backend`).
+        progress: a progress bar over cases.
         layout: read ``input_path`` as a dataset folder in this layout (``"auto"`` detects it) and predict
             its test cases (all cases when it lists none), see :func:`collect_layout_cases`.
         layout_options: options of that layout.
         amp: autocast precision of a PyTorch network: "auto" (bf16, else fp16, on a GPU; bf16 on a CPU with
-            native bf16, else fp32), "bf16", "fp16" or "none" (fp32: labels equal to an fp32 prediction up to
-            near-ties, whichever runtime wins; see :func:`inference_amp_dtype`).
+            native bf16, else fp32), "bf16", "fp16" or "none" (fp32; see :func:`inference_amp_dtype`).
         memory_format: layout of a PyTorch network: "auto" (channels-last on the CPU where the model's card
             says so), "channels_last" or "contiguous" (see :class:`Predictor`).
+        chosen_postprocessing: apply the post-processing a cross-validation chose (``RUN/postprocessing.json``)
+            when ``run_dir`` has one.
+        options: all of the above in one :class:`PredictOptions`; when given, the keyword arguments are
+            ignored.
 
     Returns:
         A :class:`PredictionReport`; failures are listed there (and logged), the other cases still run.
     """
-    from medzoo.inference.backends import load_backend
+    if options is None:
+        given = locals()
+        options = PredictOptions(**{f.name: given[f.name] for f in fields(PredictOptions)})
+    return run_prediction(run_dir, input_path, output_dir, options)
+
+
+def run_prediction(
+    run_dir: str | Path | Sequence[str | Path], input_path: str | Path, output_dir: str | Path,
+    options: PredictOptions,
+) -> PredictionReport:
+    """:func:`predict` with its options in one object: find the cases, load the runtime, run the pipeline."""
+    from medzoo.inference.ensemble import load_models
 
     started = time.perf_counter()
     runtime.tune_malloc()  # reuse freed buffers across windows and cases
     output_dir = Path(output_dir)
-    if layout or layout_options:
-        cases = collect_layout_cases(input_path, layout, **(layout_options or {}))
-    else:
-        cases = collect_cases(input_path)
-    if backend == "auto" and amp == "bf16" and Path(run_dir).is_dir():
-        backend = "torch"  # the user asked for bf16, which only PyTorch runs (exports run in fp32)
-        log.info("amp bf16: predicting with PyTorch")
-    model, plan = load_backend(run_dir, backend=backend, checkpoint=checkpoint, device=device,
-                               batch_size=batch_size, amp=amp)
-    dims = plan.spatial_dims if plan.spatial_dims == 3 else 2
-    axes = tuple(mirror_axes) if mirror_axes else (tuple(range(dims)) if tta else None)
-    post = PostProcess(keep_largest=keep_largest, fill_holes=fill_holes, min_size=min_size)
-    predictor = Predictor(
-        model, plan, device=device if device is not None else _device_of(model), mirror_axes=axes,
-        overlap=overlap, batch_size=batch_size, postprocess=post if post.active else None, amp=amp,
-        memory_format=memory_format,
-    )  # fmt: skip
-    inputs = {p.resolve() for c in cases for p in c.paths}
-    for c in cases:
-        if (output_dir / c.output_name).resolve() in inputs:
-            raise ConfigError(f"{output_dir / c.output_name}: the output would overwrite the input; pick another --output")
-    report = PredictionReport()
-    _run_pipeline(predictor, cases, output_dir, save_probabilities, report, progress)
+    cases = find_cases(input_path, options)
+    _check_outputs(cases, output_dir)
+    predictor = load_models(run_dir, options)
+    report = run_pipeline(predictor.predict_case, cases, output_dir, options.save_probabilities,
+                          progress=options.progress)  # fmt: skip
     report.seconds = time.perf_counter() - started
     log.debug(  # the CLI prints this summary itself
         "predicted %d/%d case(s) into %s in %.1f s", len(report.written), len(cases), output_dir, report.seconds
@@ -530,105 +506,32 @@ def predict(
     return report
 
 
-_DONE = object()
+def find_cases(input_path: str | Path, options: PredictOptions) -> list[InputCase]:
+    """The cases :func:`predict` runs on: a file or folder, or a dataset folder read through a layout."""
+    if options.layout or options.layout_options:
+        return collect_layout_cases(input_path, options.layout, **(options.layout_options or {}))
+    return collect_cases(input_path)
 
 
-def _run_pipeline(
-    predictor: Predictor,
-    cases: list[_InputCase],
-    output_dir: Path,
-    save_probabilities: bool,
-    report: PredictionReport,
-    progress: bool,
-) -> None:
-    """Reader thread -> compute (this thread) -> writer thread, with bounded queues."""
-    from tqdm.auto import tqdm
+def load_predictor(run_dir: str | Path, options: PredictOptions) -> Predictor:
+    """The :class:`Predictor` for a run folder (or an export) in the runtime ``options.backend`` names."""
+    from medzoo.inference.backends import load_backend
 
-    from medzoo.io.readers import write_volume
-    from medzoo.utils import atomic_write
-
-    read_q: queue.Queue = queue.Queue(maxsize=1)
-    write_q: queue.Queue = queue.Queue(maxsize=2)
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def fail(case: _InputCase, err: BaseException) -> None:
-        message = str(err) if isinstance(err, (MedzooError, OSError)) else f"{type(err).__name__}: {err}"
-        if not isinstance(err, (MedzooError, OSError)):
-            log.debug("case %s failed", case.name, exc_info=err)
-        with lock:
-            report.failed.append((case.name, message))
-        log.error("%s: %s", case.name, message)
-
-    def reader() -> None:
-        for case in cases:
-            if stop.is_set():
-                break
-            try:
-                item: Any = read_case(case)
-            except Exception as err:  # noqa: BLE001 - every failure is reported per case
-                item = err
-            read_q.put((case, item))
-        read_q.put(_DONE)
-
-    def writer() -> None:
-        while True:
-            job = write_q.get()
-            if job is _DONE:
-                return
-            case, labels, probs = job
-            try:
-                out = write_volume(labels, output_dir / case.output_name)
-                with lock:
-                    report.written.append(out)
-                if probs is not None:
-                    path = output_dir / f"{case.name}_probabilities.npz"
-                    atomic_write(
-                        path,
-                        lambda tmp, p=probs: _save_npz(tmp, p),
-                    )
-                    with lock:
-                        report.probabilities.append(path)
-            except Exception as err:  # noqa: BLE001
-                fail(case, err)
-
-    output_dir.mkdir(parents=True, exist_ok=True)
-    threads = [threading.Thread(target=reader, daemon=True), threading.Thread(target=writer, daemon=True)]
-    for t in threads:
-        t.start()
-    bar = tqdm(total=len(cases), desc="predict", unit="case", disable=not progress)
-    try:
-        while True:
-            item = read_q.get()
-            if item is _DONE:
-                break
-            case, image = item
-            if isinstance(image, BaseException):
-                fail(case, image)
-            else:
-                try:
-                    labels, probs = predictor.predict_case(image, probabilities=save_probabilities)
-                    del image
-                    write_q.put((case, labels, probs))
-                except Exception as err:  # noqa: BLE001
-                    fail(case, err)
-            bar.update(1)
-    finally:
-        stop.set()
-        # drain the reader so it can finish, then stop the writer after the queued writes
-        while threads[0].is_alive():
-            try:
-                read_q.get(timeout=0.1)
-            except queue.Empty:
-                pass
-        write_q.put(_DONE)
-        threads[1].join()
-        bar.close()
-    order = {c.output_name: i for i, c in enumerate(cases)}
-    report.written.sort(key=lambda p: order.get(p.name, 0))
-    report.failed.sort(key=lambda f: f[0])
+    backend = options.backend
+    if backend == "auto" and options.amp == "bf16" and Path(run_dir).is_dir():
+        backend = "torch"  # the user asked for bf16, which only PyTorch runs (exports run in fp32)
+        log.info("amp bf16: predicting with PyTorch")
+    model, plan = load_backend(run_dir, backend=backend, checkpoint=options.checkpoint,
+                               device=options.device, batch_size=options.batch_size, amp=options.amp)  # fmt: skip
+    return Predictor(
+        model, plan, device=options.device if options.device is not None else _device_of(model),
+        mirror_axes=options.mirror_axes_for(plan), overlap=options.overlap, batch_size=options.batch_size,
+        postprocess=options.postprocess(), amp=options.amp, memory_format=options.memory_format,
+    )  # fmt: skip
 
 
-def _save_npz(tmp: Path, probs: Volume) -> None:
-    with open(tmp, "wb") as fh:
-        np.savez(fh, probabilities=probs.array.astype(np.float16, copy=False), affine=probs.affine)
+def _check_outputs(cases: list[InputCase], output_dir: Path) -> None:
+    inputs = {p.resolve() for c in cases for p in c.paths}
+    for c in cases:
+        if (output_dir / c.output_name).resolve() in inputs:
+            raise ConfigError(f"{output_dir / c.output_name}: the output would overwrite the input; pick another --output")

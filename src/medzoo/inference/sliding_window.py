@@ -429,6 +429,7 @@ def sliding_window_argmax(
     progress: bool = False,
     device: torch.device | str | None = None,
     skip_empty: bool = False,
+    activation: str = "softmax",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Sliding-window label map without ever holding the full (B, K, *S) float32 output.
 
@@ -440,7 +441,8 @@ def sliding_window_argmax(
     Returns:
         ``(labels, probabilities)``: labels uint8 (B, *S) (int64 if K > 256) on ``inputs.device``;
         probabilities float16 (B, K, *S) (softmax of the blended logits, or the blended probabilities when
-        ``apply_softmax``) if ``return_probabilities`` else None.
+        ``apply_softmax``; with ``activation="sigmoid"``, for region outputs, the sigmoid of each blended
+        channel, 0 where no window reached) if ``return_probabilities`` else None.
     """
     labels: torch.Tensor | None = None
     probs: torch.Tensor | None = None
@@ -464,11 +466,14 @@ def sliding_window_argmax(
                 _argmax_into(labels[:, lo + s : lo + e], slab[:, :, s:e])
                 if probs is not None:
                     part = slab[:, :, s:e]
-                    if not apply_softmax:
+                    if activation == "sigmoid":
+                        part = torch.sigmoid(part)
+                    elif not apply_softmax:
                         part = torch.softmax(part, dim=1)
                     probs[:, :, lo + s : lo + e].copy_(part)
             if uncovered is not None and probs is not None:
                 block = probs[:, :, lo:hi]
                 block.masked_fill_(uncovered[:, None], 0.0)
-                block[:, 0].masked_fill_(uncovered, 1.0)
+                if activation != "sigmoid":  # softmax: background; regions: in none of them
+                    block[:, 0].masked_fill_(uncovered, 1.0)
     return labels, probs

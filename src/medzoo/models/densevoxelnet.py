@@ -37,7 +37,7 @@ DENSEVOXELNET_CARD = ModelCard(
     typical_patch=(64, 64, 64),
     tiny_kwargs={"init_features": 4, "growth_rate": 2, "num_layers": 2, "up_features": 4},
     export_note="conv / max-pool / transposed conv graph; exports to ONNX (opset 17)",
-    channels_last=True,  # CPU training step 1.46x (bf16) / 1.32x (fp32), 2x48^3
+    channels_last=True,  # measured gain: docs/benchmarks.md, "Channels-last per model"
 )
 
 

@@ -10,10 +10,10 @@ With ``conv_bias=True`` (nnU-Net's default plans) the network computes exactly w
 ``dynamic_network_architectures.architectures.unet.PlainConvUNet`` computes for the same configuration, and its
 parameters come in the same order with the same shapes (tested), so weights can be copied one to one.
 
-Speed notes (measured on CPU, see ``benchmarks/``): the conv bias in front of an instance norm is cancelled by
-the norm, so ``conv_bias=False`` gives the same function with less work; norm and activation run as one fused
-op that keeps either memory layout (:func:`medzoo.accel.norm.instance_norm_act`, on the CPU medzoo's
-kernel, :mod:`medzoo.accel.kernels`); the encoder keeps no extra copies of the skips.
+Speed: the conv bias in front of an instance norm is cancelled by the norm, so ``conv_bias=False`` gives the
+same function with less work; norm and activation run as one fused op that keeps either memory layout
+(:func:`medzoo.accel.norm.instance_norm_act`, on the CPU medzoo's kernel, :mod:`medzoo.accel.kernels`); the
+encoder keeps no extra copies of the skips.
 
 Example:
     >>> import medzoo
@@ -365,7 +365,7 @@ def dynunet_config_for(
     min_size=16,
     typical_patch=(128, 128, 128),
     tiny_kwargs={"features": (4, 8, 16)},
-    channels_last=True,  # CPU training step 1.49-1.62x (bf16) / 1.06-1.14x (fp32), hippocampus and 64^3 plans
+    channels_last=True,  # measured gain: docs/benchmarks.md, "Channels-last per model"
 ))
 def dynunet(*, in_channels: int, num_classes: int, spatial_dims: int = 3, **kwargs) -> DynUNet:
     """nnU-Net's dynamic U-Net; see :class:`DynUNet` for the arguments."""

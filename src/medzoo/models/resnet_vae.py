@@ -42,9 +42,7 @@ RESNET_VAE_CARD = ModelCard(
     min_size=8,
     typical_patch=(64, 64, 64),
     tiny_kwargs={"init_filters": 4, "blocks_down": (1, 1, 1, 1), "vae_channels": 4, "latent_channels": 2},
-    # CPU training step in channels-last: 1.22x (bf16) / 1.12-1.15x (fp32) at 2x48^3 and 2x64x64x48,
-    # 1.16x / 1.14x in 2D at 8x128^2
-    channels_last=True,
+    channels_last=True,  # measured gain: docs/benchmarks.md, "Channels-last per model"
     export_note="the VAE branch is training-only; the eval graph (conv / GroupNorm / linear upsampling) "
                 "exports to ONNX (opset 17)",
 )

@@ -142,9 +142,7 @@ class SegResNet(nn.Module):
     min_size=8,
     typical_patch=(128, 128, 128),
     tiny_kwargs={"init_filters": 4, "blocks_down": (1, 1, 1, 1)},
-    # CPU training step in channels-last: 1.09-1.11x (bf16) / 1.77x (fp32) at 2x48^3 and 2x64x64x48,
-    # 1.11x / 1.22x in 2D at 8x128^2
-    channels_last=True,
+    channels_last=True,  # measured gain: docs/benchmarks.md, "Channels-last per model"
 ))
 def segresnet(in_channels: int, num_classes: int, spatial_dims: int = 3, **kwargs) -> SegResNet:
     """SegResNet (Myronenko 2018) without the VAE; any size >= 8."""

@@ -35,7 +35,7 @@ SKIPDENSENET_CARD = ModelCard(
     typical_patch=(64, 64, 64),
     tiny_kwargs={"growth_rate": 2, "block_config": (1, 1, 1, 1), "init_features": 4, "bn_size": 1},
     export_note="conv / grouped transposed conv graph; exports to ONNX (opset 17)",
-    channels_last=True,  # CPU training step 1.18x (bf16) / 1.15x (fp32), 2x48^3
+    channels_last=True,  # measured gain: docs/benchmarks.md, "Channels-last per model"
 )
 
 

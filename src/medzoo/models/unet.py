@@ -122,7 +122,7 @@ def _build(in_channels: int, num_classes: int, spatial_dims: int, name: str, **k
     min_size=8,
     typical_patch=(96, 96, 96),
     tiny_kwargs={"features": (4, 8, 16, 32)},
-    channels_last=True,  # CPU training step 1.30x (bf16) / 1.18x (fp32), hippocampus plan
+    channels_last=True,  # measured gain: docs/benchmarks.md, "Channels-last per model"
 ))
 def unet3d(in_channels: int, num_classes: int, spatial_dims: int = 3, **kwargs) -> UNet:
     """3D U-Net (Çiçek et al. 2016); default features (16, 32, 64, 128): size multiple of 8."""
@@ -137,7 +137,7 @@ def unet3d(in_channels: int, num_classes: int, spatial_dims: int = 3, **kwargs) 
     min_size=16,
     typical_patch=(256, 256),
     tiny_kwargs={"features": (4, 8, 16, 32, 64)},
-    channels_last=True,  # CPU training step 1.35x (bf16) / 1.18x (fp32), 8x128x128
+    channels_last=True,  # measured gain: docs/benchmarks.md, "Channels-last per model"
 ))
 def unet2d(in_channels: int, num_classes: int, spatial_dims: int = 2, **kwargs) -> UNet:
     """2D U-Net (Ronneberger et al. 2015); default features (16, 32, 64, 128, 256): size multiple of 16."""

@@ -87,7 +87,7 @@ def compute_fingerprint(
         c = np.bincount(lab.reshape(-1), minlength=k)[:k]
         counts += c
         presence += c > 0
-        fg = lab > 0
+        fg = (lab > 0) & (lab < k)  # foreground, not the ignore label's unannotated voxels
         n_fg = int(fg.sum())
         for m in range(image.num_channels):
             vals = image.array[m][fg]

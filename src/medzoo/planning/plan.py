@@ -37,6 +37,10 @@ class Plan:
         slice_axis: for spatial_dims == 2, the axis of the 3D volume that is sliced (0, 1 or 2).
         context_slices: for spatial_dims == 2, neighbouring slices on each side stacked as channels.
         extra: free-form (planner notes, fingerprint summary).
+        regions: region-based training (one sigmoid output per region, ``num_classes`` = the number of
+            regions): region name -> the class indices it unites, in output-channel order; None: softmax.
+        regions_class_order: for region plans, the label value each region paints into a predicted label map,
+            in painting order (later regions overwrite earlier ones, so nested regions go last).
     """
 
     model: str
@@ -56,6 +60,8 @@ class Plan:
     slice_axis: int = 2
     context_slices: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    regions: dict[str, list[int]] | None = None
+    regions_class_order: list[int] | None = None
 
     def __post_init__(self) -> None:
         self.patch_size = tuple(int(p) for p in self.patch_size)

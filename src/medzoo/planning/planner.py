@@ -18,15 +18,29 @@ Every choice can be overridden by keyword (``patch_size=(32, 48, 32)``, ``model=
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from medzoo.data.case import DatasetInfo
 from medzoo.errors import ConfigError
+from medzoo.planning.budgeting import (
+    MAX_COARSENING,
+    MIN_DIAMETER_VOXELS,
+    MIN_PATCH_EDGE_2D,
+    MIN_PATCH_EDGE_3D,
+    NARROW_UNET_FEATURES,
+    TRAIN_FRACTION,
+    choose_dims,
+    coarsen,
+    required_steps,
+    smallest_structure_mm,
+)
 from medzoo.planning.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -122,19 +136,24 @@ def _normalization(modalities: list[str]) -> list[str]:
     return ["ct" if re.search(r"(^|[^a-z])ct([^a-z]|$)", m.lower()) else "zscore" for m in modalities]
 
 
-def make_plan(info: DatasetInfo, fingerprint: dict[str, Any] | None = None, **overrides: Any) -> Plan:
+def make_plan(info: DatasetInfo, fingerprint: dict[str, Any] | None = None, *, time_budget: float | None = None,
+              device_profile: Any = None, **overrides: Any) -> Plan:
     """Choose network, spacing, patch, batch and normalisation for a dataset.
 
     Args:
         info: the dataset (from :func:`medzoo.data.layouts.load_dataset`).
         fingerprint: the dataset fingerprint (:func:`medzoo.planning.fingerprint.compute_fingerprint`);
             None reads the geometry of up to 50 cases directly.
+        time_budget: seconds the run may take; the plan then fits the budget (see the module
+            :mod:`medzoo.planning.budgeting`); None keeps the budget-free plan.
+        device_profile: the :class:`~medzoo.planning.device.DeviceProfile` that prices a step (None: this
+            machine's, measured once and cached).
         **overrides: any :class:`Plan` field (``model``, ``model_kwargs``, ``patch_size``, ``batch_size``,
             ``spatial_dims``, ``context_slices``, ``target_spacing``, ...). ``model_kwargs`` is merged into the
-            defaults of the model.
+            defaults of the model. A setting given here is never changed by the budget.
 
     Returns:
-        The plan.
+        The plan; ``plan.extra["reasons"]`` says why each choice was made.
     """
     from medzoo.models.registry import get_card
 
@@ -142,17 +161,7 @@ def make_plan(info: DatasetInfo, fingerprint: dict[str, Any] | None = None, **ov
     if unknown:
         raise ConfigError(f"unknown plan settings {sorted(unknown)}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    model = overrides.pop("model", DEFAULT_MODEL)
-    card = get_card(model)
-    spatial_dims = int(overrides.pop("spatial_dims", 3 if 3 in card.spatial_dims else card.spatial_dims[0]))
-    if spatial_dims not in card.spatial_dims:
-        raise ConfigError(f"model '{model}' supports spatial_dims {card.spatial_dims}, not {spatial_dims}")
-    model_kwargs = {**DEFAULT_MODEL_KWARGS.get(model, {}), **overrides.pop("model_kwargs", {})}
-    slice_axis = int(overrides.pop("slice_axis", 2))
-    context = int(overrides.pop("context_slices", 0)) if spatial_dims == 2 else 0
-    n_mod = info.num_channels
-    in_channels = n_mod * (2 * context + 1)
-
+    fixed = set(overrides)
     if fingerprint is None:
         shapes, spacings = _read_geometry(info)
     else:
@@ -162,54 +171,70 @@ def make_plan(info: DatasetInfo, fingerprint: dict[str, Any] | None = None, **ov
     if crop is None:  # nnU-Net's rule: crop when it shrinks the median case by at least a quarter
         crop = bool(cropped) and np.prod(np.median(np.asarray(cropped, float), axis=0)) < 0.75 * np.prod(
             np.median(shapes, axis=0))
+    full_shapes = shapes
     if crop and cropped:
         shapes = np.asarray([s[-3:] for s in cropped], float)
     target = overrides.pop("target_spacing", _target_spacing(spacings))
-    if target is not None:
-        resampled = shapes * spacings / np.asarray(target, float)
-    else:
-        resampled = shapes
-    median_shape = np.median(resampled, axis=0)
+    reasons = {"spacing": "given" if "target_spacing" in fixed else (
+        "native: the cases' spacings agree within 10 % per axis" if target is None
+        else "the median spacing: the cases' spacings differ by more than 10 % on some axis")}
 
-    divisor, min_size = _size_rule(model, spatial_dims, model_kwargs, in_channels, info.num_classes)
-    if spatial_dims == 3:
-        patch = [_fit(s, divisor, min_size, c) for s, c in zip(median_shape, MAX_PATCH_3D)]
-        while math.prod(patch) > MAX_PATCH_VOXELS_3D:  # shrink the largest axis until the volume fits
-            i = int(np.argmax(patch))
-            patch[i] = max(patch[i] - divisor, min_size)
-        default_batch = int(np.clip(BATCH_VOXELS_3D // math.prod(patch), 2, 8))
+    model = overrides.pop("model", None)
+    spatial_dims = overrides.pop("spatial_dims", None)
+    slice_axis = overrides.pop("slice_axis", None)
+    if time_budget is not None and model is None and spatial_dims is None:
+        base = np.median(spacings, axis=0) if target is None else np.asarray(target, float)
+        spatial_dims, axis, reasons["dims"] = choose_dims(base, np.median(shapes * spacings / base, axis=0))
+        slice_axis = axis if slice_axis is None else slice_axis
+    if model is None:
+        model = "unet2d" if spatial_dims == 2 else DEFAULT_MODEL
+        reasons["network"] = f"{model}: the default {spatial_dims or 3}D network"
     else:
-        in_plane = [s for a, s in enumerate(median_shape) if a != slice_axis]
-        patch = [_fit(s, divisor, min_size, c) for s, c in zip(in_plane, MAX_PATCH_2D)]
-        default_batch = int(np.clip(BATCH_PIXELS_2D // math.prod(patch), 2, 32))
+        reasons["network"] = "given"
+    card = get_card(model)
+    spatial_dims = int(spatial_dims or (3 if 3 in card.spatial_dims else card.spatial_dims[0]))
+    if spatial_dims not in card.spatial_dims:
+        raise ConfigError(f"model '{model}' supports spatial_dims {card.spatial_dims}, not {spatial_dims}")
+    reasons.setdefault("dims", f"{spatial_dims}D: {'given' if 'spatial_dims' in fixed else 'the network'}")
+    model_kwargs = {**DEFAULT_MODEL_KWARGS.get(model, {}), **overrides.pop("model_kwargs", {})}
+    slice_axis = int(2 if slice_axis is None else slice_axis)
+    context = int(overrides.pop("context_slices", 0)) if spatial_dims == 2 else 0
+    in_channels = info.num_channels * (2 * context + 1)
+
+    net = _Net(model, spatial_dims, model_kwargs, in_channels, info.num_classes, slice_axis)
+    patch, batch = _patch_and_batch(net, shapes, spacings, target)
+    reasons["patch"] = ("the median case rounded down to the network's size rule, capped at "
+                        f"{'x'.join(map(str, MAX_PATCH_3D if spatial_dims == 3 else MAX_PATCH_2D))}")
+    reasons["batch"] = "as many patches as fit a fixed voxel count per step"
+    if time_budget is not None:
+        target, net, patch, batch = _fit_budget(
+            float(time_budget), device_profile, fingerprint, full_shapes, shapes, spacings, target, net, patch,
+            batch, fixed, reasons)
     patch_size = tuple(int(p) for p in overrides.pop("patch_size", patch))
-    if len(patch_size) != spatial_dims:
-        raise ConfigError(f"patch_size {patch_size} needs {spatial_dims} entries for a {spatial_dims}D network")
-    bad = [p for p in patch_size if p < min_size or p % divisor]
-    if bad:
-        valid = tuple(_fit(p, divisor, min_size, 10**6, round_up=True) for p in patch_size)
-        raise ConfigError(
-            f"patch_size {patch_size} does not fit model '{model}' (multiple of {divisor}, >= {min_size}); "
-            f"nearest valid is {valid}"
-        )
+    _check_patch(net, patch_size)
+    if "patch_size" in fixed:
+        reasons["patch"] = "given"
+    if "batch_size" in fixed:
+        reasons["batch"] = "given"
 
     extra = {
-        "planner": "medzoo.planning.planner v1",
-        "median_shape": [float(s) for s in np.median(shapes, axis=0)],
+        "planner": "medzoo.planning.planner v1" if time_budget is None else "medzoo.planning.planner v2 (budget)",
+        "median_shape": [float(s) for s in np.median(full_shapes, axis=0)],
         "median_spacing": [float(s) for s in np.median(spacings, axis=0)],
-        "size_divisor": divisor,
+        "size_divisor": net.divisor,
+        "reasons": reasons,
         **overrides.pop("extra", {}),
     }
-    norm_stats = overrides.pop("norm_stats", _norm_stats(fingerprint, n_mod))
+    norm_stats = overrides.pop("norm_stats", _norm_stats(fingerprint, info.num_channels))
     plan = Plan(
-        model=model,
+        model=net.model,
         in_channels=in_channels,
         num_classes=info.num_classes,
         spatial_dims=spatial_dims,
-        model_kwargs=model_kwargs,
+        model_kwargs=net.kwargs,
         patch_size=patch_size,
-        batch_size=int(overrides.pop("batch_size", default_batch)),
-        target_spacing=target,
+        batch_size=int(overrides.pop("batch_size", batch)),
+        target_spacing=None if target is None else tuple(float(t) for t in target),
         crop_to_nonzero=bool(crop),
         normalization=list(overrides.pop("normalization", _normalization(info.modalities))),
         norm_stats=norm_stats,
@@ -225,6 +250,152 @@ def make_plan(info: DatasetInfo, fingerprint: dict[str, Any] | None = None, **ov
     return plan
 
 
+@dataclass
+class _Net:
+    """A candidate network and the size rule of the network built with these arguments."""
+
+    model: str
+    spatial_dims: int
+    kwargs: dict[str, Any]
+    in_channels: int
+    num_classes: int
+    slice_axis: int
+    divisor: int = 1
+    min_size: int = 1
+
+    def __post_init__(self) -> None:
+        self.divisor, self.min_size = _size_rule(self.model, self.spatial_dims, self.kwargs, self.in_channels,
+                                                 self.num_classes)
+
+    def cost(self, profile: Any):
+        return profile.cost(self.model, self.spatial_dims, self.kwargs, self.in_channels, self.num_classes)
+
+
+def _median_shape(shapes: np.ndarray, spacings: np.ndarray, target: Any) -> np.ndarray:
+    if target is None:
+        return np.median(shapes, axis=0)
+    return np.median(shapes * spacings / np.asarray(target, float), axis=0)
+
+
+def _patch_and_batch(net: _Net, shapes: np.ndarray, spacings: np.ndarray, target: Any
+                     ) -> tuple[list[int], int]:
+    """The budget-free patch (the median case rounded down, capped) and batch (a fixed voxel count)."""
+    median_shape = _median_shape(shapes, spacings, target)
+    divisor, min_size = net.divisor, net.min_size
+    if net.spatial_dims == 3:
+        patch = [_fit(s, divisor, min_size, c) for s, c in zip(median_shape, MAX_PATCH_3D)]
+        while math.prod(patch) > MAX_PATCH_VOXELS_3D:  # shrink the largest axis until the volume fits
+            i = int(np.argmax(patch))
+            patch[i] = max(patch[i] - divisor, min_size)
+        return patch, int(np.clip(BATCH_VOXELS_3D // math.prod(patch), 2, 8))
+    in_plane = [s for a, s in enumerate(median_shape) if a != net.slice_axis]
+    patch = [_fit(s, divisor, min_size, c) for s, c in zip(in_plane, MAX_PATCH_2D)]
+    return patch, int(np.clip(BATCH_PIXELS_2D // math.prod(patch), 2, 32))
+
+
+def _check_patch(net: _Net, patch_size: tuple[int, ...]) -> None:
+    if len(patch_size) != net.spatial_dims:
+        raise ConfigError(f"patch_size {patch_size} needs {net.spatial_dims} entries for a {net.spatial_dims}D "
+                          "network")
+    bad = [p for p in patch_size if p < net.min_size or p % net.divisor]
+    if bad:
+        valid = tuple(_fit(p, net.divisor, net.min_size, 10**6, round_up=True) for p in patch_size)
+        raise ConfigError(
+            f"patch_size {patch_size} does not fit model '{net.model}' (multiple of {net.divisor}, >= "
+            f"{net.min_size}); nearest valid is {valid}"
+        )
+
+
+def _fit_budget(seconds: float, profile: Any, fingerprint: dict[str, Any] | None, full_shapes: np.ndarray,
+                shapes: np.ndarray, spacings: np.ndarray, target: Any, net: _Net, patch: list[int], batch: int,
+                fixed: set[str], reasons: dict[str, str]) -> tuple[Any, _Net, list[int], int]:
+    """Give up batch, width, resolution and context, in that order, until the run gets the steps it needs.
+
+    Settings in ``fixed`` (given by the user) are never changed. Writes the reason of every choice into
+    ``reasons``; returns (target spacing, network, patch, batch).
+    """
+    width_free = not {"model", "model_kwargs"} & fixed and net.model == "unet3d"
+    if {"patch_size", "batch_size"} <= fixed and not width_free:
+        reasons["budget"] = "patch, batch and network given: nothing for the budget to choose"
+        return target, net, patch, batch
+    if profile is None:
+        from medzoo.planning.device import device_profile
+
+        profile = device_profile()
+    train_seconds = TRAIN_FRACTION * seconds
+    n_fg = max(net.num_classes - 1, 1)
+
+    def steps(n: _Net, p: list[int], b: int) -> float:
+        return train_seconds / n.cost(profile).seconds(b, tuple(p))
+
+    need, why_need = required_steps(n_fg, batch)
+    got = steps(net, patch, batch)
+    budget_words = f"{TRAIN_FRACTION:.0%} of {seconds:.0f} s for steps"
+    if got >= need:
+        reasons["budget"] = (f"{budget_words}: about {got:.0f} steps of the budget-free plan, enough ({why_need}); "
+                             "nothing traded")
+        return target, net, patch, batch
+    if "batch_size" not in fixed and batch > 2:
+        batch = 2
+        reasons["batch"] = "2 (nnU-Net's minimum): the budget-free batch leaves too few steps"
+        need, why_need = required_steps(n_fg, batch)
+    if steps(net, patch, batch) < need and width_free:
+        narrow = _Net(net.model, net.spatial_dims, {**net.kwargs, "features": list(NARROW_UNET_FEATURES)},
+                      net.in_channels, net.num_classes, net.slice_axis)
+        if steps(narrow, patch, batch) > steps(net, patch, batch):
+            net = narrow
+            reasons["network"] = (f"unet3d with features {NARROW_UNET_FEATURES}: the default width leaves too few "
+                                  "steps (half the width learned as well per step on hippocampus)")
+    max_voxels = net.cost(profile).max_voxels(batch, train_seconds / need)
+    base = np.median(spacings, axis=0) if target is None else np.asarray(target, float)
+    if "patch_size" not in fixed and "target_spacing" not in fixed and math.prod(patch) > max_voxels:
+        limit_mm, why_limit = smallest_structure_mm(fingerprint, full_shapes, spacings)
+        if limit_mm is None:
+            reasons["spacing"] += f"; not coarsened: {why_limit}"
+        else:
+            ratio = math.prod(patch) / max_voxels
+            coarse = coarsen(base, ratio, limit_mm / MIN_DIAMETER_VOXELS)
+            if np.prod(coarse / base) > 1.05:
+                target = tuple(float(round(t, 4)) for t in coarse)
+                patch, _ = _patch_and_batch(net, shapes, spacings, target)
+                reasons["spacing"] = (
+                    f"{'x'.join(f'{t:.2f}' for t in target)} mm, {np.prod(coarse / base):.1f}x fewer voxels than "
+                    f"{'x'.join(f'{t:.2f}' for t in base)} mm: the patch keeps the field of view of the budget-free "
+                    f"plan within the budget; coarsening stops at {MAX_COARSENING:g}x the finest spacing and where "
+                    f"the {why_limit} would span fewer than {MIN_DIAMETER_VOXELS} voxels")
+            else:
+                reasons["spacing"] += f"; not coarsened: the {why_limit} allows no coarser spacing"
+    if "patch_size" not in fixed and steps(net, patch, batch) < need:
+        patch = _shrink_patch(net, patch, net.cost(profile).max_voxels(batch, train_seconds / need), shapes,
+                              spacings, target)
+        reasons["patch"] = ("shrunk from the median case (largest axis first, not below "
+                            f"{MIN_PATCH_EDGE_3D if net.spatial_dims == 3 else MIN_PATCH_EDGE_2D} voxels or the case) "
+                            "until a step fits the budget")
+    got = steps(net, patch, batch)
+    short = "" if got >= need else "; fewer than needed: the budget is too short for this data"
+    reasons["budget"] = f"{budget_words}: about {got:.0f} steps expected ({why_need}){short}"
+    return target, net, patch, batch
+
+
+def _shrink_patch(net: _Net, patch: list[int], max_voxels: float, shapes: np.ndarray, spacings: np.ndarray,
+                  target: Any) -> list[int]:
+    """Shrink the largest axis by the size divisor while the patch exceeds ``max_voxels`` and stays above the
+    context floor (or the median case, when that is smaller)."""
+    edge = MIN_PATCH_EDGE_3D if net.spatial_dims == 3 else MIN_PATCH_EDGE_2D
+    median_shape = _median_shape(shapes, spacings, target)
+    if net.spatial_dims == 2:
+        median_shape = [s for a, s in enumerate(median_shape) if a != net.slice_axis]
+    floor = [max(_fit(min(edge, s), net.divisor, net.min_size, 10**6), net.min_size) for s in median_shape]
+    patch = list(patch)
+    while math.prod(patch) > max_voxels:
+        shrinkable = [i for i in range(len(patch)) if patch[i] - net.divisor >= floor[i]]
+        if not shrinkable:
+            break
+        i = max(shrinkable, key=lambda a: patch[a])
+        patch[i] -= net.divisor
+    return patch
+
+
 def _norm_stats(fingerprint: dict[str, Any] | None, n_channels: int) -> list[dict[str, float]]:
     """Per-channel foreground intensity statistics from the fingerprint (used by the "ct" scheme)."""
     if not fingerprint:
@@ -237,3 +408,31 @@ def _norm_stats(fingerprint: dict[str, Any] | None, n_channels: int) -> list[dic
     if not isinstance(stats, list) or len(stats) != n_channels or not all(isinstance(s, dict) for s in stats):
         return []
     return [{k: float(v) for k, v in s.items() if isinstance(v, (int, float))} for s in stats]
+
+
+def plan_dataset(data: str, layout: str | None = None, layout_options: dict[str, Any] | None = None, *,
+                 time_budget: float | None = None, **overrides: Any) -> Plan:
+    """The plan ``medzoo train`` would make for a dataset folder, without training: the dataset is read
+    (layout auto-detected unless given), fingerprinted and planned (under ``time_budget`` seconds, if given)."""
+    from medzoo.data.layouts import load_dataset
+    from medzoo.planning.fingerprint import compute_fingerprint
+
+    info = load_dataset(data, layout=layout, **(layout_options or {}))
+    return make_plan(info, compute_fingerprint(info), time_budget=time_budget, **overrides)
+
+
+def describe_plan(plan: Plan) -> str:
+    """The plan's choices and their reasons, one per line (what ``medzoo plan`` prints)."""
+    spacing = "native" if plan.target_spacing is None else " x ".join(f"{s:.3g}" for s in plan.target_spacing)
+    spacing += "" if plan.target_spacing is None else " mm"
+    dims = f"{plan.spatial_dims}D" + (f", slices along axis {plan.slice_axis}" if plan.spatial_dims == 2 else "")
+    lines = [
+        f"network   {plan.model} ({dims}) {json.dumps(plan.model_kwargs, sort_keys=True)}",
+        f"spacing   {spacing}",
+        f"patch     {'x'.join(map(str, plan.patch_size))}, batch {plan.batch_size}",
+        f"channels  {plan.in_channels} in ({', '.join(plan.modalities)}), {plan.num_classes} classes; "
+        f"normalisation {', '.join(plan.normalization)}; crop to non-zero: {'yes' if plan.crop_to_nonzero else 'no'}",
+        "why:",
+    ]
+    lines += [f"  {key}: {text}" for key, text in plan.extra.get("reasons", {}).items()]
+    return "\n".join(lines)

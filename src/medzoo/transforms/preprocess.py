@@ -129,3 +129,30 @@ class Preprocessor:
         if "resample_from_shape" in meta:
             array = Resample.invert(array, meta, is_label)
         return CropToNonzero.invert(array, meta, is_label, tuple(meta["original_shape"]))
+
+    def restore_labels(self, probabilities: np.ndarray, meta: dict) -> np.ndarray:
+        """Labels on the original grid from (K, *S') class probabilities on the preprocessed grid.
+
+        Each class's probability is resampled back linearly, one class at a time (so the memory is a few
+        original-grid arrays, not K of them), and the label is the class of the highest one; outside the crop
+        box the label is 0. This is what a plan at a coarser spacing predicts with: the labels follow the
+        interpolated probabilities on the input's own grid instead of blocks of nearest-neighbour voxels.
+        """
+        probabilities = np.asarray(probabilities)
+        if tuple(probabilities.shape[1:]) != tuple(meta["shape"]):
+            from medzoo.errors import DataError
+
+            raise DataError(f"restore: array spatial shape {probabilities.shape[1:]} != preprocessed shape "
+                            f"{tuple(meta['shape'])}")
+        back = "resample_from_shape" in meta and tuple(meta["resample_from_shape"]) != tuple(meta["shape"])
+        shape = tuple(meta["resample_from_shape"]) if back else tuple(probabilities.shape[1:])
+        dtype = np.uint8 if probabilities.shape[0] <= 256 else np.int16
+        labels = np.zeros(shape, dtype=dtype)
+        best = np.full(shape, -np.inf, dtype=np.float32)
+        for k in range(probabilities.shape[0]):
+            p = probabilities[k : k + 1].astype(np.float32)
+            p = Resample.invert(p, meta, is_label=False)[0] if back else p[0]
+            better = p > best
+            labels[better] = k
+            np.maximum(best, p, out=best)
+        return CropToNonzero.invert(labels, meta, True, tuple(meta["original_shape"]))

@@ -1,0 +1,174 @@
+"""What a trained model is: :func:`run_info` on a run folder or a ``.medzoo`` file.
+
+It reads only what the run wrote (``plan.json``, ``config.json``, ``metrics.csv``, ``splits.json``, the
+checkpoint's counters, the cached race verdicts) and asks the installed packages what ``medzoo predict``
+would do with it on this machine; nothing is computed, exported or written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medzoo.errors import CheckpointError
+from medzoo.planning.plan import Plan
+
+__all__ = ["run_info"]
+
+
+def run_info(model: str | Path, checkpoint: str = "best") -> dict[str, Any]:
+    """A JSON-ready description of a run folder or a packed model.
+
+    Args:
+        model: a run folder or a ``.medzoo`` file.
+        checkpoint: the checkpoint ``predict`` would be given ("best", "last" or a file).
+
+    Returns:
+        ``{"source", "data", "plan", "training", "versions", "predict"}``: where it comes from; the dataset,
+        layout, modalities, labels and split sizes; network, patch, spacing and normalisation; epochs, steps,
+        seconds and the best and final validation Dice per class; the versions it was packed with and those
+        installed; and the checkpoint, device, backend, precision and layout ``predict`` would use.
+
+    Raises:
+        CheckpointError: not a run folder (no ``plan.json``) or a damaged ``.medzoo`` file.
+    """
+    from medzoo.packaging import environment_versions, is_packed, open_model, read_manifest
+
+    model = Path(model)
+    packed = is_packed(model)
+    if not model.exists():
+        raise CheckpointError(f"{model}: not found (give a run folder or a .medzoo file)")
+    run_dir = open_model(model)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{model}: give a run folder or a .medzoo file")
+    plan = Plan.load(run_dir / "plan.json")
+    config = _read_json(run_dir / "config.json")
+    manifest = read_manifest(model) if packed else {}
+    source: dict[str, Any] = {"path": str(model), "kind": "packed model" if packed else "run folder"}
+    if packed:
+        source.update(unpacked_to=str(run_dir), packed_checkpoint=manifest.get("checkpoint"),
+                      with_optimizer=manifest.get("with_optimizer", False))
+    return {
+        "source": source,
+        "data": _data(plan, config, run_dir, manifest.get("split_sizes") or {}),
+        "plan": _plan(plan),
+        "training": _training(run_dir, config, plan, manifest),
+        "versions": {"packed_with": _read_json(run_dir / "versions.json") or None,
+                     "installed": environment_versions()},
+        "predict": _predict(run_dir, plan, checkpoint),
+    }
+
+
+def _data(plan: Plan, config: dict[str, Any], run_dir: Path, packed_sizes: dict[str, int]) -> dict[str, Any]:
+    splits = _read_json(run_dir / "splits.json")
+    folds = splits.get("folds") or []
+    fold = folds[int(splits.get("fold", 0) or 0)] if folds else {}
+    sizes = {"training_cases": len(fold["train"]), "validation_cases": len(fold["val"])} if fold else packed_sizes
+    return {
+        "dataset": config.get("data"),
+        "layout": config.get("layout") or "auto",
+        "task": config.get("task", "segment"),
+        "modalities": list(plan.modalities),
+        "labels": {str(k): v for k, v in sorted(plan.labels.items())},
+        "training_cases": sizes.get("training_cases"),
+        "validation_cases": sizes.get("validation_cases"),
+    }
+
+
+def _plan(plan: Plan) -> dict[str, Any]:
+    return {
+        "network": plan.model,
+        "model_kwargs": plan.model_kwargs,
+        "spatial_dims": plan.spatial_dims,
+        "in_channels": plan.in_channels,
+        "num_classes": plan.num_classes,
+        "patch_size": list(plan.patch_size),
+        "batch_size": plan.batch_size,
+        "target_spacing": None if plan.target_spacing is None else list(plan.target_spacing),
+        "normalization": list(plan.normalization),
+        "crop_to_nonzero": plan.crop_to_nonzero,
+        **({"slice_axis": plan.slice_axis, "context_slices": plan.context_slices} if plan.spatial_dims == 2 else {}),
+    }
+
+
+def _training(run_dir: Path, config: dict[str, Any], plan: Plan, manifest: dict[str, Any]) -> dict[str, Any]:
+    from medzoo.packaging import read_metrics_csv
+
+    counters = dict(manifest.get("training") or {})
+    if not counters:
+        counters = _checkpoint_counters(run_dir)
+    rows = [r for r in read_metrics_csv(run_dir / "metrics.csv") if r.get("val_dice_mean") is not None]
+    best = max(rows, key=lambda r: r["val_dice_mean"]) if rows else None
+    return {
+        "epochs": counters.get("epoch"),
+        "steps": counters.get("step"),
+        "seconds": counters.get("elapsed"),
+        "time_budget": config.get("time_budget"),
+        "amp": config.get("amp"),
+        "best_epoch": None if best is None else int(best["epoch"]),
+        "best_dice": None if best is None else _dice(best),
+        "final_dice": None if not rows else _dice(rows[-1]),
+    }
+
+
+def _dice(row: dict[str, float | None]) -> dict[str, float | None]:
+    return {key[len("val_dice_"):]: value for key, value in row.items() if key.startswith("val_dice_")}
+
+
+def _checkpoint_counters(run_dir: Path) -> dict[str, Any]:
+    """Epoch, step and seconds of the run's latest checkpoint (empty when it has none)."""
+    from medzoo.engine.checkpoint import load_checkpoint
+
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
+        if (run_dir / name).is_file():
+            ckpt = load_checkpoint(run_dir / name)
+            return {k: ckpt[k] for k in ("epoch", "step", "elapsed") if k in ckpt}
+    return {}
+
+
+def _predict(run_dir: Path, plan: Plan, checkpoint: str) -> dict[str, Any]:
+    """What ``medzoo predict`` with its defaults would use for this run on this machine."""
+    from medzoo import runtime
+    from medzoo.engine.checkpoint import checkpoint_path
+    from medzoo.inference.backends import race_key, resolve_backend
+    from medzoo.inference.predictor import inference_amp_dtype
+    from medzoo.models.registry import prefers_channels_last
+
+    device = runtime.resolve_device(None)
+    ckpt = checkpoint_path(run_dir, checkpoint)
+    dtype = inference_amp_dtype("auto", device, torch.nn.Identity())
+    layout = runtime.preferred_memory_format("auto", plan.spatial_dims, device, prefers_channels_last(plan.model))
+    backend = resolve_backend("auto", run_dir, device)
+    if backend == "openvino":
+        winner = _race_winner(run_dir, race_key(4, dtype if device.type == "cpu" else None))
+        backend = winner or "OpenVINO or PyTorch, whichever is faster on the first prediction (timed once)"
+    return {
+        "checkpoint": ckpt.name if ckpt.is_file() else None,
+        "device": str(device),
+        "backend": backend,
+        "precision": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32"),
+        "memory_format": "channels_last" if layout is not None else "contiguous",
+        "patch_size": list(plan.patch_size),
+        "batch_size": 4,
+    }
+
+
+def _race_winner(run_dir: Path, key: str) -> str | None:
+    """The most recent recorded race verdict for ``key`` in the run's export cache, if any."""
+    records = sorted((run_dir / ".medzoo_cache").glob("*.race.json"), key=lambda p: p.stat().st_mtime)
+    for record in reversed(records):
+        winner = _read_json(record).get(key, {})
+        if isinstance(winner, dict) and winner.get("winner") in ("openvino", "torch"):
+            return winner["winner"]
+    return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,82 @@
+"""``medzoo info`` on a run folder and on a ``.medzoo`` file: data, plan, training, Dice, versions, predict."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medzoo.cli import main
+from medzoo.errors import CheckpointError
+from medzoo.info import run_info
+from medzoo.packaging import pack_model
+from support.inference import make_run
+
+METRICS = """epoch,train_loss,lr,val_dice_mean,val_dice_liver,val_dice_tumour,seconds
+1,0.9,0.01,0.50,0.60,0.40,10
+2,0.8,0.009,,,,20
+3,0.7,0.008,0.70,0.80,0.60,30
+4,0.6,0.007,0.65,0.85,0.45,40
+"""
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDZOO_MODEL_CACHE", str(tmp_path / "model_cache"))
+    run_dir, _ = make_run(tmp_path / "run", "unet3d", 2, 3, model_kwargs={"features": [4, 8]},
+                          patch_size=(16, 16, 16), target_spacing=(1.0, 1.0, 2.5),
+                          normalization=["zscore", "ct"], modalities=["T1", "CT"],
+                          labels={0: "background", 1: "liver", 2: "tumour"})
+    (run_dir / "config.json").write_text(json.dumps({"data": "/data/Task03_Liver", "layout": "msd",
+                                                     "task": "segment", "time_budget": 600, "amp": "auto"}))
+    (run_dir / "metrics.csv").write_text(METRICS)
+    (run_dir / "splits.json").write_text(json.dumps({"folds": [{"train": ["a", "b", "c"], "val": ["d"]}],
+                                                     "fold": 0}))
+    return run_dir
+
+
+def test_run_info_describes_data_plan_training_and_predict(run):
+    info = run_info(run)
+    assert info["source"]["kind"] == "run folder"
+    assert info["data"] == {"dataset": "/data/Task03_Liver", "layout": "msd", "task": "segment",
+                            "modalities": ["T1", "CT"], "labels": {"0": "background", "1": "liver", "2": "tumour"},
+                            "training_cases": 3, "validation_cases": 1}
+    plan = info["plan"]
+    assert (plan["network"], plan["patch_size"], plan["target_spacing"]) == ("unet3d", [16, 16, 16], [1.0, 1.0, 2.5])
+    assert plan["normalization"] == ["zscore", "ct"]
+    training = info["training"]
+    assert (training["epochs"], training["steps"], training["best_epoch"]) == (1, 1, 3)
+    assert training["best_dice"] == {"mean": 0.7, "liver": 0.8, "tumour": 0.6}
+    assert training["final_dice"] == {"mean": 0.65, "liver": 0.85, "tumour": 0.45}
+    assert "torch" in info["versions"]["installed"] and info["versions"]["packed_with"] is None
+    predict = info["predict"]
+    assert predict["checkpoint"] == "checkpoint_best.pt" and predict["device"] in ("cpu", "cuda")
+    assert predict["precision"] in ("fp32", "bf16", "fp16") and predict["backend"]
+    json.dumps(info)  # JSON-ready
+
+
+def test_info_reads_a_packed_model_like_its_run(run, tmp_path):
+    packed = pack_model(run, tmp_path / "model.medzoo")
+    info, reference = run_info(packed), run_info(run)
+    assert info["source"]["kind"] == "packed model" and info["source"]["packed_checkpoint"] == "best"
+    for section in ("data", "plan", "training"):
+        assert info[section] == reference[section], section
+    assert info["versions"]["packed_with"]["torch"] == reference["versions"]["installed"]["torch"]
+
+
+def test_info_command_prints_readably_or_as_json(run, capsys):
+    assert main(["info", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "network: unet3d" in out and "patch size: 16 x 16 x 16" in out
+    assert "best dice: mean 0.7, liver 0.8, tumour 0.6" in out
+    assert main(["info", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["plan"]["network"] == "unet3d"
+
+
+def test_info_on_something_else_is_one_line_error(tmp_path, capsys):
+    with pytest.raises(CheckpointError, match="not found"):
+        run_info(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    assert main(["info", str(tmp_path / "empty")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "plan" in err

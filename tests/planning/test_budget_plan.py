@@ -1,0 +1,143 @@
+"""The budget-aware planner: the same plan without a budget; under a budget enough steps, at the finest spacing
+the smallest structure allows; 2D for thick slices; given settings kept; every choice with a reason."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from medzoo.data.case import Case, DatasetInfo
+from medzoo.planning.budgeting import TRAIN_FRACTION, required_steps
+from medzoo.planning.device import DeviceProfile, StepCost
+from medzoo.planning.planner import make_plan
+
+PER_VOXEL = 2e-6  # seconds per voxel of a default-width U-Net step: about what 2 CPU cores do in fp32
+
+
+class FakeProfile(DeviceProfile):
+    """Step costs from a formula instead of a probe: the narrow U-Net costs a third of the default one."""
+
+    def __init__(self) -> None:
+        super().__init__({"device": "cpu"}, {})
+        self.asked: list[str] = []
+
+    def cost(self, model, spatial_dims, model_kwargs, in_channels, num_classes) -> StepCost:
+        self.asked.append(model)
+        narrow = model_kwargs.get("features", [16])[0] < 16
+        return StepCost(0.02, PER_VOXEL * (0.35 if narrow else 1.0) * (0.5 if spatial_dims == 2 else 1.0))
+
+
+class NoProbe(DeviceProfile):
+    def __init__(self) -> None:
+        super().__init__({"device": "cpu"}, {})
+
+    def cost(self, *args, **kwargs):
+        raise AssertionError("the planner probed a step although nothing was left to choose")
+
+
+def _info(labels: dict[int, str], modalities=("MRI",)) -> DatasetInfo:
+    cases = [Case(f"c{i}", [Path(f"/nonexistent/c{i}.nii.gz")]) for i in range(4)]
+    return DatasetInfo(Path("/nonexistent"), "msd", cases, labels, list(modalities))
+
+
+def _fp(shape, spacing, frequencies, cases=4, **extra):
+    return {"shapes": [shape] * cases, "spacings": [spacing] * cases, "class_frequencies": frequencies,
+            "class_presence": [1.0] * len(frequencies), **extra}
+
+
+HIPPO_LABELS = {0: "background", 1: "anterior", 2: "posterior"}
+HIPPO = {**_fp((36, 50, 35), (1.0, 1.0, 1.0), [0.95, 0.025, 0.025]),
+         "shapes": [(35, 51, 35), (36, 50, 35), (37, 49, 36), (34, 52, 34)]}
+BRATS_LABELS = {0: "background", 1: "necrosis", 2: "edema", 3: "non_enhancing", 4: "enhancing"}
+BRATS = _fp((240, 240, 155), (1.0, 1.0, 1.0), [0.98, 0.002, 0.01, 0.003, 0.005],
+            shapes_after_crop=[(140, 170, 140)] * 4)
+# seven organs at risk of about 200 voxels each at 4 x 4 x 2.5 mm, as the head-and-neck CT of the issue
+HN = _fp((128, 128, 128), (4.0, 4.0, 2.5), [1 - 7 * 200 / 128**3] + [200 / 128**3] * 7)
+
+
+def _expected_steps(plan, profile=FakeProfile(), budget=600.0):
+    cost = profile.cost(plan.model, plan.spatial_dims, plan.model_kwargs, plan.in_channels, plan.num_classes)
+    return TRAIN_FRACTION * budget / cost.seconds(plan.batch_size, plan.patch_size)
+
+
+def test_no_budget_gives_todays_plan():
+    plan = make_plan(_info(HIPPO_LABELS), HIPPO)
+    assert (plan.model, plan.patch_size, plan.batch_size, plan.target_spacing) == ("unet3d", (32, 48, 32), 4, None)
+    assert plan.model_kwargs == {"features": [16, 32, 64, 128], "deep_supervision": True}
+    big = make_plan(_info(BRATS_LABELS, ("flair", "t1c")), BRATS)
+    assert (big.patch_size, big.batch_size, big.target_spacing) == ((128, 128, 128), 2, None)
+    assert big.extra["planner"] == "medzoo.planning.planner v1"
+    assert set(big.extra["reasons"]) >= {"spacing", "network", "patch", "batch"}
+
+
+def test_a_generous_budget_changes_nothing():
+    info = _info(HIPPO_LABELS)
+    free, budgeted = make_plan(info, HIPPO), make_plan(info, HIPPO, time_budget=3600, device_profile=FakeProfile())
+    for name in ("model", "model_kwargs", "patch_size", "batch_size", "target_spacing", "spatial_dims"):
+        assert getattr(budgeted, name) == getattr(free, name), name
+    assert "nothing traded" in budgeted.extra["reasons"]["budget"]
+
+
+def test_hippocampus_keeps_its_plan_at_ten_minutes():
+    plan = make_plan(_info(HIPPO_LABELS), HIPPO, time_budget=600, device_profile=FakeProfile())
+    assert (plan.patch_size, plan.batch_size, plan.target_spacing) == ((32, 48, 32), 4, None)
+    assert plan.model_kwargs["features"] == [16, 32, 64, 128]
+
+
+def test_large_volumes_get_coarser_spacing_and_enough_steps():
+    plan = make_plan(_info(BRATS_LABELS, ("flair", "t1c")), BRATS, time_budget=600, device_profile=FakeProfile())
+    need, _ = required_steps(4, plan.batch_size)
+    assert _expected_steps(plan) >= need
+    assert plan.target_spacing is not None and min(plan.target_spacing) > 1.2  # coarser than native
+    assert max(plan.target_spacing) <= 4.0  # within MAX_COARSENING of 1 mm
+    # the coarse patch still sees most of the (cropped) brain: at least half of the median case per axis
+    seen = [p * s / n for p, s, n in zip(plan.patch_size, plan.target_spacing, (140, 170, 140))]
+    assert min(seen) >= 0.4
+    assert "mm" in plan.extra["reasons"]["spacing"] and "steps expected" in plan.extra["reasons"]["budget"]
+    # a longer budget buys a finer spacing
+    longer = make_plan(_info(BRATS_LABELS, ("flair", "t1c")), BRATS, time_budget=3600, device_profile=FakeProfile())
+    assert longer.target_spacing is None or max(longer.target_spacing) < max(plan.target_spacing)
+
+
+def test_small_structures_stop_the_coarsening():
+    plan = make_plan(_info({i: f"organ{i}" for i in range(8)}, ("CT",)), HN, time_budget=600,
+                     device_profile=FakeProfile())
+    # 200 voxels of 40 mm^3 are about 25 mm across: no axis beyond 25 / 8 mm (native 4 mm stays 4 mm)
+    assert plan.target_spacing is None or (plan.target_spacing[0] == pytest.approx(4.0)
+                                           and plan.target_spacing[2] <= 25.0 / 8 + 0.05)
+    need, _ = required_steps(7, plan.batch_size)
+    assert need > 1000  # seven classes share the foreground-centred patches
+    assert _expected_steps(plan) >= need
+    assert math.prod(plan.patch_size) < 64 * 112 * 104  # the patch the issue's run got, 159 steps in 10 minutes
+
+
+def test_thick_slices_train_2d_unless_told_otherwise():
+    fp = _fp((256, 256, 20), (0.9, 0.9, 6.0), [0.9, 0.05, 0.05])
+    plan = make_plan(_info(HIPPO_LABELS), fp, time_budget=600, device_profile=FakeProfile())
+    assert (plan.spatial_dims, plan.model, plan.slice_axis) == (2, "unet2d", 2)
+    assert "2D on slices" in plan.extra["reasons"]["dims"]
+    forced = make_plan(_info(HIPPO_LABELS), fp, time_budget=600, device_profile=FakeProfile(), spatial_dims=3)
+    assert forced.spatial_dims == 3 and forced.model == "unet3d"
+    # many thin slices stay 3D
+    thin = make_plan(_info(HIPPO_LABELS), _fp((128, 128, 96), (0.9, 0.9, 3.0), [0.9, 0.05, 0.05]), time_budget=600,
+                     device_profile=FakeProfile())
+    assert thin.spatial_dims == 3
+
+
+def test_given_settings_are_kept_and_need_no_probe():
+    plan = make_plan(_info(BRATS_LABELS, ("flair", "t1c")), BRATS, time_budget=60, device_profile=NoProbe(),
+                     model="unet3d", patch_size=(64, 64, 64), batch_size=3)
+    assert (plan.patch_size, plan.batch_size, plan.target_spacing) == ((64, 64, 64), 3, None)
+    assert "nothing for the budget to choose" in plan.extra["reasons"]["budget"]
+    spaced = make_plan(_info(BRATS_LABELS, ("flair", "t1c")), BRATS, time_budget=60, device_profile=FakeProfile(),
+                       target_spacing=(1.0, 1.0, 1.0))
+    assert spaced.target_spacing == (1.0, 1.0, 1.0)
+
+
+def test_without_class_sizes_the_spacing_stays_native():
+    fp = {"shapes": [(240, 240, 155)] * 4, "spacings": [(1.0, 1.0, 1.0)] * 4}
+    plan = make_plan(_info(BRATS_LABELS), fp, time_budget=600, device_profile=FakeProfile())
+    assert plan.target_spacing is None
+    assert "structure sizes unknown" in plan.extra["reasons"]["spacing"]

@@ -1,0 +1,73 @@
+"""The step-time probe: a line through two measured steps, cached per machine, validated on read."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from medzoo.planning import device
+from medzoo.planning.device import DeviceProfile, StepCost, device_profile, measure_step_cost
+
+
+def test_measured_cost_grows_with_voxels():
+    cost = measure_step_cost("unet3d", 3, {"features": [4, 8]}, 1, 2)
+    assert cost.per_voxel > 0 and cost.overhead >= 0
+    assert cost.seconds(2, (48, 48, 32)) > cost.seconds(1, (32, 32, 32))
+    assert cost.max_voxels(1, cost.seconds(1, (32, 32, 32))) == pytest.approx(32**3, rel=1e-6)
+
+
+@pytest.fixture
+def fake_probe(monkeypatch):
+    calls = []
+
+    def measure(model, spatial_dims, model_kwargs, in_channels, num_classes, device="cpu", max_seconds=10.0):
+        calls.append(model)
+        return StepCost(0.01, 1e-6)
+
+    monkeypatch.setattr(device, "measure_step_cost", measure)
+    return calls
+
+
+def test_profile_is_measured_once_then_read_from_the_cache(tmp_path, fake_probe):
+    profile = device_profile(cache_dir=tmp_path)
+    assert profile.cost("unet3d", 3, {}, 1, 2) == StepCost(0.01, 1e-6)
+    files = list(tmp_path.glob("device-*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["signature"] == profile.signature
+    again = device_profile(cache_dir=tmp_path)
+    assert again.cost("unet3d", 3, {}, 1, 2) == StepCost(0.01, 1e-6)
+    assert fake_probe == ["unet3d"]  # measured once
+
+
+@pytest.mark.parametrize("content", [
+    "{not json",
+    json.dumps({"version": 999}),
+    "SIGNATURE_OF_ANOTHER_MACHINE",
+    "NEGATIVE_COST",
+])
+def test_a_bad_cache_file_is_discarded_with_one_warning(tmp_path, fake_probe, caplog, content):
+    profile = device_profile(cache_dir=tmp_path)
+    profile.cost("unet3d", 3, {}, 1, 2)
+    path = profile.path
+    data = json.loads(path.read_text())
+    if content == "SIGNATURE_OF_ANOTHER_MACHINE":
+        data["signature"] = {**data["signature"], "cpu": "another CPU"}
+        content = json.dumps(data)
+    elif content == "NEGATIVE_COST":
+        key = next(iter(data["networks"]))
+        data["networks"][key]["per_voxel"] = -1.0
+        content = json.dumps(data)
+    path.write_text(content)
+    with caplog.at_level(logging.WARNING, logger="medzoo.planning.device"):
+        fresh = device_profile(cache_dir=tmp_path)
+    assert len([r for r in caplog.records if "discarding the cached step-time probe" in r.getMessage()]) == 1
+    assert fresh.networks == {}
+    assert fresh.cost("unet3d", 3, {}, 1, 2) == StepCost(0.01, 1e-6)  # measured again and rewritten
+    assert json.loads(path.read_text())["networks"]
+
+
+def test_profile_costs_the_network_it_is_asked_about():
+    profile = DeviceProfile({"device": "cpu"}, {})
+    cost = profile.cost("unet3d", 3, {"features": [4, 8]}, 1, 2)
+    assert len(profile.networks) == 1 and cost.per_voxel > 0
