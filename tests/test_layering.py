@@ -95,7 +95,7 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for module, (path, is_package) in modules.items():
         targets = set()
-        for name in _imported_names(ast.parse(path.read_text()), module, is_package):
+        for name in _imported_names(ast.parse(path.read_text(encoding="utf-8")), module, is_package):
             if name.split(".")[0] != "medzoo":
                 continue
             target = resolve(name)
@@ -165,7 +165,7 @@ def test_only_the_runtime_reads_the_environment():
     """Every environment variable is declared and read in medzoo.runtime (and listed in the docs)."""
     readers = []
     for path in (SRC / "medzoo").rglob("*.py"):
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         if path.name == "runtime.py" and path.parent.name == "medzoo":
             continue
         for line_no, line in enumerate(text.splitlines(), 1):

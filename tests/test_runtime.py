@@ -105,7 +105,7 @@ def test_environment_variables_are_declared_parsed_and_documented(monkeypatch):
     with pytest.raises(KeyError):
         runtime.env("MEDZOO_NOT_DECLARED")
     docs = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
-    assert runtime.environment_table() in docs.read_text(), (
+    assert runtime.environment_table() in docs.read_text(encoding="utf-8"), (
         "docs/configuration.md must hold medzoo.runtime.environment_table() under 'Environment variables'")
 
 
