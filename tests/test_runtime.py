@@ -67,7 +67,7 @@ def test_the_callers_ask_the_runtime(monkeypatch):
     """The trainer, the predictor and the backend race give the same answer, because they ask one rule."""
     from medzoo.engine.config import TrainConfig
     from medzoo.engine.trainer import amp_dtype
-    from medzoo.inference.backends import _torch_race_dtype
+    from medzoo.inference.backends import _torch_cpu_dtype
     from medzoo.inference.predictor import inference_amp_dtype
 
     for native in (False, True):
@@ -76,7 +76,7 @@ def test_the_callers_ask_the_runtime(monkeypatch):
             want = runtime.autocast_dtype(amp, "cpu")
             assert amp_dtype(TrainConfig(amp=amp), torch.device("cpu")) == want
             assert inference_amp_dtype(amp, torch.device("cpu"), torch.nn.Identity()) == want
-            assert _torch_race_dtype(amp) == want
+            assert _torch_cpu_dtype(amp) == want
 
 
 @pytest.mark.parametrize("setting, card, device, want", [

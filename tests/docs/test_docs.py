@@ -162,3 +162,51 @@ def test_architecture_names_every_package():
     assert "`cli/`" in entries and "`losses.py`" in entries
     missing = [e for e in entries if e not in text]
     assert not missing, f"docs/architecture.md does not say where these live: {missing}"
+
+
+def test_docstrings_parse_without_warnings():
+    """Every docstring reads as the API reference reads it (griffe, Google style, the site's extension):
+    a warning here is one that fails ``mkdocs build --strict`` in CI."""
+    griffe = pytest.importorskip("griffe")
+    import importlib.util
+    import logging
+
+    spec = importlib.util.spec_from_file_location("griffe_docstrings", DOCS / "hooks" / "griffe_docstrings.py")
+    ext_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ext_module)
+    options = _mkdocs_config()["plugins"][1]["mkdocstrings"]["handlers"]["python"]["options"]
+
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            if record.levelno >= logging.WARNING:
+                messages.append(record.getMessage())
+
+    handler = Collect()
+    logger = logging.getLogger("griffe")
+    logger.addHandler(handler)
+    try:
+        package = griffe.load(
+            "medzoo", search_paths=[str(SRC)], allow_inspection=False, docstring_parser="google",
+            docstring_options=options["docstring_options"],
+            extensions=griffe.load_extensions(ext_module.DocstringRoles()),
+        )
+        seen = []
+
+        def walk(obj):
+            if obj.docstring is not None:
+                obj.docstring.parsed  # noqa: B018 (parsing logs the warnings)
+                seen.append(obj.path)
+                text = re.sub(r"``[^`]*``|`[^`\n]*`|^\s*(>>>|\.\.\.).*$", "", obj.docstring.value, flags=re.MULTILINE)
+                if re.search(r"\]\((?!https?://)[^)]*\)", text):
+                    messages.append(f"{obj.path}: Markdown reads '[...](...)' in the docstring as a link")
+            for member in obj.members.values():
+                if not member.is_alias:
+                    walk(member)
+
+        walk(package)
+    finally:
+        logger.removeHandler(handler)
+    assert len(seen) > 100
+    assert not messages, "\n".join(messages)

@@ -120,7 +120,9 @@ def load_dataset(root: str | Path, layout: str | None = None, **options: Any) ->
         **options: layout-specific options (e.g. ``classes=4`` for ``mrbrains``, glob patterns for
             ``folder``). A ``medzoo_layout.json`` file at the root may hold ``"layout"`` and default options
             (used when ``layout`` is None or names the same layout; explicit options win). Every layout also
-            takes ``ignore_label=V``: voxels of raw value ``V`` are unannotated (see :func:`with_ignore_label`).
+            takes ``ignore_label=V``: voxels of raw value ``V`` are unannotated (see :func:`with_ignore_label`),
+            and ``regions={"WT": [1, 2, 4], ...}`` with ``regions_class_order=[2, 1, 4]`` (raw label values):
+            the dataset's region view, for region-based training (see :func:`with_regions`).
 
     Returns:
         The :class:`DatasetInfo` with cases sorted by id.
@@ -142,9 +144,12 @@ def load_dataset(root: str | Path, layout: str | None = None, **options: Any) ->
     if not root.exists():
         raise DataError(f"{root}: dataset folder does not exist")
     ignore = options.pop("ignore_label", None)
+    regions, order = options.pop("regions", None), options.pop("regions_class_order", None)
     info = _LAYOUTS[layout].load(root, **options)
     if ignore is not None:
         info = with_ignore_label(info, int(ignore))
+    if regions is not None:
+        info = with_regions(info, regions, order)
     if not info.cases and not info.test_cases:
         raise DataError(f"{root}: the {layout} layout found no cases")
     ids = [c.case_id for c in info.cases + info.test_cases]
@@ -178,6 +183,36 @@ def with_ignore_label(info: DatasetInfo, value: int) -> DatasetInfo:
             info.regions = {k: [shift[c] for c in cs if c != gone] for k, cs in info.regions.items()}
     mapping[value] = IGNORE_INDEX
     info.labels, info.label_mapping, info.ignore_label = dict(sorted(labels.items())), mapping, value
+    return info
+
+
+def with_regions(info: DatasetInfo, regions: dict, order: list | None) -> DatasetInfo:
+    """The dataset with a region view given in raw label values (e.g. BraTS 2013's WT/TC/ET).
+
+    Args:
+        info: the dataset.
+        regions: region name -> the raw label values it unites, in output order.
+        order: the raw label value each region paints into a predicted label map (nnU-Net's
+            ``regions_class_order``); required.
+
+    Raises:
+        DataError: a value the dataset does not declare, or no (or a wrongly sized) ``regions_class_order``.
+    """
+    mapping = info.label_mapping or {k: k for k in info.labels}
+    if not isinstance(regions, dict) or not regions:
+        raise DataError(f"{info.root}: regions must map a name to a list of label values, got {regions!r}")
+    if order is None or len(order) != len(regions):
+        raise DataError(
+            f"{info.root}: regions need regions_class_order, the label value each of the {len(regions)} regions "
+            "paints in a prediction (e.g. regions_class_order=[2, 1, 4] for BraTS WT, TC, ET)"
+        )
+    converted = {}
+    for name, values in regions.items():
+        unknown = [v for v in values if int(v) not in mapping or mapping[int(v)] == IGNORE_INDEX]
+        if unknown:
+            raise DataError(f"{info.root}: region {name} names label values {unknown} the dataset does not declare")
+        converted[str(name)] = [mapping[int(v)] for v in values]
+    info.regions, info.regions_class_order = converted, [int(v) for v in order]
     return info
 
 
