@@ -9,7 +9,7 @@ version and lazy exports) are allowed from anywhere.
 
 Layers, top to bottom (imports go down, or sideways within a layer):
 cli (and the demo) -> inference / engine (and export, evaluation, viz, packaging, info) -> planning / data /
-transforms -> models / losses / metrics -> io / runtime / accel -> errors / utils.
+transforms -> models / losses / metrics -> io / runtime / accel -> errors / utils / logs.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS = {
-    "errors": 0, "utils": 0,
+    "errors": 0, "utils": 0, "logs": 0,
     "io": 1, "runtime": 1, "accel": 1,
     "models": 2, "losses": 2, "metrics": 2,
     "planning": 3, "data": 3, "transforms": 3,
