@@ -35,10 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-postprocess", action="store_true",
                    help="skip the post-processing a cross-validation chose (RUN/postprocessing.json)")
     p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
-                   help="auto (default): on the CPU the faster of OpenVINO (fp32; the run's network exported once "
-                        "and cached in RUN/.medzoo_cache) and PyTorch (in the --amp precision), timed once per "
-                        "checkpoint on one batch of windows; PyTorch without OpenVINO and on a GPU; torch | "
-                        "onnxruntime | openvino force one")
+                   help="auto (default): on the CPU OpenVINO (fp32; the run's network exported once and cached in "
+                        "RUN/.medzoo_cache), PyTorch where it predicts in bf16 (--amp), without OpenVINO, or when "
+                        "the network does not export; PyTorch on a GPU; torch | onnxruntime | openvino force one")
     p.add_argument("--amp", choices=AMP_MODES, default="auto",
                    help="autocast precision of a PyTorch network: auto (default: bf16, else fp16, on a GPU; bf16 "
                         "on a CPU with native bf16 (AMX, AVX512-BF16), as training there; else fp32), bf16 (with "

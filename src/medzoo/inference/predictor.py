@@ -589,11 +589,8 @@ def load_predictor(run_dir: str | Path, options: PredictOptions) -> Predictor:
     """The :class:`Predictor` for a run folder (or an export) in the runtime ``options.backend`` names."""
     from medzoo.inference.backends import load_backend
 
-    backend = options.backend
-    if backend == "auto" and options.amp == "bf16" and Path(run_dir).is_dir():
-        backend = "torch"  # the user asked for bf16, which only PyTorch runs (exports run in fp32)
-        log.info("amp bf16: predicting with PyTorch")
-    model, plan = load_backend(run_dir, backend=backend, checkpoint=options.checkpoint,
+    # backend "auto" follows amp: where PyTorch would predict in bf16 (exports run in fp32), PyTorch runs it
+    model, plan = load_backend(run_dir, backend=options.backend, checkpoint=options.checkpoint,
                                device=options.device, batch_size=options.batch_size, amp=options.amp)  # fmt: skip
     return Predictor(
         model, plan, device=options.device if options.device is not None else _device_of(model),
