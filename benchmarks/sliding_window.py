@@ -16,13 +16,13 @@ MRI in that field of view. Labels: 0 air/background, 1 scalp+skull, 2 CSF, 3 bra
    imports excluded:
    - ``medzoo``: ``medzoo.inference.predict`` with its defaults: the plan crops to the non-zero region and
      z-scores non-zero voxels, windows whose input is all air are skipped, and on the CPU the network runs
-     under the faster of OpenVINO (fp32, through an export cached in the run folder) and PyTorch (under bf16
-     autocast on a CPU with native bf16, else fp32), timed once on one window batch
-     (:mod:`medzoo.inference.race`; without OpenVINO, a runtime dependency, medzoo predicts with PyTorch).
-     The export, its checks and the races are made before the timed runs (once per checkpoint; reported as
-     ``export_s``, the chosen runtimes as ``medzoo_backend``).
+     under the runtime ``backend="auto"`` picks (:func:`medzoo.inference.backends.resolve_backend`:
+     OpenVINO in fp32 through an export cached in the run folder, PyTorch under bf16 autocast on a CPU with
+     native bf16). The export and its checks are made before the timed runs (once per checkpoint; reported
+     as ``export_s``, the chosen runtimes as ``medzoo_backend``; a network that does not export is reported
+     there, and predicted with PyTorch).
    - ``medzoo_fp32``: the same with ``amp="none"``: every runtime in fp32, labels equal to fp32's up to
-     near-ties (the race then times fp32 PyTorch).
+     near-ties.
    - ``medzoo_openvino``, ``medzoo_onnxruntime`` and ``medzoo_torch``: the same in fp32 with
      ``backend="openvino"`` / ``"onnxruntime"`` / ``"torch"`` (eager PyTorch, in the layout the card asks
      for: channels-last for unet3d on the CPU), to show what each backend brings;
@@ -280,9 +280,8 @@ def _child(side: str, folder: Path, patch: tuple[int, ...], batch: int, device: 
             if side == "medzoo_export":  # the one-off export and checks (cached in the run folder)
                 from medzoo.inference.backends import cached_onnx_export, load_backend
 
-                assert cached_onnx_export(folder / "run") is not None, "the network did not export"
-                picks = []
-                for amp in ("auto", "none"):  # the races of the default (bf16 where native) and of fp32
+                picks = [] if cached_onnx_export(folder / "run") is not None else ["export failed"]
+                for amp in ("auto", "none"):  # the default (bf16 where native) and fp32
                     model, _ = load_backend(folder / "run", backend="auto", device="cpu", batch_size=batch, amp=amp)
                     name = "PyTorch" if isinstance(model, torch.nn.Module) else type(model).__name__
                     picks.append(f"{name} (amp {amp})")

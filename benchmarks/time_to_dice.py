@@ -1,13 +1,20 @@
-"""Time to Dice: validation Dice on Task04_Hippocampus after 5 and 10 minutes of ``medzoo.engine.trainer.train``.
+"""Time to Dice: the plan a dataset gets and its held-out Dice after a time budget of ``medzoo train``.
 
-Each budget is one fresh run with the trainer's defaults (the planner picks the network) and
-``time_budget`` set; the budget covers training and the final validation. Each row also gives the median
-over epochs of the share of training time the steps waited for the loader (``data_wait_pct_median``, from
-``metrics.csv``). Skipped with a message when the
-data (``$MEDZOO_HIPPOCAMPUS_DIR`` or ``../shared/data/Task04_Hippocampus``) or the trainer is missing.
-Long: only run with ``python -m benchmarks --only time_to_dice`` or ``--full``.
+Each budget is one fresh run with the trainer's defaults (the planner fits the plan to the budget) and
+``time_budget`` set; the budget covers planning, preprocessing, training and the final validation. The held-out
+figures: the trainer's final validation (on its validation split, on the preprocessed grid) and, from the best
+checkpoint, a prediction of the same held-out cases on their own grids scored against their labels (what a user
+gets; also says whether any prediction came out empty). Each row gives the plan (network, spatial dims,
+spacing, patch, batch) and the median share of training time the steps waited for the loader.
 
-Run: ``python -m benchmarks.time_to_dice [--budgets 5m,10m] [--memory-format contiguous] [--quick]`` (``--quick``: 20 s, to check the wiring).
+``--dataset``: ``hippocampus`` (default; ``$MEDZOO_HIPPOCAMPUS_DIR`` or ``../shared/data/Task04_Hippocampus``),
+``brats2013`` (``$MEDZOO_BRATS2013_DIR`` or ``../shared/data/BraTS2013_deepmedic``, through the ``folder`` layout, FLAIR + T1c, labels 0-4),
+a phantom kind (``brain``, ``ct``, ``thick-mri``, ``multi-organ``: written first, ``--cases``/``--shape``), or a
+dataset folder (``--layout``, ``--layout-option``). Skipped with a message when the data is missing. Long: one
+timed run at a time on a quiet machine.
+
+Run: ``python -m benchmarks.time_to_dice --dataset ct --budget 10m`` (``--budgets 10m,30m`` for several;
+``--quick``: 20 s, to check the wiring).
 """
 
 from __future__ import annotations
@@ -29,6 +36,12 @@ from benchmarks.common import (
 
 NAME = "time_to_dice"
 REPO = Path(__file__).resolve().parent.parent
+PHANTOM_KINDS = ("brain", "ct", "thick-mri", "multi-organ")
+BRATS_LAYOUT = {
+    "images": {"flair": "{case}/Flair_subtrMeanDivStd.nii.gz", "t1c": "{case}/T1c_subtrMeanDivStd.nii.gz"},
+    "label": "{case}/OTMultiClass.nii.gz",
+    "labels": {0: "background", 1: "necrosis", 2: "edema", 3: "non_enhancing", 4: "enhancing"},
+}
 
 
 def hippocampus_dir() -> Path | None:
@@ -40,59 +53,138 @@ def hippocampus_dir() -> Path | None:
     return None
 
 
+def resolve_dataset(name: str, runs_dir: Path, cases: int, shape: tuple[int, int, int] | None, layout: str | None,
+                    layout_options: dict[str, Any]) -> tuple[Path | None, str | None, dict[str, Any], str]:
+    """(data folder or None, layout, layout options, why it is missing) for ``--dataset``."""
+    if name == "hippocampus":
+        data = hippocampus_dir()
+        return data, layout, layout_options, "Task04_Hippocampus not found (set MEDZOO_HIPPOCAMPUS_DIR)"
+    if name == "brats2013":
+        env = os.environ.get("MEDZOO_BRATS2013_DIR")
+        data = Path(env) if env else REPO.parent / "shared" / "data" / "BraTS2013_deepmedic"
+        return ((data if data.is_dir() else None), "folder", {**BRATS_LAYOUT, **layout_options},
+                f"{data} not found (set MEDZOO_BRATS2013_DIR)")
+    if name in PHANTOM_KINDS:
+        from medzoo.data.phantom import make_phantom_dataset
+
+        data = make_phantom_dataset(runs_dir / f"phantom_{name}", cases=cases, seed=0, shape=shape, kind=name)
+        return data, layout, layout_options, ""
+    data = Path(name)
+    return (data if data.exists() else None), layout, layout_options, f"{data} not found"
+
+
 def _median_data_wait_pct(metrics_csv: Path) -> float:
     """Median over the run's epochs of the share of training time spent waiting for the loader (percent)."""
     import csv
     import statistics
 
+    if not metrics_csv.is_file():
+        return float("nan")
     with metrics_csv.open(newline="") as f:
         waits = [float(r["data_wait_fraction"]) for r in csv.DictReader(f) if r.get("data_wait_fraction")]
     return 100.0 * statistics.median(waits) if waits else float("nan")
 
 
+def held_out_dice(run_dir: Path, data: Path, layout: str | None, layout_options: dict[str, Any]) -> dict[str, Any]:
+    """Predict the run's validation cases on their own grids (best checkpoint) and score them: mean Dice per
+    class over the cases, the mean over classes, and how many predictions have no foreground at all."""
+    import numpy as np
+
+    from medzoo.data.layouts import load_dataset
+    from medzoo.data.loading import load_case
+    from medzoo.engine.splits import load_splits
+    from medzoo.inference.predictor import Predictor
+    from medzoo.metrics import dice_per_class
+
+    info = load_dataset(str(data), layout=layout, **layout_options)
+    val = set(load_splits(run_dir / "splits.json")[0]["val"])
+    predictor = Predictor.from_run(run_dir, checkpoint="best", device="cpu")
+    k = predictor.plan.num_classes
+    scores, empty, t0 = [], 0, time.perf_counter()
+    for case in [c for c in info.cases if c.case_id in val]:
+        image, label = load_case(case, info)
+        pred = predictor.predict_volume(image)
+        assert pred.spatial_shape == image.spatial_shape  # geometry is sacred
+        empty += int(pred.array.max() == 0)
+        scores.append(dice_per_class(pred.array[0], label.array[0], k)[1:])
+    per_class = np.mean(scores, axis=0)
+    names = [predictor.plan.labels[i] for i in range(1, k)]
+    return {"heldout_cases": len(scores), "heldout_empty": empty, "heldout_dice_mean": float(per_class.mean()),
+            "heldout_predict_s": time.perf_counter() - t0,
+            **{f"heldout_dice_{n}": float(v) for n, v in zip(names, per_class)}}
+
+
+def _plan_columns(run_dir: Path) -> dict[str, Any]:
+    from medzoo.planning.plan import Plan
+
+    plan = Plan.load(run_dir / "plan.json")
+    spacing = "native" if plan.target_spacing is None else "x".join(f"{s:.2f}" for s in plan.target_spacing)
+    return {"network": f"{plan.model} {plan.model_kwargs.get('features', '')}".strip(), "dims": plan.spatial_dims,
+            "spacing": spacing, "patch": "x".join(map(str, plan.patch_size)), "batch": plan.batch_size,
+            "reasons": plan.extra.get("reasons", {})}
+
+
 def main(argv: list[str] | None = None) -> dict:
+    from medzoo.cli.options import key_value
+
     parser = make_parser(NAME, __doc__.splitlines()[0])
-    parser.add_argument("--budgets", default="5m,10m", help="comma-separated time budgets")
+    parser.add_argument("--dataset", default="hippocampus",
+                        help="hippocampus, brats2013, a phantom kind (brain, ct, thick-mri, multi-organ) or a folder")
+    parser.add_argument("--budget", default=None, help="one time budget, e.g. 10m")
+    parser.add_argument("--budgets", default="5m,10m", help="comma-separated time budgets (when --budget is not given)")
+    parser.add_argument("--layout", default=None, help="dataset layout of a folder (default: auto-detect)")
+    parser.add_argument("--layout-option", type=key_value, action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--cases", type=int, default=20, help="phantom cases to write (default 20)")
+    parser.add_argument("--shape", type=int, nargs=3, default=None, help="phantom shape (default: the kind's)")
     parser.add_argument("--runs-dir", type=Path, default=None, help="where run folders go (default: a temp dir)")
     parser.add_argument("--memory-format", default="auto", choices=["auto", "channels_last", "contiguous"],
                         help="the trainer's memory_format (A/B against the default)")
+    parser.add_argument("--no-predict", action="store_true", help="skip the held-out prediction on original grids")
     args = parser.parse_args(argv)
     threads = apply_threads(args.threads)
-    data = hippocampus_dir()
-    skipped = None
-    try:
-        from medzoo.engine.config import TrainConfig
-        from medzoo.engine.trainer import train
-    except ImportError as err:
-        skipped = f"trainer not available ({err})"
+    runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="medzoo_ttd_"))
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    data, layout, options, missing = resolve_dataset(args.dataset, runs_dir, args.cases,
+                                                     tuple(args.shape) if args.shape else None, args.layout,
+                                                     dict(args.layout_option))
     if data is None:
-        skipped = "Task04_Hippocampus not found (set MEDZOO_HIPPOCAMPUS_DIR or put it in ../shared/data)"
-    if skipped:
-        print(f"== {NAME}: skipped: {skipped}")
-        results = {"benchmark": NAME, "skipped": skipped, "environment": environment()}
+        print(f"== {NAME}: skipped: {missing}")
+        results = {"benchmark": NAME, "skipped": missing, "environment": environment()}
         write_results(NAME, results, args.out)
         return results
-    budgets = ["20s"] if args.quick else args.budgets.split(",")
+    from medzoo.engine.config import TrainConfig
+    from medzoo.engine.trainer import train
+
+    budgets = ["20s"] if args.quick else (args.budget or args.budgets).split(",")
     rows: list[dict[str, Any]] = []
-    runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="medzoo_ttd_"))
+    tag = Path(args.dataset).name.replace(" ", "_")
     for budget in budgets:
-        out = runs_dir / f"hippocampus_{budget}"
+        out = runs_dir / f"{tag}_{budget}"
         start = time.perf_counter()
         try:
-            res = train(TrainConfig(data=str(data), out=str(out), time_budget=budget, progress=False,
-                                    memory_format=args.memory_format))
+            res = train(TrainConfig(data=str(data), out=str(out), time_budget=budget, progress=False, layout=layout,
+                                    layout_options=options, memory_format=args.memory_format))
         except Exception as err:  # noqa: BLE001 - report, do not crash the suite
-            rows.append({"budget": budget, "skipped": f"{type(err).__name__}: {err}"[:300]})
+            rows.append({"dataset": args.dataset, "budget": budget, "skipped": f"{type(err).__name__}: {err}"[:300]})
             continue
-        row = {"budget": budget, "memory_format": args.memory_format, "wall_s": time.perf_counter() - start, "epochs": res.epochs, "steps": res.steps,
-               "best_metric": res.best_metric, "best_epoch": res.best_epoch, "run_dir": str(res.run_dir)}
+        row = {"dataset": args.dataset, "budget": budget, "wall_s": time.perf_counter() - start, **_plan_columns(out),
+               "steps": res.steps, "epochs": res.epochs, "val_dice_mean": res.final_metrics.get("val_dice_mean"),
+               "best_metric": res.best_metric, "data_wait_pct_median": _median_data_wait_pct(out / "metrics.csv"),
+               "run_dir": str(res.run_dir)}
         row.update({f"final_{k}": v for k, v in res.final_metrics.items() if isinstance(v, (int, float))})
-        row["data_wait_pct_median"] = _median_data_wait_pct(out / "metrics.csv")
+        if not args.no_predict:
+            try:
+                row.update(held_out_dice(out, data, layout, options))
+            except Exception as err:  # noqa: BLE001 - report
+                row["heldout_error"] = f"{type(err).__name__}: {err}"[:300]
         rows.append(row)
-    cols = ["budget", "memory_format", "wall_s", "epochs", "steps", "best_metric", "data_wait_pct_median"] + sorted(
-        {k for r in rows for k in r if k.startswith("final_")}) + ["skipped"]
-    print(f"== {NAME}: validation Dice after a time budget, {threads} threads, data {data}")
+    cols = ["dataset", "budget", "network", "dims", "spacing", "patch", "batch", "steps", "val_dice_mean",
+            "heldout_dice_mean", "heldout_empty", "wall_s", "data_wait_pct_median", "skipped"]
+    print(f"== {NAME}: Dice after a time budget, {threads} threads, data {data}")
     print(format_table(rows, cols))
+    for row in rows:
+        for key, text in row.get("reasons", {}).items():
+            print(f"  {row['budget']} {key}: {text}")
     results = {"benchmark": NAME, "environment": environment(), "threads": threads, "rows": rows,
                "markdown": markdown_table(rows, cols)}
     print(f"wrote {write_results(NAME, results, args.out)}")

@@ -17,6 +17,7 @@ from medzoo.cli import main
 from medzoo.engine.checkpoint import load_checkpoint, load_model_from_run
 from medzoo.errors import CheckpointError
 from medzoo.inference.predictor import Predictor
+from medzoo.io.readers import read_volume, write_volume
 from medzoo.packaging import MANIFEST, open_model, pack_model, read_manifest, unpack_model
 from support.inference import blob_image, make_run
 
@@ -190,3 +191,49 @@ def test_pack_and_unpack_commands(run, tmp_path, capsys):
     assert main(["unpack", str(tmp_path / "missing.medzoo"), str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("medzoo unpack: error:") and "missing.medzoo" in err and "\n" not in err
+
+
+def test_predict_command_takes_a_packed_model(run, tmp_path, fp32_on_cpu):
+    packed = pack_model(run, tmp_path / "model.medzoo")
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for seed in (1, 2):
+        write_volume(blob_image((17, 19, 12), seed=seed), scans / f"case{seed}.nii.gz")
+    common = ["--input", str(scans), "--backend", "torch", "--amp", "none", "--no-progress"]
+    assert main(["predict", "--model", str(run), "--output", str(tmp_path / "from_run"), *common]) == 0
+    assert main(["predict", "--model", str(packed), "--output", str(tmp_path / "from_file"), *common]) == 0
+    for name in ("case1.nii.gz", "case2.nii.gz"):
+        expected = read_volume(tmp_path / "from_run" / name)
+        got = read_volume(tmp_path / "from_file" / name)
+        assert np.array_equal(got.array, expected.array) and np.allclose(got.affine, expected.affine)
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def test_a_run_from_the_earlier_format_predicts_its_recorded_labels_from_its_packed_file(tmp_path):
+    """``tests/fixtures/run_v0`` was made by main at 83c5058."""
+    import medzoo
+    from medzoo.info import run_info
+
+    packed = pack_model(FIXTURES / "run_v0", tmp_path / "v0.medzoo")
+    report = medzoo.predict(packed, FIXTURES / "run_v0_case" / "input.nii.gz", tmp_path / "pred", backend="torch",
+                            amp="none", memory_format="contiguous", progress=False, device="cpu")
+    assert not report.failed
+    want = read_volume(FIXTURES / "run_v0_case" / "expected_labels.nii.gz")
+    assert np.array_equal(read_volume(tmp_path / "pred" / "input.nii.gz").array, want.array)
+    assert run_info(packed)["training"]["epochs"] == 1
+
+
+@pytest.mark.slow
+def test_packed_with_the_optimizer_an_unpacked_run_resumes(tmp_path, monkeypatch):
+    import medzoo
+    from medzoo.data.phantom import make_phantom_dataset
+    from medzoo.engine.config import TrainConfig
+
+    packed = pack_model(FIXTURES / "run_v0", tmp_path / "v0.medzoo", checkpoint="last", with_optimizer=True)
+    unpack_model(packed, tmp_path / "run_v0")
+    make_phantom_dataset(tmp_path / "phantom", cases=4, seed=3, shape=(24, 24, 16), test_cases=1)
+    monkeypatch.chdir(tmp_path)  # the run's config names its data relatively ("phantom")
+    result = medzoo.train(TrainConfig.load(Path("run_v0") / "config.json"), resume=True)
+    assert (result.epochs, result.steps) == (2, 4)

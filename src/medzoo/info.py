@@ -1,7 +1,7 @@
 """What a trained model is: :func:`run_info` on a run folder or a ``.medzoo`` file.
 
 It reads only what the run wrote (``plan.json``, ``config.json``, ``metrics.csv``, ``splits.json``, the
-checkpoint's counters, the cached race verdicts) and asks the installed packages what ``medzoo predict``
+checkpoint's counters) and asks the installed packages what ``medzoo predict``
 would do with it on this machine; nothing is computed, exported or written.
 """
 
@@ -132,7 +132,7 @@ def _checkpoint_counters(run_dir: Path) -> dict[str, Any]:
 def _predict(run_dir: Path, plan: Plan, checkpoint: str) -> dict[str, Any]:
     """What ``medzoo predict`` with its defaults would use for this run on this machine."""
     from medzoo.engine.checkpoint import checkpoint_path
-    from medzoo.inference.backends import race_key, resolve_backend
+    from medzoo.inference.backends import resolve_backend
     from medzoo.inference.predictor import inference_amp_dtype
     from medzoo.perf import preferred_memory_format
 
@@ -140,10 +140,10 @@ def _predict(run_dir: Path, plan: Plan, checkpoint: str) -> dict[str, Any]:
     ckpt = checkpoint_path(run_dir, checkpoint)
     dtype = inference_amp_dtype("auto", device, torch.nn.Identity())
     layout = preferred_memory_format("auto", plan.model, plan.spatial_dims, device)
-    backend = resolve_backend("auto", run_dir, device)
+    backend = resolve_backend("auto", run_dir, device, amp="auto")
     if backend == "openvino":
-        winner = _race_winner(run_dir, race_key(4, dtype if device.type == "cpu" else None))
-        backend = winner or "OpenVINO or PyTorch, whichever is faster on the first prediction (timed once)"
+        backend = "openvino (PyTorch if the network does not export or check)"
+        dtype = None  # the export runs in fp32
     return {
         "checkpoint": ckpt.name if ckpt.is_file() else None,
         "device": str(device),
@@ -153,16 +153,6 @@ def _predict(run_dir: Path, plan: Plan, checkpoint: str) -> dict[str, Any]:
         "patch_size": list(plan.patch_size),
         "batch_size": 4,
     }
-
-
-def _race_winner(run_dir: Path, key: str) -> str | None:
-    """The most recent recorded race verdict for ``key`` in the run's export cache, if any."""
-    records = sorted((run_dir / ".medzoo_cache").glob("*.race.json"), key=lambda p: p.stat().st_mtime)
-    for record in reversed(records):
-        winner = _read_json(record).get(key, {})
-        if isinstance(winner, dict) and winner.get("winner") in ("openvino", "torch"):
-            return winner["winner"]
-    return None
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -339,7 +339,10 @@ def _extract(path: Path, target: Path) -> None:
     state: dict[str, Any] = {}
     if TRAINING_STATE in data:
         state = _load_state(path, data.pop(TRAINING_STATE))
-    plan = Plan.from_dict(json.loads(data["plan.json"]))
+    try:
+        plan = Plan.from_dict(json.loads(data["plan.json"]))
+    except (ValueError, TypeError, CheckpointError) as err:
+        raise CheckpointError(f"{path}: unreadable plan.json ({err})") from None
     state.update(manifest.get("training", {}), model=weights, plan=plan.to_dict(), model_name=plan.model)
     root = target.resolve()
     for name, content in data.items():

@@ -18,7 +18,7 @@ from medzoo.models import get_card, list_models
 
 SEGMENTATION = [n for n in list_models() if get_card(n).task == "segmentation"]
 # OpenVINO 2026.4 computes these networks differently from ONNX Runtime / PyTorch (hyperdensenet: max |diff|
-# 0.11 on the logits); the check catches it and `predict` falls back to ONNX Runtime.
+# 0.11 on the logits); the check catches it and `predict` falls back to PyTorch.
 OPENVINO_DIFFERS = {"hyperdensenet"}
 
 
@@ -59,9 +59,11 @@ def test_train_and_predict_through_the_cli(name: str, phantom, tmp_path):
                  "--device", "cpu", "--no-progress"])
     assert code == 0, f"{name}: medzoo predict failed"
     if _installed("onnx", "openvino"):  # the default backend on the CPU: exported, OpenVINO checked
-        records = sorted((run / ".medzoo_cache").glob("*.openvino.json"))
+        from medzoo.inference.backends import export_checks
+
+        records = sorted((run / ".medzoo_cache").glob("*.onnx"))  # the one cache file, its checks inside
         assert records, f"{name}: the network was not exported for OpenVINO"
-        verdict = json.loads(records[0].read_text())
+        verdict = export_checks(records[0])["openvino"]
         assert verdict["ok"] == (name not in OPENVINO_DIFFERS), f"{name}: OpenVINO check {verdict}"
     inputs = sorted((phantom / "imagesTs").glob("*.nii.gz"))
     assert inputs

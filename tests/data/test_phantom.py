@@ -141,3 +141,62 @@ def test_python_m_medzoo_phantom_subprocess(tmp_path):
     )
     assert bad.returncode != 0
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------- other kinds
+def test_ct_phantom_is_in_hounsfield_units_with_air_and_a_table():
+    from medzoo.data.phantom import make_body_case
+
+    image, label = make_body_case(0, "ct", shape=(64, 64, 16))
+    hu, lab = image.array[0], label.array[0]
+    assert image.array.shape == (1, 64, 64, 16) and label.array.dtype == np.uint8
+    assert abs(np.median(hu[:3, :3]) + 1000) < 60  # air in the corners
+    assert set(np.unique(lab)) == {0, 1, 2, 3}  # liver, kidneys, spleen
+    table = hu[20:44, 51:58].max(axis=1)  # under the body (j near 0.67 of the half field), across the middle
+    assert 100 < np.median(table) < 260
+    assert np.median(hu[20:44, 58:]) < -900  # air under the table
+    assert -30 < np.median(hu[lab == 1]) < 150  # soft tissue
+    np.testing.assert_allclose(image.spacing[:2], (0.8, 0.8), rtol=0.031)
+    assert image.spacing[2] == pytest.approx(3.0)
+
+
+def test_multi_organ_sizes_differ_by_orders_of_magnitude_and_spacings_differ(tmp_path):
+    root = make_phantom_dataset(tmp_path / "mo", cases=4, seed=0, shape=(64, 64, 32), kind="multi-organ")
+    meta = json.loads((root / "dataset.json").read_text())
+    assert meta["modality"] == {"0": "CT"} and len(meta["labels"]) == 8
+    spacings, counts = set(), np.zeros(8, int)
+    for entry in meta["training"]:
+        img = read_volume(root / entry["image"])
+        lab = read_volume(root / entry["label"]).array[0].astype(int)
+        spacings.add(round(img.spacing[2], 2))
+        assert img.spatial_shape == lab.shape and max(img.spatial_shape) <= 64
+        counts += np.bincount(lab.ravel(), minlength=8)[:8]
+    assert (counts[1:] > 0).all()
+    assert counts[1:].min() < 0.01 * counts[1:].max()  # an adrenal against a liver
+    assert len(spacings) >= 2
+
+
+def test_thick_mri_has_few_thick_slices():
+    from medzoo.data.phantom import _kind_case
+
+    for seed in range(3):
+        image, label = _kind_case("thick-mri", seed, (48, 48, 12), None)
+        assert 5.0 <= image.spacing[2] <= 10.0 * 1.06 and image.spacing[0] < 1.0
+        assert image.spatial_shape[2] <= 12 and set(np.unique(label.array)) == {0, 1, 2, 3}
+
+
+def test_kinds_are_reproducible_and_unknown_kinds_refused(tmp_path):
+    from medzoo.data.phantom import make_body_case
+    from medzoo.errors import DataError
+
+    a, b = make_body_case(5, "multi-organ", (40, 40, 12)), make_body_case(5, "multi-organ", (40, 40, 12))
+    assert a[0].array.tobytes() == b[0].array.tobytes() and a[1].array.tobytes() == b[1].array.tobytes()
+    with pytest.raises(DataError, match="unknown phantom kind"):
+        make_phantom_dataset(tmp_path / "x", cases=1, kind="pet")
+
+
+def test_cli_phantom_kind(tmp_path, capsys):
+    assert main(["phantom", "--out", str(tmp_path / "ct"), "--cases", "1", "--kind", "ct", "--shape", "48", "48", "12"]) == 0
+    assert "ct phantom" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "ct" / "dataset.json").read_text())
+    assert meta["labels"] == {"0": "background", "1": "liver", "2": "kidney", "3": "spleen"}

@@ -96,17 +96,16 @@ def test_training_lowers_the_loss(phantom, cache, tmp_path):
 
 RESUME_SCRIPT = '''
 import sys, time
-import medzoo.engine.trainer as trainer
 from medzoo.engine.config import TrainConfig
-from medzoo.engine.trainer import DATA_WAIT_WARN, train
+from medzoo.engine.trainer import Trainer, train
 
 data, out, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 if mode == "slow":  # same arithmetic, slower steps, so the parent can kill it mid-epoch
-    step = trainer._train_step
+    step = Trainer.optimizer_step
     def slow_step(*a, **k):
         time.sleep(0.4)
         return step(*a, **k)
-    trainer._train_step = slow_step
+    Trainer.optimizer_step = slow_step
 config = TrainConfig(data=data, out=out, model="unet3d", model_kwargs={"features": [4, 8]}, epochs=2,
                      iterations_per_epoch=3, batch_size=2, patch_size=(16, 16, 16), progress=False, device="cpu",
                      num_workers=1, deterministic=True, seed=5, optimizer="adamw", schedule="cosine",
@@ -253,16 +252,16 @@ def test_validation_time_fraction_spaces_out_slow_validations():
 
 
 def test_final_validation_mirrors_when_it_fits(phantom, cache, tmp_path, monkeypatch):
-    import medzoo.engine.trainer as trainer_module
+    import medzoo.engine.segment as segment
 
     calls = []
-    real_validate = trainer_module.validate
+    real_validate = segment.validate
 
     def spy(*args, **kwargs):
         calls.append(kwargs.get("mirror_axes"))
         return real_validate(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "validate", spy)
+    monkeypatch.setattr(segment, "validate", spy)
     train(_config(phantom, tmp_path / "tta", cache, epochs=2, iterations_per_epoch=1, log_images=False))
     assert calls == [None, (0, 1, 2)]  # plain after epoch 1, mirrored over every axis at the end
     calls.clear()
@@ -327,11 +326,11 @@ def test_compiled_training_matches_eager(phantom, cache, tmp_path, monkeypatch):
 
 
 def test_resolved_augmentation_is_stored_and_kept_on_resume(phantom, cache, tmp_path, monkeypatch):
-    import medzoo.engine.trainer as trainer
+    import medzoo.engine.segment as segment
 
     seen = []
-    real = trainer._make_loader
-    monkeypatch.setattr(trainer, "_make_loader", lambda *a: seen.append(a[4]) or real(*a))
+    real = segment.make_loader
+    monkeypatch.setattr(segment, "make_loader", lambda *a: seen.append(a[4]) or real(*a))
     run = tmp_path / "r"
     train(_config(phantom, run, cache, epochs=1, log_images=False))
     ckpt = load_checkpoint(run / "checkpoint_last.pt")
@@ -480,9 +479,9 @@ def _wait_fractions(run: Path) -> list[float]:
 
 
 def test_a_slow_loader_shows_in_metrics_and_warns_once(phantom, cache, tmp_path, monkeypatch, caplog):
-    import medzoo.engine.trainer as trainer
+    import medzoo.engine.segment as segment
 
-    real_loader = trainer._make_loader
+    real_loader = segment.make_loader
 
     class SlowLoader:  # every batch takes 60 ms to arrive, built in the training thread (no overlap)
         def __init__(self, *args):
@@ -496,7 +495,7 @@ def test_a_slow_loader_shows_in_metrics_and_warns_once(phantom, cache, tmp_path,
         def close(self):
             self.loader.close()
 
-    monkeypatch.setattr(trainer, "_make_loader", SlowLoader)
+    monkeypatch.setattr(segment, "make_loader", SlowLoader)
     with caplog.at_level("WARNING", logger="medzoo.engine.trainer"):
         train(_config(phantom, tmp_path / "slow", cache, epochs=3, iterations_per_epoch=4, log_images=False))
     fractions = _wait_fractions(tmp_path / "slow")
@@ -506,15 +505,15 @@ def test_a_slow_loader_shows_in_metrics_and_warns_once(phantom, cache, tmp_path,
 
 
 def test_a_loader_that_keeps_up_waits_little(phantom, cache, tmp_path, monkeypatch, caplog):
-    import medzoo.engine.trainer as trainer
+    from medzoo.engine.trainer import Trainer
 
-    real_step = trainer._train_step
+    real_step = Trainer.optimizer_step
 
     def slow_step(*args):  # 80 ms of "compute" per step: the loader's worker builds the next batch meanwhile
         time.sleep(0.08)
         return real_step(*args)
 
-    monkeypatch.setattr(trainer, "_train_step", slow_step)
+    monkeypatch.setattr(Trainer, "optimizer_step", slow_step)
     with caplog.at_level("WARNING", logger="medzoo.engine.trainer"):
         train(_config(phantom, tmp_path / "fast", cache, epochs=2, iterations_per_epoch=8, num_workers=1,
                       log_images=False))  # fmt: skip

@@ -118,7 +118,7 @@ def test_early_stopping():
 def test_auto_augmentation_follows_the_expected_number_of_steps():
     """"auto": the light "standard" set for short runs, nnU-Net's "default" set for long ones; explicit wins."""
     from medzoo.engine.budget import Budget
-    from medzoo.engine.trainer import LIGHT_AUGMENT_MAX_STEPS, resolve_augment
+    from medzoo.engine.segment import LIGHT_AUGMENT_MAX_STEPS, resolve_augment
 
     no_budget = Budget(None, 0.0)
     assert resolve_augment(TrainConfig(epochs=50), no_budget, False) == "standard"  # 2500 steps

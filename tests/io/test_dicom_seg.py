@@ -33,7 +33,8 @@ def decode_seg(seg, source_dir) -> np.ndarray:
         uid = str(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
         position = np.asarray(item.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
         np.testing.assert_allclose(position, np.asarray(sources[uid].ImagePositionPatient, dtype=float), atol=1e-4)
-        segment = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        groups = item if "SegmentIdentificationSequence" in item else seg.SharedFunctionalGroupsSequence[0]
+        segment = int(groups.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
         out[order.index(uid)][frame > 0] = segment
     return out
 
@@ -102,3 +103,34 @@ def test_without_highdicom_the_error_says_what_to_install(series, tmp_path, monk
     labels = labels_of(read_dicom_series(series))
     with pytest.raises(ConfigError, match=r"medzoo\[dicom\]"):
         write_dicom_seg(labels, series, tmp_path / "x.dcm", NAMES)
+
+
+def test_predict_a_series_to_dicom_seg_equals_its_nifti_prediction(series, tmp_path, monkeypatch, capsys):
+    from medzoo.cli import main
+    from support.inference import THRESHOLD, make_run, register_threshold
+
+    register_threshold(monkeypatch)
+    run, _ = make_run(tmp_path / "run", THRESHOLD, 1, 2, patch_size=(8, 8, 8), normalization=["none"],
+                      labels={0: "background", 1: "bright"})
+    common = ["predict", "--model", str(run), "--input", str(series), "--backend", "torch", "--no-progress"]
+    assert main([*common, "--output", str(tmp_path / "nifti")]) == 0
+    assert main([*common, "--output", str(tmp_path / "seg"), "--output-format", "dicom-seg"]) == 0
+    assert "wrote 1/1" in capsys.readouterr().out
+    nifti = read_volume(tmp_path / "nifti" / "series.nii.gz")
+    np.testing.assert_allclose(nifti.affine, read_dicom_series(series).affine, atol=1e-5)
+    seg = pydicom.dcmread(tmp_path / "seg" / "series.dcm")
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["bright"]
+    np.testing.assert_array_equal(decode_seg(seg, series), np.transpose(nifti.array[0], (2, 1, 0)))
+    assert 0 < nifti.array.mean() < 1
+
+
+def test_dicom_seg_output_needs_dicom_input(tmp_path, monkeypatch):
+    from medzoo.inference.predictor import predict
+    from support.inference import THRESHOLD, blob_image, make_run, register_threshold
+
+    register_threshold(monkeypatch)
+    run, _ = make_run(tmp_path / "run", THRESHOLD, 1, 2, patch_size=(8, 8, 8))
+    write_volume(blob_image(), tmp_path / "scan.nii.gz")
+    report = predict(run, tmp_path / "scan.nii.gz", tmp_path / "out", output_format="dicom-seg", backend="torch",
+                     progress=False)
+    assert not report.written and "DICOM series" in report.failed[0][1]

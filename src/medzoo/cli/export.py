@@ -12,7 +12,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="output file (default: RUN/model.onnx or RUN/model_torchscript.pt)")
     p.add_argument("--checkpoint", default="best", help="best | last (default: best)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17, default 17)")
-    p.add_argument("--atol", type=float, default=1e-4, help="allowed |export - PyTorch| (default 1e-4)")
+    p.add_argument("--atol", type=float, default=1e-4, help="allowed |export - PyTorch| on the outputs' scale, times max(1, max |logit|) (default 1e-4)")
     p.set_defaults(func=run)
 
 

@@ -18,7 +18,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed -> identical data)")
     p.add_argument(
         "--shape", type=int, nargs=3, metavar=("I", "J", "K"), default=None,
-        help="voxels per axis (default 64 64 48)",
+        help="voxels per axis (default 64 64 48 for brain; for the other kinds the largest case, e.g. 256 256 200)",
+    )
+    p.add_argument(
+        "--kind", default="brain", choices=["brain", "ct", "thick-mri", "multi-organ"],
+        help="brain: T1/T2 brain-like MRI (default); ct: abdominal CT in HU with a table (liver, kidneys, spleen); "
+             "multi-organ: seven structures from liver to adrenal; thick-mri: the brain on 5-10 mm slices",
     )
     p.set_defaults(func=run)
 
@@ -28,7 +33,7 @@ def run(ns: argparse.Namespace) -> int:
 
     out = make_phantom_dataset(
         ns.out, cases=ns.cases, seed=ns.seed, shape=tuple(ns.shape) if ns.shape else None,
-        test_cases=ns.test_cases,
+        test_cases=ns.test_cases, kind=ns.kind,
     )
-    print(f"wrote {ns.cases} training and {ns.test_cases} test phantom cases to {out}")
+    print(f"wrote {ns.cases} training and {ns.test_cases} test {ns.kind} phantom cases to {out}")
     return 0

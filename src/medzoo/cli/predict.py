@@ -6,15 +6,17 @@ import argparse
 import sys
 
 from medzoo.cli.options import add_layout_options
-from medzoo.engine.config import AMP_MODES, MEMORY_FORMATS
+from medzoo.engine.config import AMP_MODES, MEMORY_FORMATS, OUTPUT_FORMATS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict label maps with a trained run (or an exported model)")
     p.add_argument("--model", required=True, nargs="+", metavar="RUN",
-                   help="run folder (plan.json + checkpoints) or an .onnx export; a cross-validation folder "
-                        "(RUN/fold_k) averages its folds, several runs are averaged (same labels)")
-    p.add_argument("--input", "-i", required=True, help="an image file or a folder of them")
+                   help="run folder (plan.json + checkpoints), a .medzoo file (medzoo pack) or an .onnx export; a "
+                        "cross-validation folder (RUN/fold_k) averages its folds, several runs are averaged (same "
+                        "labels)")
+    p.add_argument("--input", "-i", required=True,
+                   help="an image file, a folder of them, a DICOM series folder or a folder of series folders")
     p.add_argument("--layout", default=None,
                    help="read --input as a dataset folder in this layout (msd, nnunet, brats, iseg, mrbrains, mrbrains2013, "
                         "folder, csv; 'auto' detects) and predict its test cases, or all its cases if none")
@@ -33,10 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-postprocess", action="store_true",
                    help="skip the post-processing a cross-validation chose (RUN/postprocessing.json)")
     p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
-                   help="auto (default): on the CPU the faster of OpenVINO (fp32; the run's network exported once "
-                        "and cached in RUN/.medzoo_cache) and PyTorch (in the --amp precision), timed once per "
-                        "checkpoint on one batch of windows; PyTorch without OpenVINO and on a GPU; torch | "
-                        "onnxruntime | openvino force one")
+                   help="auto (default): on the CPU OpenVINO (fp32; the run's network exported once and cached in "
+                        "RUN/.medzoo_cache), PyTorch where it predicts in bf16 (--amp), without OpenVINO, or when "
+                        "the network does not export; PyTorch on a GPU; torch | onnxruntime | openvino force one")
     p.add_argument("--amp", choices=AMP_MODES, default="auto",
                    help="autocast precision of a PyTorch network: auto (default: bf16, else fp16, on a GPU; bf16 "
                         "on a CPU with native bf16 (AMX, AVX512-BF16), as training there; else fp32), bf16 (with "
@@ -45,11 +46,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
                    help="layout of a PyTorch network: auto (default: channels-last on the CPU where the model's "
                         "card says it runs faster so), channels_last, contiguous")
+    p.add_argument("--output-format", choices=OUTPUT_FORMATS, default="image",
+                   help="image (default): label maps named and typed like the inputs (NIfTI for a DICOM series); "
+                        "dicom-seg: a DICOM Segmentation object CASE.dcm over each input DICOM series "
+                        "(needs pip install 'medzoo[dicom]')")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="keep outputs that are there already and predict the rest (rerun a killed job with it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--log-file", metavar="PATH", help="also write the log lines (one per case, ...) to this file")
     p.set_defaults(func=run)
 
 
 def run(ns: argparse.Namespace) -> int:
+    from medzoo.logs import add_log_file, remove_log_file
+
+    handler = add_log_file(ns.log_file) if ns.log_file else None
+    try:
+        return _predict(ns)
+    finally:
+        if handler is not None:
+            remove_log_file(handler)
+
+
+def _predict(ns: argparse.Namespace) -> int:
+    from medzoo.engine.distributed import env_info
     from medzoo.inference.predictor import predict
 
     report = predict(
@@ -58,9 +78,13 @@ def run(ns: argparse.Namespace) -> int:
         keep_largest=ns.keep_largest, fill_holes=ns.fill_holes, min_size=ns.min_size, backend=ns.backend,
         progress=not ns.no_progress, layout=ns.layout, layout_options=dict(ns.layout_option), amp=ns.amp,
         memory_format=ns.memory_format, chosen_postprocessing=not ns.no_postprocess,
+        output_format=ns.output_format, skip_existing=ns.skip_existing,
     )  # fmt: skip
+    if not env_info().is_main:  # under torchrun rank 0 reports for the whole job
+        return 1 if report.failed else 0
     total = len(report.written) + len(report.failed)
-    print(f"wrote {len(report.written)}/{total} label map(s) to {ns.output} in {report.seconds:.1f} s")
+    kept = f" (kept {len(report.skipped)} already there)" if report.skipped else ""
+    print(f"wrote {len(report.written)}/{total} label map(s) to {ns.output} in {report.seconds:.1f} s{kept}")
     for name, reason in report.failed:
         print(f"medzoo predict: error: {name}: {reason}", file=sys.stderr)
     if report.failed:

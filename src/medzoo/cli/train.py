@@ -57,20 +57,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower)")
     p.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the training steps (MEDZOO_COMPILE=1 does the same; on the 2-core "
-                        "development CPU it gained nothing on hippocampus patches and about 1.1x at 64^3 after "
-                        "up to a minute of compiling: `python -m benchmarks.training_step --compile` measures "
-                        "yours)")
+                   help="torch.compile the training steps (MEDZOO_COMPILE=1 does the same; pays only in long runs "
+                        "after up to a minute of compiling: `python -m benchmarks.training_step --compile` "
+                        "measures yours)")
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
     p.add_argument("--init-from", metavar="CKPT", help="initialise matching weights from a checkpoint")
     p.add_argument("--freeze", nargs="+", default=[], metavar="PREFIX", help="freeze 'encoder' or prefixes")
     p.add_argument("--cache-dir", help="preprocessed-case cache (default: RUN/cache)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (where the output is not a terminal there is none: one line per epoch)")
+    p.add_argument("--log-file", metavar="PATH", help="also write the log lines (one per epoch, ...) to this file")
     p.set_defaults(func=run)
 
 
 def run(ns: argparse.Namespace) -> int:
+    import os
+
+    from medzoo.logs import add_log_file, remove_log_file
+
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes the file
+    handler = add_log_file(ns.log_file) if ns.log_file and main_rank else None
+    try:
+        return _run(ns)
+    finally:
+        if handler is not None:
+            remove_log_file(handler)
+
+
+def _run(ns: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 

@@ -29,7 +29,7 @@ def read_volume_any(path: str | Path) -> Volume:
 
 
 def _read(case: Case, path: Path, what: str) -> Volume:
-    if not Path(path).is_file():
+    if not Path(path).exists():  # a file, or a DICOM series folder
         raise DataError(f"case {case.case_id}: the {what} file {path} does not exist")
     try:
         return read_volume_any(path)

@@ -11,10 +11,13 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from medzoo.logs import bar, format_seconds
 
 log = logging.getLogger(__name__)
 
@@ -145,25 +148,32 @@ class TensorBoardLogger(Callback):
 
 
 class ProgressBar(Callback):
-    """A tqdm bar per epoch showing the loss and the epoch's ETA, and one log line per finished epoch.
+    """Progress of a run: on a terminal, a bar per epoch (its steps and loss); everywhere, one line per finished
+    epoch with the loss, learning rate, validation score, time elapsed and time remaining
+    (:mod:`medzoo.logs`: no bar where the output is a file, a pipe or a scheduler's log).
 
-    With ``show_bar=False`` only the log lines are written.
+    Args:
+        max_epochs: the run's epochs (a huge number for a run bounded by ``budget_seconds``).
+        budget_seconds: the run's time budget, if any (the remaining time is what is left of it).
+        show_bar: draw the bar where the output is interactive (lines are written either way).
+        stream: where the bar goes (default ``sys.stderr``).
     """
 
-    def __init__(self, max_epochs: int, budget_seconds: float | None = None, show_bar: bool = True) -> None:
+    def __init__(self, max_epochs: int, budget_seconds: float | None = None, show_bar: bool = True,
+                 stream: Any = None) -> None:
         self.max_epochs = max_epochs
         self.budget_seconds = budget_seconds
         self.show_bar = show_bar
+        self.stream = stream
         self.bar = None
+        self.session_start: tuple[int, float] | None = None  # (epoch, monotonic time) of this session's start
+
+    def on_train_start(self, run_dir: Path, start_epoch: int) -> None:
+        self.session_start = (start_epoch, time.monotonic())
 
     def on_epoch_start(self, epoch: int, total_steps: int) -> None:
-        from tqdm.auto import tqdm
-
-        if not self.show_bar:
-            return
-
         total = "?" if self.max_epochs >= 1_000_000 else self.max_epochs
-        self.bar = tqdm(total=total_steps, desc=f"epoch {epoch + 1}/{total}", leave=False, dynamic_ncols=True)
+        self.bar = bar(total_steps, f"epoch {epoch + 1}/{total}", "step", self.show_bar, self.stream)
 
     def on_step_end(self, step: int, loss: float) -> None:
         if self.bar is not None:
@@ -176,8 +186,20 @@ class ProgressBar(Callback):
         for key, label in (("val_dice_mean", "val dice"), ("val_accuracy", "val acc"), ("val_auc", "val auc")):
             if logs.get(key) is not None:
                 parts.append(f"{label} {logs[key]:.4f}")
-        parts.append(f"{logs['seconds']:.0f}s")
+        elapsed = logs["seconds"]
+        parts.append(f"elapsed {format_seconds(elapsed)}, remaining "
+                     f"{format_seconds(self.remaining(epoch, elapsed))}")
         log.info(" | ".join(parts))
+
+    def remaining(self, epoch: int, elapsed: float) -> float | None:
+        """What is left of the time budget, else this session's time per epoch times the epochs left."""
+        if self.budget_seconds is not None:
+            return max(self.budget_seconds - elapsed, 0.0)
+        if self.session_start is None or epoch <= self.session_start[0]:
+            return None
+        first_epoch, t0 = self.session_start
+        per_epoch = (time.monotonic() - t0) / (epoch - first_epoch)
+        return per_epoch * max(self.max_epochs - epoch, 0)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,9 @@ from torch import nn
 
 from medzoo.data.case import Case
 from medzoo.engine import distributed
-from medzoo.engine.callbacks import CallbackList, CSVLogger, EarlyStopping, ProgressBar, TensorBoardLogger
-from medzoo.engine.checkpoint import build_model, load_checkpoint, save_checkpoint
-from medzoo.engine.config import TrainConfig
-from medzoo.engine.rng import capture_rng, restore_rng, seed_epoch, seed_everything, set_determinism
-from medzoo.engine.schedules import create_schedule
+from medzoo.engine.budget import Budget
 from medzoo.engine.splits import load_splits, make_splits, save_splits
+from medzoo.engine.tasks import Task, Validation
 from medzoo.errors import DataError
 from medzoo.planning.plan import Plan
 
@@ -159,141 +155,72 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: np.ndarray, index: list[int]
     return {"val_accuracy": float((p.argmax(1) == y).mean()), "val_auc": roc_auc(y, p if k > 2 else p[:, 1])}
 
 
-def train_classifier(config: TrainConfig, *, resume: bool, device: torch.device,
-                     dist_info: distributed.DistInfo, start: float):
-    """The classification counterpart of the segmentation loop (same run folder, same checkpoints)."""
-    from medzoo.engine.budget import Budget
-    from medzoo.engine.trainer import TrainResult, _set_lr, _unwrap, build_optimizer, prepare_run_dir
+class ClassificationTask(Task):
+    """Whole volumes in, one logit per class out, cross-entropy; the best checkpoint has the best accuracy.
 
-    run_dir = prepare_run_dir(config, resume, dist_info.is_main)
-    set_determinism(config.deterministic, device)
-    table = read_classification_csv(config.data)
-    if resume:
-        plan = Plan.load(run_dir / "plan.json")
-        splits = load_splits(run_dir / "splits.json")
-    else:
+    The volumes are small and few, so they are read once, kept in memory, and every epoch draws shuffled
+    batches with random flips. Training stays in fp32, contiguous and eager (``accelerated`` False).
+    """
+
+    accelerated = False
+    metric_columns = ["val_accuracy", "val_auc"]
+
+    def prepare(self, run_dir: Path, resume: bool, dist_info: distributed.DistInfo, device: torch.device) -> Plan:
+        config, self.device, self.dist = self.config, device, dist_info
+        table = read_classification_csv(config.data)
+        if resume:
+            plan = Plan.load(run_dir / "plan.json")
+            splits = load_splits(run_dir / "splits.json")
+        else:
+            plan = self._new_plan(table)
+            splits = make_splits([c.case_id for c in table.cases], folds=config.folds, seed=config.seed)
+            if dist_info.is_main:
+                plan.save(run_dir / "plan.json")
+                save_splits(splits, run_dir / "splits.json", seed=config.seed, fold=config.fold)
+        split = splits[config.fold if config.folds > 1 else 0]
+        by_id = {c.case_id: c for c in table.cases}
+        ids = split["train"] + split["val"]
+        x = torch.from_numpy(np.stack([prepare_volume(by_id[i], plan.patch_size) for i in ids]))
+        y = np.array([table.targets[i] for i in ids], dtype=np.int64)
+        n_train = len(split["train"])
+        self.volumes, self.targets = x, y  # training cases first, then validation cases
+        self.train_idx = distributed.shard(list(range(n_train)), dist_info)
+        self.x_val, self.y_val = x[n_train:], y[n_train:]
+        self.val_local = [j for j in range(len(ids) - n_train) if j % dist_info.world_size == dist_info.rank]
+        self.plan = plan
+        self.loss_fn = nn.CrossEntropyLoss()
+        return plan
+
+    def _new_plan(self, table: ClassificationTable) -> Plan:
+        config = self.config
         shape = tuple(config.patch_size) if config.patch_size else DEFAULT_SHAPE
-        model_kwargs = dict(config.model_kwargs)
-        plan = Plan(
+        return Plan(
             model=config.model or DEFAULT_CLASSIFIER, in_channels=len(table.modalities),
-            num_classes=len(table.class_values), spatial_dims=3, model_kwargs=model_kwargs, patch_size=shape,
-            batch_size=config.batch_size or 4, normalization=["zscore"] * len(table.modalities),
+            num_classes=len(table.class_values), spatial_dims=3, model_kwargs=dict(config.model_kwargs),
+            patch_size=shape, batch_size=config.batch_size or 4, normalization=["zscore"] * len(table.modalities),
             labels=dict(enumerate(table.class_values)), modalities=table.modalities,
             extra={"task": "classify", "resize_to": list(shape)},
         )
-        splits = make_splits([c.case_id for c in table.cases], folds=config.folds, seed=config.seed)
-        if dist_info.is_main:
-            plan.save(run_dir / "plan.json")
-            save_splits(splits, run_dir / "splits.json", seed=config.seed, fold=config.fold)
-    split = splits[config.fold if config.folds > 1 else 0]
 
-    by_id = {c.case_id: c for c in table.cases}
-    ids = split["train"] + split["val"]
-    x = torch.from_numpy(np.stack([prepare_volume(by_id[i], plan.patch_size) for i in ids]))
-    y = np.array([table.targets[i] for i in ids], dtype=np.int64)
-    n_train = len(split["train"])
-    train_idx = distributed.shard(list(range(n_train)), dist_info)
-    val_global = list(range(n_train, len(ids)))
-    val_local = [i for j, i in enumerate(val_global) if j % dist_info.world_size == dist_info.rank]
-    x_val, y_val = x[n_train:], y[n_train:]
-    val_local = [i - n_train for i in val_local]
+    def batches(self, seed: int, augment: str | None):
+        """Shuffled passes over this rank's training volumes (as many as the epoch's steps need), flipped."""
+        rng = np.random.default_rng(seed)
+        generator = torch.Generator().manual_seed(seed)
+        size, steps = self.plan.batch_size, self.config.iterations_per_epoch
+        passes = -(-steps * size // max(len(self.train_idx), 1))
+        order = np.concatenate([rng.permutation(self.train_idx) for _ in range(passes)])
+        for it in range(steps):
+            batch = order[it * size : (it + 1) * size]
+            yield _augment(self.volumes[batch], generator), torch.from_numpy(self.targets[batch])
 
-    seed_everything(config.seed)
-    model = build_model(plan).to(device)
-    if not resume:
-        from medzoo.engine.trainer import apply_transfer
+    def loss(self, output: Any, target: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(output.float(), target)
 
-        apply_transfer(model, config)
-    optimizer = build_optimizer(config, [p for p in model.parameters() if p.requires_grad])
-    schedule = create_schedule(config.schedule, warmup_epochs=config.warmup_epochs, step_size=config.step_size,
-                               gamma=config.gamma, plateau_patience=config.plateau_patience)
-    stopper = EarlyStopping(config.patience)
-    epoch0, step = 0, 0
-    if resume:
-        ckpt = load_checkpoint(run_dir / "checkpoint_last.pt", map_location=device)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        schedule.load_state_dict(ckpt["scheduler"])
-        stopper.load_state_dict(ckpt["early_stopping"])
-        epoch0, step = int(ckpt["epoch"]), int(ckpt["step"])
-        restore_rng(ckpt["rng"])
-    train_model = model
-    if dist_info.enabled:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    def validate(self, model: nn.Module, mirror: bool, keep_example: bool) -> Validation:
+        figures = _evaluate(model, self.x_val, self.y_val, self.val_local, len(self.y_val), self.device,
+                            self.plan.batch_size * 2)
+        return Validation(figures, figures["val_accuracy"])
 
-    callbacks = CallbackList([])
-    if dist_info.is_main:
-        callbacks = CallbackList([CSVLogger(run_dir / "metrics.csv", ["val_accuracy", "val_auc"]),
-                                  TensorBoardLogger(run_dir / "tensorboard")])
-        callbacks.callbacks.append(ProgressBar(config.max_epochs, config.budget_seconds, config.progress))
-    callbacks.on_train_start(run_dir, epoch0)
-    loss_fn = nn.CrossEntropyLoss()
-    budget = Budget(config.budget_seconds, start)
-    budget.val_estimate = 1.0
-    stop_reason, last = "epochs", {}
-
-    def state(epoch: int) -> dict[str, Any]:
-        return {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": schedule.state_dict(), "early_stopping": stopper.state_dict(), "epoch": epoch,
-                "step": step, "best_metric": stopper.best, "plan": plan.to_dict(), "model_name": plan.model,
-                "config": config.to_dict(), "rng": capture_rng()}
-
-    epoch = epoch0
-    try:
-        for epoch in range(epoch0, config.max_epochs):
-            if budget.exhausted():
-                stop_reason = "time_budget"
-                break
-            progress = budget.progress() if config.epochs is None else epoch / config.max_epochs
-            lr = config.learning_rate * schedule.factor(epoch, progress)
-            _set_lr(optimizer, lr)
-            epoch_seed = seed_epoch(config.seed, epoch, dist_info.rank)
-            rng = np.random.default_rng(epoch_seed)
-            generator = torch.Generator().manual_seed(epoch_seed)
-            order = np.concatenate([rng.permutation(train_idx) for _ in range(
-                -(-config.iterations_per_epoch * plan.batch_size // max(len(train_idx), 1)))])
-            callbacks.on_epoch_start(epoch, config.iterations_per_epoch)
-            losses = []
-            for it in range(config.iterations_per_epoch):
-                t0 = time.monotonic()
-                batch = order[it * plan.batch_size : (it + 1) * plan.batch_size]
-                images = _augment(x[batch], generator).to(device)
-                out = train_model(images)
-                loss = loss_fn(out, torch.from_numpy(y[batch]).to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                losses.append(float(loss.detach()))
-                step += 1
-                budget.record_step(time.monotonic() - t0)
-                callbacks.on_step_end(step, losses[-1])
-            logs: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": lr}
-            if (epoch + 1) % config.val_every == 0 or epoch + 1 == config.max_epochs or budget.exhausted():
-                t0 = time.monotonic()
-                last = _evaluate(model, x_val, y_val, val_local, len(y_val), device, plan.batch_size * 2)
-                budget.val_time = time.monotonic() - t0
-                logs.update(last)
-                schedule.observe(last["val_accuracy"])
-                if stopper.update(last["val_accuracy"], epoch + 1) and dist_info.is_main:
-                    save_checkpoint(run_dir / "checkpoint_best.pt", state(epoch + 1))
-            logs["seconds"] = budget.elapsed()
-            if dist_info.is_main:
-                save_checkpoint(run_dir / "checkpoint_last.pt", state(epoch + 1))
-            callbacks.on_epoch_end(epoch + 1, logs)
-            epoch += 1
-            if stopper.should_stop:
-                stop_reason = "early_stopping"
-                break
-        if not last:
-            last = _evaluate(model, x_val, y_val, val_local, len(y_val), device, plan.batch_size * 2)
-        callbacks.on_train_end({"epoch": epoch, **last})
-    finally:
-        callbacks.close()
-    if dist_info.is_main:
-        from medzoo.engine.trainer import _plot_curves
-
-        _plot_curves(run_dir)
-    return TrainResult(run_dir, epoch, step, stopper.best, stopper.best_epoch, last, time.monotonic() - start,
-                       stop_reason)
+    def calibrate(self, budget: Budget, model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
+        budget.val_estimate = 1.0  # a pass over a few small volumes
+        return False

@@ -15,6 +15,8 @@ SCHEDULES = ("poly", "cosine", "step", "plateau", "constant")
 TASKS = ("segment", "classify")
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+#: ``medzoo predict``'s outputs: label-map images named like the inputs, or DICOM SEG objects
+OUTPUT_FORMATS = ("image", "dicom-seg")
 AUGMENTS = ("auto", "standard", "default", "strong", "none")
 DEFAULT_LR = {"sgd": 1e-2, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3}
 

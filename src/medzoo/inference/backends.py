@@ -1,26 +1,23 @@
-"""Prediction backends: the PyTorch network of a run folder, or its ONNX export under OpenVINO or ONNX Runtime.
+"""Prediction runtimes: the PyTorch network of a run folder, or its ONNX export under OpenVINO or ONNX Runtime.
 
 Each gives a callable taking a torch tensor (N, C, *P) and returning (N, K, *P) plus the run's
 :class:`~medzoo.planning.plan.Plan`, so :func:`~medzoo.inference.sliding_window.sliding_window` and the
 predictor use them alike.
 
-The default, ``"auto"``, picks on the CPU the faster of OpenVINO and PyTorch for a run folder (timed once per
-checkpoint, batch size, thread count and CPU model on one batch of windows, :mod:`medzoo.inference.race`;
-recorded beside the export as ``<name>.race.json``), PyTorch when OpenVINO is not installed, OpenVINO for an
-``.onnx`` file (which PyTorch cannot run; ONNX Runtime without OpenVINO); on a GPU, PyTorch. On the 2-core
-development CPU (AMX), predicting a 120x110x100 scan with 64^3 windows (``python -m benchmarks.backends``:
-unet3d, segresnet, resnetmed3d_10, vnet_light, deeplabv3plus_resnet18), OpenVINO was 0.98-1.32x as fast as
-PyTorch (which runs the networks whose card says so in channels-last) and ONNX Runtime 1.3-2.2x slower than
-PyTorch; with test-time mirroring on 36 hippocampus cases OpenVINO took 28 s, PyTorch 35 s and ONNX Runtime
-77 s. So ONNX Runtime is not a fallback for run folders: it checks the export and OpenVINO, and runs ``.onnx``
-files or when asked for. PyTorch's prediction path has since become faster: on the 96^3 windows of ``python
--m benchmarks.sliding_window`` it beats OpenVINO 1.2x, while OpenVINO stays level or ahead on
-hippocampus-sized windows and on the contiguous-layout networks; hence the race rather than a fixed choice.
+The default, ``"auto"``, is a fixed rule (:func:`resolve_backend`), no timing: on the CPU a run folder is
+predicted by OpenVINO (fp32) unless PyTorch would run in bf16 there (a CPU with native bf16, or
+``amp="bf16"``), OpenVINO is not installed, or the network does not export or check; an ``.onnx`` file by
+OpenVINO, else ONNX Runtime; on a GPU, PyTorch. ``docs/benchmarks.md`` ("Prediction backends") has the
+measurements behind the rule and the command that makes them. ONNX Runtime is never the choice for a run
+folder: it runs ``.onnx`` files and ``--backend onnxruntime``.
 
-The run's network is exported once per checkpoint and cached in ``RUN/.medzoo_cache/``. The export is
-checked against PyTorch (max |diff| 1e-4 under ONNX Runtime), and OpenVINO once against ONNX Runtime (max
-|diff| 1e-3 of the logits' range, recorded beside the export). A network that cannot be exported, or fails a
-check, is predicted with PyTorch; a run folder that cannot be written exports to a temporary folder.
+A run's network is exported once per checkpoint into ONE cache file, ``RUN/.medzoo_cache/model_<key>.onnx``:
+checked against PyTorch when written, with OpenVINO's check against PyTorch stored in the file's metadata
+(a network that cannot be exported leaves ``model_<key>.failed`` instead, so it is not tried again). Every
+check between runtimes is on the scale of the outputs: max |a - b| <= tolerance x max(1, max |reference|).
+The export records its own SHA-256: a damaged cache file is made again, with one warning. Processes that
+start predicting with one run at once export it once (the others wait for it). A run folder that cannot be
+written exports to a temporary folder for this process.
 """
 
 from __future__ import annotations
@@ -29,7 +26,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -44,14 +40,16 @@ from medzoo.planning.plan import Plan
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "BACKENDS", "OnnxModel", "OpenVinoModel", "cached_onnx_export", "load_backend", "race_key", "read_card",
+    "BACKENDS", "OnnxModel", "OpenVinoModel", "cached_onnx_export", "load_backend", "outputs_agree", "read_card",
     "resolve_backend",
 ]
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
-OPENVINO_TOLERANCE = 1e-3  # OpenVINO vs ONNX Runtime: max |diff| relative to max(1, max |logit|)
+OPENVINO_TOLERANCE = 1e-3  # OpenVINO vs PyTorch (or ONNX Runtime): max |diff| / max(1, max |logit|)
 CACHE_DIR = ".medzoo_cache"
-_EXPORT_STYLE = "opset17-fixed-spatial"  # part of the cache key: a change in how we export makes a new file
+_EXPORT_STYLE = "opset17-fixed-spatial-checked"  # part of the cache key: a change in how we export makes a new file
+_CHECK_KEY = "medzoo_check"  # the ONNX metadata entry holding the checks of a cached export
+_SHA_KEY = "medzoo_sha256"  # ... and the SHA-256 of the rest of the file, to tell a damaged copy
 
 
 class OnnxModel:
@@ -126,6 +124,19 @@ class OpenVinoModel:
         return torch.from_numpy(np.array(out, dtype=np.float32, copy=True)).to(x.device)
 
 
+def outputs_agree(got: Any, want: Any, tolerance: float) -> dict[str, Any]:
+    """Compare two runtimes' outputs on the scale of the reference: ``ok`` when
+    max |got - want| <= ``tolerance`` x max(1, max |want|). Also reports the share of equal argmax labels."""
+    got_np = np.asarray(got, dtype=np.float64)
+    want_np = np.asarray(want, dtype=np.float64)
+    if got_np.shape != want_np.shape:
+        return {"ok": False, "reason": f"output shape {got_np.shape} != {want_np.shape}"}
+    diff = float(np.abs(got_np - want_np).max())
+    allowed = float(tolerance) * max(1.0, float(np.abs(want_np).max()))
+    labels = float((got_np.argmax(1) == want_np.argmax(1)).mean()) if got_np.ndim > 1 else 1.0
+    return {"ok": bool(diff <= allowed), "max_abs_diff": diff, "allowed": allowed, "equal_labels": labels}
+
+
 def card_path(export_path: str | Path) -> Path:
     """The JSON card written beside an export: ``model.onnx`` -> ``model.json``."""
     return Path(export_path).with_suffix(".json")
@@ -144,27 +155,6 @@ def read_card(export_path: str | Path) -> dict[str, Any]:
     return card
 
 
-def _read_record(path: Path) -> dict[str, Any] | None:
-    """A JSON record medzoo keeps beside an export (a check, a race), or None when there is none. A damaged
-    one is deleted with one warning and None is returned: it is derived, so it is simply made again."""
-    try:
-        record = json.loads(path.read_bytes().decode("utf-8"))
-    except OSError:  # none, or unreadable: nothing to go by
-        return None
-    except ValueError as err:  # truncated JSON, garbage bytes
-        record, problem = None, f"{type(err).__name__}: {err}"
-    else:
-        problem = None if isinstance(record, dict) else f"a JSON {type(record).__name__}, not an object"
-    if problem is None:
-        return record
-    log.warning("%s: discarding a damaged record (%s); it will be made again", path, problem)
-    try:
-        path.unlink()
-    except OSError:
-        pass
-    return None
-
-
 def _size_rule(plan: Plan) -> Any:
     try:
         from medzoo.models.registry import get_card
@@ -178,19 +168,33 @@ def _installed(*modules: str) -> bool:
     return all(importlib.util.find_spec(name) is not None for name in modules)
 
 
-def resolve_backend(backend: str, model_path: str | Path, device: str | torch.device) -> str:
-    """The backend ``"auto"`` stands for: on the CPU, OpenVINO (when it and onnx, for the export, are
-    installed), else PyTorch; on a GPU, PyTorch; an ``.onnx`` file without OpenVINO: ONNX Runtime. Other
-    names are returned unchanged (after checking them)."""
+def _torch_cpu_dtype(amp: str) -> torch.dtype | None:
+    """The autocast dtype PyTorch predicts in on the CPU for ``amp`` (None: fp32)."""
+    from medzoo.inference.predictor import inference_amp_dtype
+
+    if amp == "fp16":  # fp32 on the CPU; the predictor itself warns about it
+        return None
+    return inference_amp_dtype(amp, torch.device("cpu"), torch.nn.Identity())
+
+
+def resolve_backend(backend: str, model_path: str | Path, device: str | torch.device, amp: str = "none") -> str:
+    """The runtime ``"auto"`` stands for (other names are returned unchanged, after checking them).
+
+    On the CPU: a run folder goes to OpenVINO (when it and onnx, for the export, are installed) unless
+    PyTorch would predict in bf16 (``amp``: "bf16", or "auto" on a CPU with native bf16), which then runs
+    it; an ``.onnx`` file goes to OpenVINO, else ONNX Runtime. On a GPU: PyTorch (ONNX Runtime for a file).
+    """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
     if backend != "auto":
         return backend
-    on_cpu = torch.device(device).type == "cpu"
-    if on_cpu and _installed("onnx", "openvino"):
+    is_file = Path(model_path).is_file()
+    if torch.device(device).type != "cpu":
+        return "onnxruntime" if is_file else "torch"
+    if is_file:
+        return "openvino" if _installed("openvino") else "onnxruntime"
+    if _installed("onnx", "openvino") and _torch_cpu_dtype(amp) is None:
         return "openvino"
-    if Path(model_path).is_file():
-        return "onnxruntime"
     return "torch"
 
 
@@ -212,24 +216,68 @@ def _checkpoint_key(checkpoint_file: Path) -> str:
     return hashlib.sha1(raw.encode()).hexdigest()[:12]
 
 
+def export_checks(path: str | Path) -> dict[str, Any] | None:
+    """The checks stored in a cached export's metadata (``{"openvino": verdict or None, "plan": the run's
+    plan}``); None when the file is damaged or holds no checks (an export written by ``medzoo export``, whose
+    card is beside it)."""
+    checks, _ = _read_export(Path(path))
+    return checks
+
+
+def _export_problem(path: Path) -> str | None:
+    """Why the cached export ``path`` cannot be used, or None when it is whole."""
+    if not path.is_file():
+        return "not exported yet"
+    return _read_export(path)[1]
+
+
+def _read_export(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(checks, None)`` for a whole cached export, ``(None, why not)`` otherwise."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - onnx raises several types for a damaged file
+        return None, f"{path}: not a readable ONNX file ({type(err).__name__})"
+    props = {prop.key: prop.value for prop in model.metadata_props}
+    if _SHA_KEY not in props or _CHECK_KEY not in props:
+        return None, f"{path}: holds no medzoo checks"
+    if props[_SHA_KEY] != _proto_sha256(model):
+        return None, f"{path}: does not match the SHA-256 recorded in it"
+    try:
+        checks = json.loads(props[_CHECK_KEY])
+    except ValueError:
+        return None, f"{path}: its checks are not valid JSON"
+    return (checks, None) if isinstance(checks, dict) else (None, f"{path}: its checks are not a JSON object")
+
+
+def _proto_sha256(model: Any) -> str:
+    """SHA-256 of an ONNX model without its own ``_SHA_KEY`` entry."""
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key != _SHA_KEY]
+    copy = type(model)()
+    copy.CopyFrom(model)
+    del copy.metadata_props[:]
+    for key, value in kept:
+        entry = copy.metadata_props.add()
+        entry.key, entry.value = key, value
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+
+
 def cached_onnx_export(run_dir: str | Path, checkpoint: str = "best") -> Path | None:
     """The ONNX export of a run's checkpoint, made on first use and cached in ``RUN/.medzoo_cache/``.
 
-    The export is checked against PyTorch (see :func:`medzoo.export.export_network`); its spatial axes are
-    fixed to the plan's patch size (about 10 % faster under ONNX Runtime than size-generic axes; the sliding
-    window only feeds patch-sized windows), or size-generic for the graphs that only export that way. A new
-    or rewritten checkpoint gets a new export. Processes that start predicting with one run at once export it
-    once (the others wait for it). A cached export is checked against the SHA-256 its card records before
-    use: a damaged one is discarded with one warning and made again. When the run folder cannot be written,
-    the export goes to a temporary folder for this process only.
+    The export is checked against PyTorch (see :func:`medzoo.export.export_network`), then, when OpenVINO is
+    installed, OpenVINO's output is checked against PyTorch's too and the verdict stored in the file. Its
+    spatial axes are fixed to the network's window (the sliding window only feeds windows of that size), or
+    size-generic for the graphs that only export that way. A new or rewritten checkpoint gets a new export.
 
     Args:
         run_dir: the run folder.
         checkpoint: "best", "last" or a checkpoint file name/path.
 
     Returns:
-        The ``.onnx`` path (its card beside it), or None when the network cannot be exported faithfully
-        (remembered in the cache, so the next call does not try again).
+        The ``.onnx`` path, or None when the network cannot be exported faithfully (remembered in the cache
+        as ``model_<key>.failed``, so the next call does not try again).
     """
     from medzoo.engine.checkpoint import checkpoint_path
     from medzoo.utils import locked
@@ -245,12 +293,7 @@ def cached_onnx_export(run_dir: str | Path, checkpoint: str = "best") -> Path | 
         return path
     if _export_failed(failed, ckpt):
         return None
-    try:
-        cache.mkdir(exist_ok=True)
-        probe = cache / f".write_test_{key}"
-        probe.touch()
-        probe.unlink()
-    except OSError:
+    if not _writable(cache):
         path = Path(tempfile.mkdtemp(prefix="medzoo_onnx_")) / "model.onnx"
         log.info("%s is not writable; exporting to %s for this run only", run_dir, path.parent)
         return _export(run_dir, ckpt, path, failed=None)
@@ -260,36 +303,12 @@ def cached_onnx_export(run_dir: str | Path, checkpoint: str = "best") -> Path | 
             return path
         if _export_failed(failed, ckpt):
             return None
-        if path.exists() or card_path(path).exists():
+        if path.exists():
             log.warning("%s; discarding the cached export and exporting it again", problem)
-        for stale in (path, card_path(path), *_verdict_files(path)):
-            stale.unlink(missing_ok=True)
+            path.unlink()
         for leftover in cache.glob(".export-*"):  # from a process killed while exporting
             shutil.rmtree(leftover, ignore_errors=True)
         return _export(run_dir, ckpt, path, failed)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _export_problem(path: Path) -> str | None:
-    """Why the cached export ``path`` cannot be used, or None when it and its card are whole."""
-    if not path.is_file() and not card_path(path).is_file():
-        return "not exported yet"
-    if not path.is_file():
-        return f"{path}: missing beside its card"
-    try:
-        card = read_card(path)
-    except CheckpointError as err:
-        return str(err)
-    if card.get("onnx_sha256") != _sha256(path):
-        return f"{path}: does not match the SHA-256 in its card {card_path(path).name}"
-    return None
 
 
 def _export_failed(note: Path, ckpt: Path) -> bool:
@@ -308,31 +327,13 @@ def _export_failed(note: Path, ckpt: Path) -> bool:
     return True
 
 
-def _verdict_files(export: Path) -> tuple[Path, Path]:
-    """The records kept beside an export: OpenVINO's check and the race."""
-    return export.with_suffix(".openvino.json"), export.with_suffix(".race.json")
-
-
 def _export(run_dir: Path, ckpt: Path, path: Path, failed: Path | None) -> Path | None:
-    """Export into a private folder beside ``path``, record the export's SHA-256 in its card, then move both
-    into place (export first: a card is only ever found beside the export it describes)."""
-    from medzoo.export import export_model
+    """Export (see :func:`_export_checked`); on failure note it in ``failed`` (when given) and return None."""
     from medzoo.utils import atomic_write_text
 
     log.info("exporting %s to ONNX (once per checkpoint)", ckpt)
-    work = Path(tempfile.mkdtemp(prefix=".export-", dir=path.parent))
-    out = work / path.name
     try:
-        try:
-            export_model(run_dir, "onnx", out=out, checkpoint=str(ckpt), dynamic_spatial=False)
-        except Exception as err:  # noqa: BLE001 - some graphs only export with size-generic axes
-            log.info("%s: fixed-size ONNX export failed (%s); trying size-generic axes", ckpt, err)
-            export_model(run_dir, "onnx", out=out, checkpoint=str(ckpt), dynamic_spatial=True)
-        card = json.loads(card_path(out).read_text())
-        card["onnx_sha256"] = _sha256(out)
-        atomic_write_text(card_path(out), json.dumps(card, indent=2))
-        os.replace(out, path)
-        os.replace(card_path(out), card_path(path))
+        _export_checked(run_dir, ckpt, path)
     except Exception as err:  # noqa: BLE001 - any export failure means: predict with PyTorch instead
         log.warning("%s: ONNX export failed (%s: %s); predicting with PyTorch", ckpt, type(err).__name__, err)
         if failed is not None and not isinstance(err, OSError):  # a full disk is not the network's fault
@@ -341,9 +342,67 @@ def _export(run_dir: Path, ckpt: Path, path: Path, failed: Path | None) -> Path 
             except OSError:
                 pass
         return None
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return path
+
+
+def _writable(cache: Path) -> bool:
+    try:
+        cache.mkdir(exist_ok=True)
+        probe = Path(tempfile.mkstemp(prefix=".write_test_", dir=cache)[1])
+        probe.unlink()
+        return True
+    except OSError:
+        return False
+
+
+def _export_checked(run_dir: Path, ckpt: Path, path: Path) -> None:
+    """Export the checkpoint to ``path`` (one file: the card and checks are not kept beside it) with the
+    OpenVINO check in its metadata."""
+    import onnx
+
+    from medzoo.engine.checkpoint import load_model_from_run
+    from medzoo.export import export_network
+    from medzoo.utils import atomic_write
+
+    model, plan = load_model_from_run(run_dir, which=str(ckpt), device="cpu")
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=path.parent) as tmp:
+        onnx_file = Path(tmp) / "model.onnx"
+        try:
+            export_network(model, plan, onnx_file, dynamic_spatial=False)
+        except Exception as err:  # noqa: BLE001 - some graphs only export with size-generic axes
+            log.info("%s: fixed-size ONNX export failed (%s); trying size-generic axes", ckpt, err)
+            export_network(model, plan, onnx_file, dynamic_spatial=True)
+        verdict = _check_openvino(onnx_file, plan, model) if _installed("openvino") else None
+        proto = onnx.load(str(onnx_file))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = _CHECK_KEY, json.dumps({"openvino": verdict, "plan": plan.to_dict()})
+        digest = _proto_sha256(proto)
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = _SHA_KEY, digest
+        atomic_write(path, lambda target: target.write_bytes(proto.SerializeToString(deterministic=True)))
+
+
+def _check_input(plan: Plan) -> torch.Tensor:
+    """Two random windows of the size the sliding window feeds (the plan's patch grown to the size rule)."""
+    card = _size_rule(plan)
+    window = [int(card.valid_size(p)) if card is not None else int(p) for p in plan.patch_size]
+    return torch.randn((2, plan.in_channels, *window), generator=torch.Generator().manual_seed(0))
+
+
+def _check_openvino(export: Path, plan: Plan, reference: Any) -> dict[str, Any]:
+    """OpenVINO's output against ``reference``'s (the PyTorch network, or an ONNX Runtime session) on two
+    random windows, on the outputs' scale (:func:`outputs_agree` with ``OPENVINO_TOLERANCE``)."""
+    x = _check_input(plan)
+    try:
+        got = OpenVinoModel(export, threads=_cpu_threads("cpu"))(x)
+    except CheckpointError as err:
+        return {"ok": False, "reason": str(err)}
+    with torch.inference_mode():
+        want = reference(x)
+    want = want[0] if isinstance(want, (list, tuple)) else want  # deep supervision: the full-resolution head
+    verdict = outputs_agree(got.numpy(), want.float().numpy(), OPENVINO_TOLERANCE)
+    log.info("OpenVINO vs %s on %s: %s", type(reference).__name__, export.name, verdict)
+    return verdict
 
 
 def load_backend(
@@ -360,26 +419,24 @@ def load_backend(
         model_path: a run folder; for ``onnxruntime`` / ``openvino`` also an ``.onnx`` export (card beside
             it). With ``onnxruntime``, a run folder's ``model.onnx`` (from ``medzoo export``) is used when
             present, else the cached export (:func:`cached_onnx_export`).
-        backend: "auto" (on the CPU, the faster of OpenVINO, through an export cached per checkpoint, and
-            PyTorch, timed once on one window batch and recorded beside the export, see
-            :mod:`medzoo.inference.race`; PyTorch without OpenVINO, see :func:`resolve_backend`, or when
-            the network does not export or a check fails; an ``.onnx`` file runs under OpenVINO, or ONNX
-            Runtime when its OpenVINO check fails), "torch", "onnxruntime" or "openvino".
+        backend: "auto" (see :func:`resolve_backend`; PyTorch also when the network does not export or
+            OpenVINO fails its check; an ``.onnx`` file then runs under ONNX Runtime), "torch",
+            "onnxruntime" or "openvino".
         checkpoint: "best" / "last" (run folders).
         device: "cpu" / "cuda"; default cuda when available.
-        batch_size: windows per forward pass the prediction will use (the race times this batch).
+        batch_size: windows per forward pass the prediction will use (kept for callers; the rule needs none).
         amp: the precision a PyTorch network will predict in (see
-            :func:`medzoo.inference.predictor.inference_amp_dtype`; :func:`~medzoo.inference.predictor.predict`
-            passes its own): the race times PyTorch under that autocast ("auto": bf16 on a CPU with native
-            bf16), and keeps its verdict apart from fp32 ones. Default "none": fp32.
+            :func:`medzoo.inference.predictor.inference_amp_dtype`); "auto" picks PyTorch on a CPU with
+            native bf16. Default "none": fp32.
 
     Returns:
         ``(model, plan)``.
     """
+    del batch_size  # the choice needs no timing
     model_path = Path(model_path)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    chosen = resolve_backend(backend, model_path, device)
+    chosen = resolve_backend(backend, model_path, device, amp)
     if chosen == "torch":
         return _torch_backend(model_path, checkpoint, device)
     if chosen == "openvino" and not _installed("openvino"):
@@ -388,113 +445,32 @@ def load_backend(
     if model_path.is_file():
         if model_path.suffix.lower() != ".onnx":
             raise ConfigError(f"{model_path}: give a run folder or an .onnx export")
-        export = model_path
-    elif chosen == "onnxruntime" and backend != "auto" and (model_path / "model.onnx").is_file():
+        export, plan = model_path, _export_plan(model_path)
+    elif chosen == "onnxruntime" and (model_path / "model.onnx").is_file():
         export = model_path / "model.onnx"  # made by `medzoo export`
+        plan = Plan.from_dict(read_card(export)["plan"])
     else:
         export = cached_onnx_export(model_path, checkpoint)
         if export is None:
             if backend != "auto":
                 raise ConfigError(f"{model_path}: the network could not be exported to ONNX for {runtime}")
             return _torch_backend(model_path, checkpoint, device)
+        plan = Plan.load(model_path / "plan.json")
     if chosen == "openvino":
-        race = (_RaceRecord(export, batch_size, _torch_race_dtype(amp))
-                if backend == "auto" and model_path.is_dir() else None)  # fmt: skip
-        winner = None if race is None else race.winner()
-        if winner == "torch":
-            return _torch_backend(model_path, checkpoint, device)
-        loaded = _openvino_backend(export, strict=backend != "auto")
+        loaded = _openvino_backend(export, plan, strict=backend != "auto")
         if loaded is not None:
-            if race is not None and winner is None:
-                return race.run(loaded, lambda: _torch_backend(model_path, checkpoint, device))
             return loaded
-        if model_path.is_dir():  # auto: PyTorch is faster than ONNX Runtime here (see the module docstring)
+        if model_path.is_dir():
             return _torch_backend(model_path, checkpoint, device)
-    return _onnx_backend(export, device)
+    return _onnx_backend(export, plan, device)
 
 
-def _cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``, else ``platform.processor()``), for keys of timings."""
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def race_key(batch_size: int, torch_dtype: torch.dtype | None = None) -> str:
-    """The key of a race in ``<name>.race.json``: batch size, thread count, a short hash of the CPU model (a
-    run folder copied to another machine races again there) and ``_bf16`` when PyTorch ran under bf16
-    autocast."""
-    cpu = hashlib.sha1(_cpu_model().encode()).hexdigest()[:8]
-    precision = "_bf16" if torch_dtype == torch.bfloat16 else ""
-    return f"batch{int(batch_size)}_threads{torch.get_num_threads()}_cpu{cpu}{precision}"
-
-
-def _torch_race_dtype(amp: str) -> torch.dtype | None:
-    """The autocast dtype PyTorch predicts in on the CPU for ``amp`` (None: fp32)."""
-    from medzoo.inference.predictor import inference_amp_dtype
-
-    if amp == "fp16":  # fp32 on the CPU; the predictor itself warns about it
-        return None
-    return inference_amp_dtype(amp, torch.device("cpu"), torch.nn.Identity())
-
-
-class _RaceRecord:
-    """The OpenVINO-against-PyTorch race of one export, per batch size, thread count and CPU model, kept
-    beside the export as ``<name>.race.json`` (a run folder that cannot be written races again in each
-    process)."""
-
-    def __init__(self, export: Path, batch_size: int, torch_dtype: torch.dtype | None = None) -> None:
-        self.path = export.with_suffix(".race.json")
-        self.batch_size = int(batch_size)
-        self.torch_dtype = torch_dtype
-        self.key = race_key(self.batch_size, torch_dtype)
-
-    def _read(self) -> dict[str, Any]:
-        races = _read_record(self.path)
-        return {} if races is None else races
-
-    def winner(self) -> str | None:
-        """The recorded winner for this key ("openvino" / "torch"), else None."""
-        winner = self._read().get(self.key, {})
-        winner = winner.get("winner") if isinstance(winner, dict) else None
-        return winner if winner in ("openvino", "torch") else None
-
-    def run(self, openvino: tuple[OpenVinoModel, Plan], load_torch: Any) -> tuple[Any, Plan]:
-        """Race the compiled export against the network ``load_torch()`` returns (as ``(model, plan)``),
-        record the result and return the winner's ``(model, plan)``."""
-        from medzoo.inference.race import race_runtimes
-        from medzoo.inference.sliding_window import network_window
-        from medzoo.perf import preferred_memory_format, tune_malloc
-        from medzoo.utils import atomic_write_text
-
-        tune_malloc()  # as predict() runs: without it PyTorch page-faults its activations back in every call
-
-        ov_model, plan = openvino
-        torch_model, _ = load_torch()
-        torch_model.eval()
-        layout = preferred_memory_format("auto", plan.model, plan.spatial_dims, "cpu")
-        if layout is not None:
-            torch_model.to(memory_format=layout)
-        window = network_window(ov_model, tuple(plan.patch_size))
-        x = torch.randn((self.batch_size, plan.in_channels, *window), generator=torch.Generator().manual_seed(0))
-        log.info("timing OpenVINO against PyTorch on one batch of windows (once per checkpoint)")
-        result = race_runtimes(ov_model, torch_model, x, torch_dtype=self.torch_dtype)
-        result.update(batch_size=self.batch_size, threads=torch.get_num_threads(), cpu=_cpu_model(),
-                      torch_layout="channels_last" if layout is not None else "contiguous",
-                      torch_precision="bf16" if self.torch_dtype == torch.bfloat16 else "fp32")  # fmt: skip
-        races = self._read()
-        races[self.key] = result
-        try:
-            atomic_write_text(self.path, json.dumps(races, indent=2))
-        except OSError as err:
-            log.info("cannot record the race in %s (%s)", self.path, err)
-        return (torch_model, plan) if result["winner"] == "torch" else openvino
+def _export_plan(export: Path) -> Plan:
+    """The plan of an ``.onnx`` file: from its card (``medzoo export``), else from a cached export's metadata."""
+    checks = None if card_path(export).is_file() else export_checks(export)
+    if checks is not None and isinstance(checks.get("plan"), dict):
+        return Plan.from_dict(checks["plan"])
+    return Plan.from_dict(read_card(export)["plan"])
 
 
 def _torch_backend(model_path: Path, checkpoint: str, device: str | torch.device) -> tuple[Any, Plan]:
@@ -511,57 +487,26 @@ def _cpu_threads(device: str | torch.device) -> int | None:
     return torch.get_num_threads() if torch.device(device).type == "cpu" else None
 
 
-def _onnx_backend(export: Path, device: str | torch.device) -> tuple[OnnxModel, Plan]:
-    card = read_card(export)
-    plan = Plan.from_dict(card["plan"])
+def _onnx_backend(export: Path, plan: Plan, device: str | torch.device) -> tuple[OnnxModel, Plan]:
     return OnnxModel(export, device=device, card=_size_rule(plan), threads=_cpu_threads(device)), plan
 
 
-def _openvino_backend(export: Path, strict: bool) -> tuple[OpenVinoModel, Plan] | None:
-    """OpenVINO on the export, checked once against ONNX Runtime (the result is kept beside the export as
-    ``<name>.openvino.json``). Returns None when it cannot compile or fails the check, unless ``strict``
-    (then it raises)."""
-    from medzoo.utils import atomic_write_text
-
-    card = read_card(export)
-    plan = Plan.from_dict(card["plan"])
-    record = export.with_suffix(".openvino.json")
-    model = None
+def _openvino_backend(export: Path, plan: Plan, strict: bool) -> tuple[OpenVinoModel, Plan] | None:
+    """OpenVINO on the export, if it passed its check: the verdict stored in a cached export, else (an export
+    from ``medzoo export``) a check against ONNX Runtime in this process. Returns None when it cannot
+    compile or fails the check, unless ``strict`` (then it raises)."""
+    checks = export_checks(export)
+    verdict = checks.get("openvino") if checks else None
     try:
-        # a stored verdict first: a network that failed the check is not compiled again on every call
-        verdict = _read_record(record)
-        if verdict is not None and not isinstance(verdict.get("ok"), bool):
-            log.warning("%s: discarding a damaged record (no verdict); checking OpenVINO again", record)
-            verdict = None
-        if verdict is None or verdict.get("ok"):
-            model = OpenVinoModel(export, card=_size_rule(plan), threads=_cpu_threads("cpu"))
         if verdict is None:
-            verdict = _check_openvino(model, export, plan)
-            try:
-                atomic_write_text(record, json.dumps(verdict, indent=2))
-            except OSError:
-                pass
+            verdict = _check_openvino(export, plan, OnnxModel(export, threads=_cpu_threads("cpu")))
+        if not verdict.get("ok"):
+            detail = verdict.get("reason") or f"by {verdict.get('max_abs_diff')} (allowed {verdict.get('allowed')})"
+            raise CheckpointError(f"{export}: OpenVINO differs from the reference {detail}")
+        model = OpenVinoModel(export, card=_size_rule(plan), threads=_cpu_threads("cpu"))
     except (CheckpointError, ImportError, RuntimeError, ValueError, OSError) as err:
         if strict:
             raise
-        log.warning("%s: OpenVINO unavailable for this model (%s); using the next runtime", export, err)
-        return None
-    if not verdict.get("ok"):
-        message = f"{export}: OpenVINO differs from ONNX Runtime by {verdict.get('max_abs_diff')} (> tolerance)"
-        if strict:
-            raise CheckpointError(message)
-        log.warning("%s; using the next runtime", message)
+        log.warning("%s; predicting with the next runtime", err)
         return None
     return model, plan
-
-
-def _check_openvino(model: OpenVinoModel, export: Path, plan: Plan) -> dict[str, Any]:
-    """Max |OpenVINO - ONNX Runtime| on two random patch-sized inputs, against ``OPENVINO_TOLERANCE``."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn((2, plan.in_channels, *plan.patch_size), generator=g)
-    want = OnnxModel(export, threads=_cpu_threads("cpu"))(x)
-    got = model(x)
-    diff = float((got - want).abs().max())
-    allowed = OPENVINO_TOLERANCE * max(1.0, float(want.abs().max()))
-    log.info("OpenVINO vs ONNX Runtime on %s: max |diff| %.2e (allowed %.2e)", export.name, diff, allowed)
-    return {"ok": bool(diff <= allowed), "max_abs_diff": diff, "allowed": allowed}

@@ -45,6 +45,8 @@ def collect_cases(input_path: str | Path) -> list[InputCase]:
     A folder's image files (NIfTI, Analyze, NRRD, MetaImage) are one case each, except nnU-Net style
     channel files ``NAME_0000.ext``, ``NAME_0001.ext``, ... which are grouped into case ``NAME`` (channels
     in index order). Output names: the input's file name, or for channel files ``NAME`` + the extension.
+    A folder without image files is a DICOM series (one case named after the folder), or holds one series
+    folder per case; their output names are ``NAME.nii.gz``.
     """
     from medzoo.io.readers import is_volume_file, volume_suffix
 
@@ -60,7 +62,10 @@ def collect_cases(input_path: str | Path) -> list[InputCase]:
     headers = {p.with_suffix(".hdr") for p in files if p.suffix.lower() == ".hdr"}
     files = [p for p in files if not (p.suffix.lower() == ".img" and p.with_suffix(".hdr") in headers)]
     if not files:
-        raise VolumeError(path, "no image files in this folder")
+        series = _dicom_series_cases(path)
+        if not series:
+            raise VolumeError(path, "no image files or DICOM series in this folder")
+        return series
     groups: dict[str, list[tuple[int, Path]]] = {}
     cases: list[InputCase] = []
     for p in files:
@@ -106,6 +111,16 @@ def read_case(case: InputCase) -> Volume:
     from medzoo.data.loading import load_image
 
     return load_image(Case(case.name, list(case.paths)))
+
+
+def _dicom_series_cases(folder: Path) -> list[InputCase]:
+    """The folder itself when it holds a DICOM series, else each sub-folder that holds one."""
+    from medzoo.io.dicom import list_dicom_series
+
+    if list_dicom_series(folder):
+        return [InputCase(folder.name, [folder], folder.name + ".nii.gz")]
+    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return [InputCase(p.name, [p], p.name + ".nii.gz") for p in subfolders if list_dicom_series(p)]
 
 
 def _stem(path: Path) -> str:

@@ -3,7 +3,8 @@
 Cases are read by a prefetching thread, predicted on the calling thread and written (atomically) by a
 writer thread, so reading, computing and writing overlap; the bounded queues hold at most one case being
 read ahead and two being written. A case that fails is listed in the :class:`PredictionReport` and the
-others still run. The per-case progress bar lives here, and only here.
+others still run. The per-case progress (a bar on a terminal, one line per case elsewhere:
+:class:`medzoo.logs.Progress`) lives here, and only here.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ import numpy as np
 from medzoo.errors import MedzooError
 from medzoo.inference.inputs import InputCase, read_case
 from medzoo.io.volume import Volume
+from medzoo.logs import Progress
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,8 @@ __all__ = ["PredictionReport", "run_pipeline"]
 
 #: ``predict_case(image, probabilities) -> (label volume, probability volume or None)``
 PredictCase = Callable[[Volume, bool], "tuple[Volume, Volume | None]"]
+#: ``write_labels(label volume, case, path) -> the path written``
+WriteLabels = Callable[[Volume, InputCase, Path], Path]
 
 
 @dataclass
@@ -39,12 +44,14 @@ class PredictionReport:
         failed: ``(case name, one-line reason)`` for every case that could not be predicted.
         probabilities: probability files written (with ``save_probabilities``).
         seconds: wall-clock time of the whole run.
+        skipped: outputs that were there already and kept (with ``skip_existing``).
     """
 
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     probabilities: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    skipped: list[Path] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -62,6 +69,7 @@ def run_pipeline(
     save_probabilities: bool = False,
     report: PredictionReport | None = None,
     progress: bool = False,
+    write_labels: WriteLabels | None = None,
 ) -> PredictionReport:
     """Predict ``cases`` into ``output_dir``: a reader thread, ``predict_case`` on this thread, a writer thread.
 
@@ -71,7 +79,10 @@ def run_pipeline(
         output_dir: where label maps (and ``<case>_probabilities.npz``) go; created if missing.
         save_probabilities: also write the probabilities (float16 (K, *S) + affine).
         report: a report to fill (default: a new one).
-        progress: a per-case progress bar.
+        progress: a per-case progress bar where the output is a terminal (one log line per case is written
+            either way, and is the only progress elsewhere).
+        write_labels: writes a case's label map to a path and returns the path written (default: the
+            volume writer, by the path's suffix).
 
     Returns:
         The report: written files in case order, failures sorted by case name.
@@ -79,6 +90,7 @@ def run_pipeline(
     from medzoo.io.readers import write_volume
 
     report = report if report is not None else PredictionReport()
+    write_labels = write_labels or (lambda labels, case, path: write_volume(labels, path))
     read_q: queue.Queue = queue.Queue(maxsize=1)
     write_q: queue.Queue = queue.Queue(maxsize=2)
     lock = threading.Lock()
@@ -107,7 +119,7 @@ def run_pipeline(
         while (job := write_q.get()) is not _DONE:
             case, labels, probs = job
             try:
-                out = write_volume(labels, output_dir / case.output_name)
+                out = write_labels(labels, case, output_dir / case.output_name)
                 with lock:
                     report.written.append(out)
                 if probs is not None:
@@ -121,10 +133,11 @@ def run_pipeline(
     threads = [threading.Thread(target=reader, daemon=True), threading.Thread(target=writer, daemon=True)]
     for t in threads:
         t.start()
-    bar = _progress_bar(len(cases), progress)
+    progress_lines = Progress(len(cases), "predict", "case", show_bar=progress)
     try:
         while (item := read_q.get()) is not _DONE:
             case, image = item
+            t0 = time.monotonic()
             if isinstance(image, BaseException):
                 fail(case, image)
             else:
@@ -134,7 +147,7 @@ def run_pipeline(
                     write_q.put((case, labels, probs))
                 except Exception as err:  # noqa: BLE001
                     fail(case, err)
-            bar.update(1)
+            progress_lines.advance(f"{case.name} in {time.monotonic() - t0:.1f}s")
     finally:
         stop.set()
         # drain the reader so it can finish, then stop the writer after the queued writes
@@ -145,7 +158,7 @@ def run_pipeline(
                 pass
         write_q.put(_DONE)
         threads[1].join()
-        bar.close()
+        progress_lines.close()
     order = {c.output_name: i for i, c in enumerate(cases)}
     report.written.sort(key=lambda p: order.get(p.name, 0))
     report.failed.sort(key=lambda f: f[0])
@@ -164,10 +177,3 @@ def save_probability_file(probs: Volume, path: Path) -> Path:
 
     atomic_write(path, write)
     return path
-
-
-def _progress_bar(total: int, enabled: bool) -> Any:
-    """The per-case progress bar (``update(n)``, ``close()``)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="predict", unit="case", disable=not enabled)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ import numpy as np
 import torch
 
 from medzoo.data.loader import slices_with_context
+from medzoo.engine.config import OUTPUT_FORMATS
+from medzoo.engine.distributed import resolve_device
 from medzoo.errors import ConfigError, DataError, VolumeError
 from medzoo.inference.inputs import InputCase, collect_cases, collect_layout_cases, read_case
 from medzoo.inference.pipeline import PredictionReport, run_pipeline
@@ -139,15 +141,16 @@ class Predictor:
         """Build a predictor from a run folder alone (``plan.json`` + ``checkpoint_<best|last>.pt``).
 
         Args:
-            run_dir: the training run folder.
+            run_dir: the training run folder, or a ``.medzoo`` file (see :func:`medzoo.packaging.open_model`).
             checkpoint: "best", "last" or a checkpoint file name/path.
             device: "cpu", "cuda", ... (default: cuda when available, else cpu).
             mirror_axes, overlap, batch_size, postprocess, **options: see :class:`Predictor`.
         """
         from medzoo.engine.checkpoint import load_model_from_run
+        from medzoo.packaging import open_model
 
         device = torch.device(device) if device is not None else _default_device()
-        model, plan = load_model_from_run(run_dir, which=checkpoint, device=device)
+        model, plan = load_model_from_run(open_model(run_dir), which=checkpoint, device=device)
         return cls(
             model, plan, device=device, mirror_axes=mirror_axes, overlap=overlap, batch_size=batch_size,
             postprocess=postprocess, **options,
@@ -422,6 +425,8 @@ class PredictOptions:
     min_size: int = 0
     chosen_postprocessing: bool = True
     progress: bool = True
+    output_format: str = "image"
+    skip_existing: bool = False
     # inputs
     layout: str | None = None
     layout_options: dict[str, Any] | None = field(default=None)
@@ -460,6 +465,8 @@ def predict(
     amp: str = "auto",
     memory_format: str = "auto",
     chosen_postprocessing: bool = True,
+    output_format: str = "image",
+    skip_existing: bool = False,
     options: PredictOptions | None = None,
 ) -> PredictionReport:
     """Predict every scan of a file or folder with a trained run (or an exported model).
@@ -489,8 +496,17 @@ def predict(
             says so), "channels_last" or "contiguous" (see :class:`Predictor`).
         chosen_postprocessing: apply the post-processing a cross-validation chose (``RUN/postprocessing.json``)
             when ``run_dir`` has one.
+        output_format: "image" (default: label maps named and typed like the inputs, NIfTI for a DICOM
+            series) or "dicom-seg" (a DICOM Segmentation object ``<case>.dcm`` over each input series, see
+            :func:`medzoo.io.dicom_seg.write_dicom_seg`).
+        skip_existing: keep the outputs that are there already and predict only the missing ones (a killed
+            job rerun with the same command picks up where it stopped).
         options: all of the above in one :class:`PredictOptions`; when given, the keyword arguments are
             ignored.
+
+    ``run_dir`` may also be a ``.medzoo`` file (see :func:`medzoo.packaging.open_model`). Under ``torchrun``
+    each process predicts its share of the cases (:mod:`medzoo.inference.cohort`) and rank 0 returns the
+    report of the whole job (the other ranks their own).
 
     Returns:
         A :class:`PredictionReport`; failures are listed there (and logged), the other cases still run.
@@ -506,21 +522,60 @@ def run_prediction(
     options: PredictOptions,
 ) -> PredictionReport:
     """:func:`predict` with its options in one object: find the cases, load the runtime, run the pipeline."""
+    from medzoo.inference import cohort
     from medzoo.inference.ensemble import load_models
+    from medzoo.packaging import open_model
 
     started = time.perf_counter()
     tune_malloc()  # reuse freed buffers across windows and cases (see medzoo.perf)
     output_dir = Path(output_dir)
-    cases = find_cases(input_path, options)
+    run_dir = open_model(run_dir) if isinstance(run_dir, (str, Path)) else [open_model(r) for r in run_dir]
+    cases = output_cases(find_cases(input_path, options), options.output_format)
     _check_outputs(cases, output_dir)
-    predictor = load_models(run_dir, options)
-    report = run_pipeline(predictor.predict_case, cases, output_dir, options.save_probabilities,
-                          progress=options.progress)  # fmt: skip
-    report.seconds = time.perf_counter() - started
+    with cohort.cohort_group() as info:
+        if info.enabled:  # this rank's GPU; one progress bar for the job, not one per rank
+            options = replace(options, device=str(resolve_device(options.device, info)),
+                              progress=options.progress and info.is_main)
+        mine, skipped = cohort.split_existing(cohort.rank_share(cases, info), output_dir, options.skip_existing)
+        log.debug("rank %d/%d predicts: %s", info.rank, info.world_size, ", ".join(c.name for c in mine))
+        report = PredictionReport(skipped=skipped)
+        if mine:
+            predictor = load_models(run_dir, options)
+            run_pipeline(predictor.predict_case, mine, output_dir, options.save_probabilities, report=report,
+                         progress=options.progress, write_labels=labels_writer(options.output_format, predictor.plan))
+        report.seconds = time.perf_counter() - started
+        reports = cohort.gather_to_main(report)
     log.debug(  # the CLI prints this summary itself
         "predicted %d/%d case(s) into %s in %.1f s", len(report.written), len(cases), output_dir, report.seconds
     )
-    return report
+    return report if reports is None else cohort.merge_reports(reports)
+
+
+def output_cases(cases: list[InputCase], output_format: str) -> list[InputCase]:
+    """``cases`` with the output file names of ``output_format`` ("image" keeps them; "dicom-seg": ``.dcm``)."""
+    if output_format not in OUTPUT_FORMATS:
+        raise ConfigError(f"unknown output format '{output_format}'; choose one of {', '.join(OUTPUT_FORMATS)}")
+    if output_format == "image":
+        return cases
+    from medzoo.io.dicom_seg import check_available
+
+    check_available()
+    return [replace(case, output_name=f"{case.name}.dcm") for case in cases]
+
+
+def labels_writer(output_format: str, plan: Plan) -> Callable[[Volume, InputCase, Path], Path] | None:
+    """How the pipeline writes a label map in ``output_format`` (None: the volume writer)."""
+    if output_format != "dicom-seg":
+        return None
+    from medzoo.io.dicom_seg import write_dicom_seg
+
+    def write(labels: Volume, case: InputCase, path: Path) -> Path:
+        source = case.paths[0]
+        if len(case.paths) != 1 or not source.is_dir():
+            raise VolumeError(source, "DICOM SEG output needs a DICOM series folder as input")
+        return write_dicom_seg(labels, source, path, plan.labels)
+
+    return write
 
 
 def find_cases(input_path: str | Path, options: PredictOptions) -> list[InputCase]:
@@ -534,11 +589,8 @@ def load_predictor(run_dir: str | Path, options: PredictOptions) -> Predictor:
     """The :class:`Predictor` for a run folder (or an export) in the runtime ``options.backend`` names."""
     from medzoo.inference.backends import load_backend
 
-    backend = options.backend
-    if backend == "auto" and options.amp == "bf16" and Path(run_dir).is_dir():
-        backend = "torch"  # the user asked for bf16, which only PyTorch runs (exports run in fp32)
-        log.info("amp bf16: predicting with PyTorch")
-    model, plan = load_backend(run_dir, backend=backend, checkpoint=options.checkpoint,
+    # backend "auto" follows amp: where PyTorch would predict in bf16 (exports run in fp32), PyTorch runs it
+    model, plan = load_backend(run_dir, backend=options.backend, checkpoint=options.checkpoint,
                                device=options.device, batch_size=options.batch_size, amp=options.amp)  # fmt: skip
     return Predictor(
         model, plan, device=options.device if options.device is not None else _device_of(model),

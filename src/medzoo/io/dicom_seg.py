@@ -24,7 +24,7 @@ from medzoo.io.volume import Volume
 
 log = logging.getLogger(__name__)
 
-__all__ = ["read_source_series", "write_dicom_seg"]
+__all__ = ["check_available", "read_source_series", "write_dicom_seg"]
 
 _GRID_TOLERANCE = 0.05  # voxels: how far a source pixel centre may sit from a label voxel centre
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -179,6 +179,11 @@ def _series_number(datasets: list[Any]) -> int:
         return int(datasets[0].SeriesNumber) + 1000
     except (AttributeError, TypeError, ValueError):
         return 1000
+
+
+def check_available() -> None:
+    """Raise :class:`~medzoo.errors.ConfigError` (saying what to install) when pydicom or highdicom is missing."""
+    _highdicom()
 
 
 def _highdicom() -> tuple[Any, Any]:

@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 
 PROBE_VERSION = 1
 #: the two probe inputs (batch, patch): small enough to cost about a second in all on 2 CPU cores
-PROBE_SIZES = ((1, (32, 32, 32)), (2, (48, 48, 32)))
-PROBE_SIZES_2D = ((2, (64, 64)), (8, (96, 96)))
+PROBE_SIZES = ((1, (32, 32, 32)), (2, (64, 64, 32)))
+PROBE_SIZES_2D = ((2, (64, 64)), (8, (128, 128)))
 
 
 @dataclass(frozen=True)
@@ -74,11 +74,12 @@ class DeviceProfile:
         return f"{c.overhead * 1e3:.0f} ms + {c.per_voxel * 1e9:.1f} ns per voxel"
 
 
-def network_key(model: str, spatial_dims: int, model_kwargs: dict[str, Any], in_channels: int,
-                num_classes: int) -> str:
-    """A stable name of one network configuration (what the probe times)."""
+def network_key(model: str, spatial_dims: int, model_kwargs: dict[str, Any], in_channels: int = 1,
+                num_classes: int = 2) -> str:
+    """A stable name of one network configuration (what the probe times). The input and output channels only
+    change the first and last convolutions, so one probe serves every dataset."""
     kw = json.dumps(model_kwargs, sort_keys=True, default=str)
-    return f"{model}/{spatial_dims}d/{in_channels}in/{num_classes}out/{kw}"
+    return f"{model}/{spatial_dims}d/{kw}"
 
 
 def machine_signature(device: str = "cpu") -> dict[str, Any]:
@@ -216,11 +217,11 @@ def measure_step_cost(model: str, spatial_dims: int, model_kwargs: dict[str, Any
     points = []
     for batch, patch in sizes:
         best = step(batch, patch)
-        if best > max_seconds / 4:
-            log.info("step-time probe of %s: one small step took %.1fs; priced from it alone", model, best)
-            return StepCost(0.0, best / (batch * math.prod(patch)))
-        if best < 1.0:
-            best = min(best, step(batch, patch))  # the quicker of two counts (a busy machine only slows)
+        if best > max_seconds / 4:  # a slow network: price it from this step, half of it fixed
+            log.info("step-time probe of %s: one step took %.1fs; priced from it alone", model, best)
+            return StepCost(0.5 * best, 0.5 * best / (batch * math.prod(patch)))
+        for _ in range(2 if best < 1.0 else 1):
+            best = min(best, step(batch, patch))  # the quickest counts (a busy machine only slows)
         points.append((batch * math.prod(patch), best))
     (v0, t0_), (v1, t1) = points
     # timing noise can make the slope tiny, negative or steep: keep at least half of each step per voxel
