@@ -45,6 +45,9 @@ class TrainConfig:
             "plateau" (``plateau_patience``, ``gamma``) or "constant".
         grad_clip: max gradient norm; None or 0 disables clipping.
         loss: name for :func:`medzoo.losses.create_loss`.
+        regions: when the dataset declares regions (the ``brats`` layout's WT/TC/ET, an nnU-Net v2 region
+            dataset.json, the ``regions`` layout option), train one sigmoid output per region with BCE + Dice
+            (:mod:`medzoo.engine.regions`); False trains a softmax over the classes.
         augment: training augmentation (:func:`medzoo.transforms.augment.build_augmentation`): "standard"
             (rotation, scaling, mirroring, gamma, noise), "default" (nnU-Net's set: also blur, brightness,
             contrast, low resolution, inverted gamma), "strong", "none", or "auto": "standard" for a run
@@ -110,6 +113,7 @@ class TrainConfig:
     plateau_patience: int = 5
     grad_clip: float | None = 12.0
     loss: str = "dice_ce"
+    regions: bool = True
     augment: str = "auto"
     amp: str = "auto"
     memory_format: str = "auto"
