@@ -315,7 +315,7 @@ def format_table(rows: Iterable[dict[str, Any]], columns: Sequence[str] | None =
 
 
 def markdown_table(rows: Iterable[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """The same table in GitHub markdown (for the README)."""
+    """The same table in GitHub markdown (for docs/benchmarks.md)."""
     rows = list(rows)
     if not rows:
         return ""

@@ -34,6 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-epochs", type=int, default=0)
     p.add_argument("--grad-clip", type=float, default=12.0, help="max gradient norm (0: off)")
     p.add_argument("--loss", default="dice_ce")
+    p.add_argument("--no-regions", action="store_true",
+                   help="train a softmax over the classes even when the dataset declares regions (default: one "
+                        "sigmoid output per region with BCE+Dice)")
     p.add_argument("--augment", choices=AUGMENTS, default="auto",
                    help="training augmentation (auto: the light 'standard' set for runs of up to 10k steps, "
                         "nnU-Net's 'default' set beyond)")
@@ -109,7 +112,7 @@ def _run(ns: argparse.Namespace) -> int:
             patch_size=tuple(ns.patch_size) if ns.patch_size else None, spatial_dims=ns.spatial_dims,
             context_slices=ns.context_slices, optimizer=ns.optimizer, lr=ns.lr, weight_decay=ns.weight_decay,
             schedule=ns.schedule, warmup_epochs=ns.warmup_epochs, grad_clip=ns.grad_clip or None,
-            loss=ns.loss, augment=ns.augment, amp=ns.amp, memory_format=ns.memory_format, val_every=ns.val_every,
+            loss=ns.loss, regions=not ns.no_regions, augment=ns.augment, amp=ns.amp, memory_format=ns.memory_format, val_every=ns.val_every,
             final_tta=not ns.no_final_tta,
             max_val_cases=ns.max_val_cases,
             patience=ns.patience, fold=folds[0], folds=ns.folds, seed=ns.seed, deterministic=ns.deterministic,
