@@ -19,6 +19,7 @@ from medzoo.errors import CheckpointError
 from medzoo.inference.predictor import Predictor
 from medzoo.io.readers import read_volume, write_volume
 from medzoo.packaging import MANIFEST, open_model, pack_model, read_manifest, unpack_model
+from medzoo.utils import current_umask
 from support.inference import blob_image, make_run
 
 UNET = {"model_kwargs": {"features": [4, 8]}, "patch_size": (16, 16, 16),
@@ -108,6 +109,7 @@ def test_unpack_gives_a_run_folder_with_the_same_weights(run, tmp_path):
         assert torch.equal(a, b), name
     assert "optimizer" not in load_checkpoint(out / "checkpoint_best.pt")
     assert not (out / ".medzoo_cache").exists()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~current_umask()  # a folder like any other, not private
     with pytest.raises(CheckpointError, match="not an empty folder"):
         unpack_model(packed, out)
 

@@ -40,7 +40,7 @@ import torch
 
 from medzoo.errors import CheckpointError
 from medzoo.planning.plan import Plan
-from medzoo.utils import atomic_write
+from medzoo.utils import atomic_write, current_umask
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "SUFFIX", "environment_versions", "is_packed", "model_cache_dir", "open_model",
@@ -162,6 +162,7 @@ def unpack_model(path: str | Path, out_dir: str | Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         _extract(path, staging)
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp made it private; the run folder is the user's
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(staging, out_dir)

@@ -134,3 +134,18 @@ def test_dicom_seg_output_needs_dicom_input(tmp_path, monkeypatch):
     report = predict(run, tmp_path / "scan.nii.gz", tmp_path / "out", output_format="dicom-seg", backend="torch",
                      progress=False)
     assert not report.written and "DICOM series" in report.failed[0][1]
+
+
+def test_a_folder_of_series_folders_is_one_case_per_series(tmp_path):
+    from medzoo.inference.inputs import collect_cases
+
+    zyx = np.zeros((3, 5, 4), dtype=np.int16)
+    for name in ("patient_b", "patient_a"):
+        write_series(tmp_path / "cohort" / name, zyx)
+    (tmp_path / "cohort" / "notes").mkdir()
+    cases = collect_cases(tmp_path / "cohort")
+    assert [(c.name, c.output_name) for c in cases] == [("patient_a", "patient_a.nii.gz"),
+                                                        ("patient_b", "patient_b.nii.gz")]
+    assert [c.name for c in collect_cases(tmp_path / "cohort" / "patient_a")] == ["patient_a"]
+    with pytest.raises(VolumeError, match="no image files or DICOM series"):
+        collect_cases(tmp_path / "cohort" / "notes")

@@ -71,7 +71,7 @@ def test_a_damaged_failure_note_is_discarded_and_the_export_tried_again(threshol
     assert backends._export_problem(export) is None
 
 
-def test_an_export_that_does_not_match_its_card_is_made_again(threshold_run, caplog):
+def test_an_export_that_does_not_match_its_recorded_sha256_is_made_again(threshold_run, caplog):
     run, _ = threshold_run
     export = backends.cached_onnx_export(run)
     whole = export.read_bytes()
@@ -99,3 +99,4 @@ def test_a_damaged_checkpoint_fails_with_one_line_naming_it(threshold_run, tmp_p
     with pytest.raises(CheckpointError, match="checkpoint_best.pt") as err:
         backends.load_backend(run, backend="torch", device="cpu")
     assert "\n" not in str(err.value)
+

@@ -41,3 +41,44 @@ def _is_torch(model) -> bool:
     import torch
 
     return isinstance(model, torch.nn.Module)
+
+
+_DRIVER = """
+import os, sys, time
+sys.path.insert(0, {tests!r})
+from support.inference import THRESHOLD, ThresholdNet
+from medzoo.models import registry
+registry._REGISTRY[THRESHOLD] = registry._Entry(
+    ThresholdNet, registry.ModelCard(name=THRESHOLD, spatial_dims=(2, 3), typical_patch=(8, 8, 8)))
+pause = float(os.environ.get("MEDZOO_TEST_STEP_PAUSE", "0"))
+if pause:  # slower training steps, so a test can act while a run trains
+    from medzoo.engine.trainer import Trainer
+    step = Trainer.train_step
+    def slow_step(*args, **kwargs):
+        time.sleep(pause)
+        return step(*args, **kwargs)
+    Trainer.train_step = slow_step
+from medzoo.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def medzoo_command(*args: str) -> list[str]:
+    """``medzoo ARGS`` as a child process's argv, with the threshold stand-in network registered (see
+    :mod:`support.inference`) and, when ``MEDZOO_TEST_STEP_PAUSE`` is set, that many seconds of sleep
+    before each training step."""
+    import sys
+
+    tests = str(Path(__file__).resolve().parents[1])
+    return [sys.executable, "-c", _DRIVER.format(tests=tests), *map(str, args)]
+
+
+def error_lines(stderr: str, command: str) -> list[str]:
+    """The ``medzoo COMMAND: error: ...`` lines of a child's stderr (asserting it shows no traceback)."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    return [line for line in stderr.splitlines() if line.startswith(f"medzoo {command}: error:")]
+
+
+def visible_files(folder: Path) -> list[str]:
+    """Names of the files a user sees in ``folder`` (hidden temporary files excluded)."""
+    return sorted(p.name for p in Path(folder).iterdir() if not p.name.startswith("."))

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     except MedzooError as err:
         print(f"medzoo {ns.command}: error: {err}", file=sys.stderr)
         return 1
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as err:
+    except OSError as err:  # a missing or unwritable file, a full or read-only disk
         print(f"medzoo {ns.command}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

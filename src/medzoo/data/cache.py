@@ -8,9 +8,12 @@ Layout of ``cache_dir``::
     {case_id}.json            meta: geometry (original shape/affine, crop box, ...), settings hash
 
 A case is valid when its JSON exists and its ``hash`` equals the hash of the current preprocessing settings
-(plan fields + the case files' sizes and mtimes). Every file is written atomically (temp + rename) and the
-JSON last, after removing a stale one first, so an interrupted run leaves either a valid case or a case
-that is simply redone on the next run — never a half-written array that passes for a valid one.
+(plan fields + the case files' sizes and mtimes), and its files are whole: each ``.npy`` header parses and
+the file is exactly as long as the header says, the label has the image's shape, the ``.npz`` passes its
+checksums. Every file is written atomically (temp + rename) and the JSON last, after removing a stale one
+first, so an interrupted run leaves either a valid case or a case that is simply redone on the next run —
+never a half-written array that passes for a valid one. A case damaged afterwards (truncated, overwritten)
+is preprocessed again with one warning naming the file. Runs that share a cache fill it one at a time.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +31,7 @@ import numpy as np
 from medzoo.data.case import Case, DatasetInfo
 from medzoo.errors import DataError
 from medzoo.planning.plan import Plan
-from medzoo.utils import atomic_write, atomic_write_text
+from medzoo.utils import atomic_write, atomic_write_text, locked
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +148,8 @@ def open_cached_case(cache_dir: str | Path, case_id: str) -> CachedCase:
     p = _paths(Path(cache_dir), case_id)
     if not p["meta"].is_file():
         raise DataError(f"case {case_id}: not in the cache {cache_dir} (run build_cache / medzoo preprocess)")
-    meta = json.loads(p["meta"].read_text())
     try:
+        meta = json.loads(p["meta"].read_bytes().decode("utf-8"))
         image = np.load(p["image"], mmap_mode="r")
         label = np.load(p["label"], mmap_mode="r") if meta.get("has_label") else None
         locs = {}
@@ -157,16 +161,63 @@ def open_cached_case(cache_dir: str | Path, case_id: str) -> CachedCase:
     return CachedCase(case_id, image, label, meta, locs)
 
 
-def _is_valid(p: dict[str, Path], expected_hash: str) -> bool:
-    if not p["meta"].is_file() or not p["image"].is_file():
-        return False
+def _case_problem(p: dict[str, Path], expected_hash: str) -> str | None:
+    """Why a cached case cannot be used: None when it can; ``""`` when it is simply absent or stale (made
+    for other settings or source files, or interrupted before its JSON was written); otherwise what is
+    damaged in it, naming the file."""
     try:
-        meta = json.loads(p["meta"].read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
+        meta = json.loads(p["meta"].read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return ""
+    except (OSError, ValueError) as err:  # ValueError: truncated or garbage JSON
+        return f"{p['meta']}: unreadable ({type(err).__name__})"
+    if not isinstance(meta, dict):
+        return f"{p['meta']}: not a JSON object"
     if meta.get("hash") != expected_hash:
-        return False
-    return not meta.get("has_label") or p["label"].is_file()
+        return ""
+    image = _npy_shape(p["image"], np.float32)
+    if isinstance(image, str):
+        return image
+    if meta.get("has_label"):
+        label = _npy_shape(p["label"], np.uint8)
+        if isinstance(label, str):
+            return label
+        if label != image[1:]:
+            return f"{p['label']}: shape {label} does not match the image's {image[1:]}"
+        if p["locations"].exists():
+            try:
+                with zipfile.ZipFile(p["locations"]) as z:
+                    bad = z.testzip()
+            except (OSError, zipfile.BadZipFile) as err:
+                return f"{p['locations']}: unreadable ({err})"
+            if bad is not None:
+                return f"{p['locations']}: {bad} fails its checksum"
+    return None
+
+
+def _npy_shape(path: Path, dtype: type) -> tuple[int, ...] | str:
+    """The shape of a whole ``.npy`` file of ``dtype``, or what is wrong with it (naming it): its header
+    must parse and its size must be the header's plus the array's."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)  # fmt: skip
+            if read_header is None:
+                raise ValueError(f"format version {version}")
+            shape, fortran, found = read_header(f)
+            start = f.tell()
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return f"{path}: missing"
+    except (OSError, ValueError, SyntaxError) as err:
+        return f"{path}: not a readable .npy array ({type(err).__name__}: {err})"
+    if found != np.dtype(dtype) or fortran:
+        return f"{path}: holds {found}{' (Fortran order)' if fortran else ''}, not {np.dtype(dtype)}"
+    expected = start + int(np.prod(shape, dtype=np.int64)) * found.itemsize
+    if size != expected:
+        return f"{path}: {size} bytes where its header promises {expected} (truncated or damaged)"
+    return tuple(int(n) for n in shape)
 
 
 def _write_case(cache_dir: Path, case: Case, info: DatasetInfo, preprocessor, digest: str) -> None:
@@ -218,8 +269,6 @@ def build_cache(
     Raises:
         DataError: a bad case (naming it) unless ``skip_bad_cases``; nothing half-written stays behind.
     """
-    from medzoo.transforms.preprocess import Preprocessor
-
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     if cases is None:
@@ -235,11 +284,22 @@ def build_cache(
             else:
                 raise DataError(f"case {c}: not in the dataset {info.root}")
     settings = preprocessing_settings(plan, info)
+    with locked(cache_dir):  # runs sharing a cache fill it one at a time; the later ones reuse it
+        return _fill(cache_dir, selected, info, plan, settings, skip_bad_cases, progress)
+
+
+def _fill(cache_dir: Path, selected: list[Case], info: DatasetInfo, plan: Plan, settings: dict,
+          skip_bad_cases: bool, progress: bool) -> list[CachedCase]:  # fmt: skip
+    from medzoo.transforms.preprocess import Preprocessor
+
     preprocessor = Preprocessor(plan)
     todo = []
     for case in selected:
         digest = case_hash(case, settings)
-        if not _is_valid(_paths(cache_dir, case.case_id), digest):
+        problem = _case_problem(_paths(cache_dir, case.case_id), digest)
+        if problem:
+            log.warning("%s; preprocessing case %s again", problem, case.case_id)
+        if problem is not None:
             todo.append((case, digest))
     if todo:
         log.info("preprocessing %d of %d cases into %s", len(todo), len(selected), cache_dir)

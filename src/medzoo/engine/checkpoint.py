@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ CHECKPOINT_NAMES = {"best": "checkpoint_best.pt", "last": "checkpoint_last.pt"}
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` atomically (temp file + rename); a crash leaves the previous file intact.
+    """Write ``state`` atomically (temp file + rename, flushed to disk); a crash, a kill or a full disk
+    leaves the previous file intact.
 
     Args:
         path: destination ``.pt`` file.
@@ -39,10 +41,28 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 
     Returns:
         The path written.
+
+    Raises:
+        CheckpointError: the file could not be written (e.g. the disk is full); the previous one is kept.
     """
     state = dict(state)
     state.setdefault("format_version", FORMAT_VERSION)
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+    try:
+        return atomic_write(path, lambda tmp: torch.save(state, tmp))
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write (a full disk) as RuntimeError
+        lines = str(err).strip().splitlines()
+        kept = "the previous checkpoint is kept; " if Path(path).exists() else ""
+        raise CheckpointError(
+            f"{path}: could not be written ({lines[0] if lines else type(err).__name__}; {_free(path)} free on "
+            f"that disk); {kept}make room, then continue the run with --resume"
+        ) from None
+
+
+def _free(path: str | Path) -> str:
+    try:
+        return f"{shutil.disk_usage(Path(path).parent).free / 2**20:.1f} MiB"
+    except OSError:
+        return "unknown space"
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

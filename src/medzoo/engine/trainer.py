@@ -33,6 +33,7 @@ from medzoo.engine.callbacks import CallbackList, CSVLogger, EarlyStopping, Prog
 from medzoo.engine.checkpoint import build_model, load_checkpoint, save_checkpoint
 from medzoo.engine.config import TrainConfig
 from medzoo.engine.rng import capture_rng, restore_rng, seed_epoch, seed_everything, set_determinism
+from medzoo.engine.runlock import hold_run_lock, release_run_lock
 from medzoo.engine.schedules import Schedule, create_schedule
 from medzoo.engine.tasks import Task
 from medzoo.errors import CheckpointError, ConfigError
@@ -209,6 +210,8 @@ class DataWaitWarning:
 def prepare_run_dir(config: TrainConfig, resume: bool, is_main: bool) -> Path:
     """Create (or check, on resume) the run folder and write ``config.json``."""
     run_dir = Path(config.out)
+    if is_main:
+        hold_run_lock(run_dir, create=not resume)  # a second training into this folder stops here (one line)
     if resume:
         if not (run_dir / "checkpoint_last.pt").is_file():
             raise CheckpointError(f"{run_dir}: nothing to resume (no checkpoint_last.pt)")
@@ -600,6 +603,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         distributed.barrier()
         return result
     finally:
+        release_run_lock(config.out)
         distributed.cleanup()
         release_memory()
 
