@@ -17,11 +17,12 @@ import numpy as np
 #: share of the time budget the planner counts on for training steps; the rest goes to preprocessing, the
 #: (at most 5 %) intermediate validations, the final validation and the trainer's safety margin
 TRAIN_FRACTION = 0.8
-#: optimisation steps a run should get. On hippocampus the held-out Dice was 0.832 / 0.864 / 0.875 after
-#: 500 / 1000 / 1500 steps and 0.883 after 13 000: 1000 steps is within 2.5 % of the long run's figure
+#: optimisation steps a run should get: where hippocampus' held-out Dice came within 2.5 % of a run thirteen
+#: times longer (docs/planner.md)
 TARGET_STEPS = 1000
 #: patches centred on each foreground class (the loader centres about a third of every batch, at least one
-#: patch, on a random foreground class present): what each hippocampus class got in 500 steps
+#: patch, on a random foreground class present): what each hippocampus class got in 500 steps, where its Dice
+#: was within 6 % of the long run's (docs/planner.md)
 PATCHES_PER_CLASS = 250
 OVERSAMPLE_FOREGROUND = 0.33
 #: a structure keeps at least this many voxels across at the target spacing (a 4-level U-Net sees it as one

@@ -6,14 +6,20 @@ Rules, in the spirit of nnU-Net but small enough to read:
 - target spacing: None (keep native) when the cases' spacings agree within 10 % per axis, else the median.
 - patch: the median (resampled) case shape rounded *down* to the model's size rule (never below its
   minimum), capped per axis and in volume; 2D networks take the two in-plane axes. Rounding down keeps
-  zero padding out of the patches: on small cases (e.g. hippocampus, median 36x50x37) a rounded-up patch
-  (40x56x40) spends a quarter of every step on padding, while 32x48x32 trains as well per step and about
-  1.9x faster (measured on the hippocampus data, see README).
+  zero padding out of the patches: on small cases a rounded-up patch spends much of every step on padding
+  (measured on hippocampus, see docs/benchmarks.md).
 - batch: as many patches as fit a fixed voxel budget, 2..8 in 3D, 2..32 in 2D.
 - normalisation per channel: "ct" (global clip + z-score from the fingerprint's foreground statistics) for
   channels named CT, per-image z-score otherwise.
 
-Every choice can be overridden by keyword (``patch_size=(32, 48, 32)``, ``model="unet2d"``, ...).
+Under a time budget (``make_plan(..., time_budget=seconds)``, what ``medzoo train --time-budget`` asks) the
+plan above is priced on this machine (:mod:`medzoo.planning.device`) and, when it would not get the steps
+the run needs, trades batch, width, resolution and context in that order (:mod:`medzoo.planning.budgeting`,
+``docs/planner.md``); strongly anisotropic data with few slices trains 2D. ``plan.extra["reasons"]`` says why
+each choice was made.
+
+Every choice can be overridden by keyword (``patch_size=(32, 48, 32)``, ``model="unet2d"``, ...); a setting
+given is never traded.
 """
 
 from __future__ import annotations
@@ -47,8 +53,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "unet3d"
 # A small, fast 3D U-Net that trains to a visible result on a CPU in minutes. Deep supervision (a 1x1 head on
-# each coarser decoder level, halving loss weights, as nnU-Net) costs no measurable time per step and learns
-# faster: +0.0055 Dice on hippocampus at a fixed 1500 steps (0.8716 vs 0.8661, same seed and split).
+# each coarser decoder level, halving loss weights, as nnU-Net) costs no measurable time per step and learned
+# faster on hippocampus at a fixed number of steps (README).
 DEFAULT_MODEL_KWARGS: dict[str, dict[str, Any]] = {
     "unet3d": {"features": [16, 32, 64, 128], "deep_supervision": True},
 }
