@@ -20,11 +20,13 @@ per-user folder under the temp dir when that cannot be written). The file name c
 the flags, the compiler and the CPU's feature flags, so a cache shared between machines never hands one a
 build for another. The build is written to a temporary file and renamed into place, so processes that build
 at once (DDP ranks) do not see half a file. A build that fails leaves a ``.failed`` note with the compiler's
-message beside it, so later processes do not try again (delete the note to retry). Before first use the
-kernels are checked against PyTorch on small maps (:mod:`medzoo.kernels.check`); a ``.checked`` note
-records the pass (for that file and PyTorch version), so later processes skip the check (it costs about
-0.3 s, mostly the first autograd backward's imports, which a process that only predicts would not pay
-otherwise).
+message beside it, so later processes do not try again (delete the note to retry). A library found damaged
+in the cache (truncated or overwritten; its ELF structure is checked before it is loaded, as loading a
+truncated one kills the process), or a note that is not text, is deleted with one warning and built again.
+Before first use the kernels are checked against PyTorch on small maps (:mod:`medzoo.kernels.check`); a
+``.checked`` note records the pass (for that file and PyTorch version), so later processes skip the check (it
+costs about 0.3 s, mostly the first autograd backward's imports, which a process that only predicts would not
+pay otherwise).
 
 When there is no compiler, the build or the check fails, or ``MEDZOO_FUSED_KERNELS=0``, :func:`load` returns
 None (with one warning for a failure) and the callers use PyTorch's ops: same results, slower.
