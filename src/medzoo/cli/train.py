@@ -75,11 +75,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    import os
-
+    from medzoo import runtime
     from medzoo.logs import add_log_file, remove_log_file
 
-    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes the file
+    main_rank = runtime.distributed_env().rank == 0  # under torchrun only rank 0 writes the file
     handler = add_log_file(ns.log_file) if ns.log_file and main_rank else None
     try:
         return _run(ns)
@@ -89,9 +88,9 @@ def run(ns: argparse.Namespace) -> int:
 
 
 def _run(ns: argparse.Namespace) -> int:
-    import os
     from pathlib import Path
 
+    from medzoo import runtime
     from medzoo.engine.config import TrainConfig
     from medzoo.engine.trainer import train
     from medzoo.errors import ConfigError
@@ -124,7 +123,7 @@ def _run(ns: argparse.Namespace) -> int:
         if len(folds) > 1 or ns.fold == ["all"]:
             return _cross_validate(config, folds)
         result = train(config)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+    if runtime.distributed_env().rank == 0:  # under torchrun only rank 0 reports
         metric = "accuracy" if config.task == "classify" else "mean foreground Dice"
         print(
             f"trained {result.epochs} epochs ({result.steps} steps, {result.seconds:.0f} s, "
