@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     reps = args.reps or (1 if args.quick else 3)
     models = ["unet3d"] if args.quick else args.models.split(",")
     if args.child is not None:  # a child process: the run folders exist and are exported
-        from medzoo.perf import tune_malloc
+        from medzoo.runtime import tune_malloc
 
         tune_malloc()  # as medzoo predict does
         rows = _child(args.child, models, reps, args.cases, args.quick)

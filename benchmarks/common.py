@@ -169,12 +169,13 @@ def with_fused_kernels(fn: Callable[[], Any], enabled: bool) -> Callable[[], Non
 
 # ---------------------------------------------------------------------------------------- memory layout
 def in_training_layout(net: Any, x: Any, model_name: str, setting: str = "auto") -> tuple[Any, Any, str]:
-    """``net`` and its input ``x`` in the memory layout :func:`medzoo.perf.preferred_memory_format` picks for
+    """``net`` and its input ``x`` in the memory layout :func:`medzoo.runtime.preferred_memory_format` picks for
     ``model_name`` on ``x``'s device (``setting`` "auto" as ``medzoo train``; "channels_last" forces it), and
     the layout's name ("contiguous", "channels_last", "channels_last_3d")."""
-    from medzoo.perf import preferred_memory_format
+    from medzoo.models.registry import prefers_channels_last
+    from medzoo.runtime import preferred_memory_format
 
-    fmt = preferred_memory_format(setting, model_name, x.dim() - 2, x.device)
+    fmt = preferred_memory_format(setting, x.dim() - 2, x.device, prefers_channels_last(model_name))
     if fmt is None:
         return net, x, "contiguous"
     return net.to(memory_format=fmt), x.contiguous(memory_format=fmt), str(fmt).removeprefix("torch.")
@@ -314,7 +315,7 @@ def format_table(rows: Iterable[dict[str, Any]], columns: Sequence[str] | None =
 
 
 def markdown_table(rows: Iterable[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """The same table in GitHub markdown (for the README)."""
+    """The same table in GitHub markdown (for docs/benchmarks.md)."""
     rows = list(rows)
     if not rows:
         return ""

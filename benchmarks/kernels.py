@@ -1,6 +1,6 @@
 """medzoo's fused CPU kernels on and off: whole training steps with the norm kernel against PyTorch's ops.
 
-:mod:`medzoo.kernels` fuses instance / group norm with the (leaky) ReLU after it; without a C++ compiler, or
+:mod:`medzoo.accel.kernels` fuses instance / group norm with the (leaky) ReLU after it; without a C++ compiler, or
 with ``MEDZOO_FUSED_KERNELS=0``, the same layers run on PyTorch's ops (the fallback). This benchmark times one
 training step (forward, cross-entropy, backward, SGD as ``medzoo train`` builds it) of each network both ways,
 interleaved in one process with medzoo's malloc setting, in the layout ``medzoo train`` picks on the CPU
@@ -68,12 +68,11 @@ def main(argv: list[str] | None = None) -> dict:
     threads = apply_threads(args.threads)
     reps = reps_for(args, default=5, quick=2)
     from benchmarks.training_step import make_step
-    from medzoo import kernels
-    from medzoo.perf import cpu_has_native_bf16, tune_malloc
+    from medzoo.runtime import cpu_has_native_bf16, fused_kernels, tune_malloc
 
     tune_malloc(True)  # as medzoo train runs
     results: dict[str, Any] = {"benchmark": NAME, "environment": environment(), "threads": threads, "reps": reps}
-    if kernels.load() is None:
+    if fused_kernels() is None:
         print(f"== {NAME}: the fused kernel is not available here (no C++ compiler, it failed to build, or "
               "MEDZOO_FUSED_KERNELS=0)")
         results.update(skipped="kernel unavailable", rows=[])

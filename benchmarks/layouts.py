@@ -1,7 +1,7 @@
 """Memory layout: ``channels_last_3d`` against PyTorch's default (contiguous NCDHW), op by op and for a whole step.
 
 On the CPU ``medzoo train`` trains the networks whose card says so in channels-last
-(:func:`medzoo.perf.preferred_memory_format`). This benchmark keeps that choice honest: it times, interleaved in
+(:func:`medzoo.runtime.preferred_memory_format`). This benchmark keeps that choice honest: it times, interleaved in
 one process, each piece of a U-Net training step in both layouts and in each precision the trainer can pick
 (fp32; bf16 autocast where the CPU has native bf16, or with ``--bf16``):
 
@@ -15,7 +15,7 @@ one process, each piece of a U-Net training step in both layouts and in each pre
   2x32x40x56x40 (hippocampus patches' first level) timed apart in both layouts, with GFLOP/s (each part does
   the forward's FLOPs): where a backward pass loses its rate;
 * ``conv transpose``: forward + backward of nnU-Net's 2x2x2 stride-2 upsampling with a bias (64->32 on
-  2x64x20x28x20), ``nn.ConvTranspose3d`` against medzoo's, which adds the bias apart, in both layouts;
+  2x64x20x28x20), ``nn.ConvTranspose3d`` in both layouts;
 * ``group norm``: forward + backward of an 8-group norm on a 2x8x64x64x48 and a 2x32x32x32x24 map (segresnet's
   first levels), PyTorch's ``group_norm`` in both layouts and medzoo's ``GroupNorm`` in channels-last;
 * ``step``: the whole training step of nnU-Net's 5-stage network at 1x1x64^3 (module and input converted;
@@ -111,10 +111,10 @@ NORM_VARIANTS = ("instance_norm", "instance_norm CL", "medzoo CL", "medzoo CL py
 def norm_case(shape: tuple[int, ...], variant: str, dtype: torch.dtype) -> Callable[[], None]:
     """Instance norm (affine) + leaky ReLU, forward + backward, on a (B, C, *S) map, as ``variant``:
     ``instance_norm`` in the default layout or channels-last, medzoo's
-    :func:`~medzoo.models.layers.norm.instance_norm_act` in channels-last or the default layout (its fused
-    kernel, :mod:`medzoo.kernels`) or in channels-last on PyTorch's ops (``MEDZOO_FUSED_KERNELS=0``, the
+    :func:`~medzoo.accel.norm.instance_norm_act` in channels-last or the default layout (its fused
+    kernel, :mod:`medzoo.accel.kernels`) or in channels-last on PyTorch's ops (``MEDZOO_FUSED_KERNELS=0``, the
     fallback), or channels-last ``batch_norm`` / ``group_norm`` (the same maths for a batch of 1 only)."""
-    from medzoo.models.layers.norm import instance_norm_act
+    from medzoo.accel.norm import instance_norm_act
 
     gen = torch.Generator().manual_seed(0)
     channels = shape[1]
@@ -140,20 +140,15 @@ def norm_case(shape: tuple[int, ...], variant: str, dtype: torch.dtype) -> Calla
     return with_fused_kernels(run, not variant.endswith("pytorch ops"))
 
 
-CONV_TRANSPOSE_VARIANTS = ("nn default", "nn CL", "medzoo default", "medzoo CL")
+CONV_TRANSPOSE_VARIANTS = ("nn default", "nn CL")
 
 
 def conv_transpose_case(shape: tuple[int, ...], cout: int, variant: str, dtype: torch.dtype) -> Callable[[], None]:
     """A 2x2x2 stride-2 transposed conv with a bias (nnU-Net's upsampling), forward + backward, on a
-    (B, C, *S) map, as ``variant``: ``nn.ConvTranspose3d`` or medzoo's
-    :class:`~medzoo.models.layers.conv.ConvTranspose3d` (its bias added apart where PyTorch's bias gradient is
-    slow), in the default layout or channels-last."""
-    from medzoo.models.layers.conv import ConvTranspose3d
-
+    (B, C, *S) map, as ``variant``: in the default layout or channels-last."""
     gen = torch.Generator().manual_seed(0)
-    cls = ConvTranspose3d if variant.startswith("medzoo") else nn.ConvTranspose3d
     layout = "channels_last" if variant.endswith("CL") else "default"
-    conv = cls(shape[1], cout, 2, stride=2).to(dtype)
+    conv = nn.ConvTranspose3d(shape[1], cout, 2, stride=2).to(dtype)
     if layout == "channels_last":
         conv = conv.to(memory_format=CL)
     x = _to_layout(torch.randn(*shape, generator=gen, dtype=dtype), layout).requires_grad_()
@@ -171,8 +166,8 @@ GROUP_NORM_VARIANTS = ("group_norm", "group_norm CL", "medzoo GroupNorm CL")
 def group_norm_case(shape: tuple[int, ...], variant: str, dtype: torch.dtype) -> Callable[[], None]:
     """Group norm (8 groups, affine, fp32 parameters as under autocast), forward + backward, on a (B, C, *S)
     map, as ``variant``: PyTorch's ``group_norm`` in the default layout or channels-last, or medzoo's
-    :class:`~medzoo.models.layers.norm.GroupNorm` in channels-last (segresnet's and resnet3d_vae's norm)."""
-    from medzoo.models.layers.norm import GroupNorm
+    :class:`~medzoo.accel.norm.GroupNorm` in channels-last (segresnet's and resnet3d_vae's norm)."""
+    from medzoo.accel.norm import GroupNorm
 
     gen = torch.Generator().manual_seed(0)
     norm = GroupNorm(8, shape[1]) if variant.startswith("medzoo") else nn.GroupNorm(8, shape[1])
@@ -244,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     threads = apply_threads(args.threads)
     reps = reps_for(args, default=5, quick=2)
-    from medzoo.perf import cpu_has_native_bf16
+    from medzoo.runtime import cpu_has_native_bf16
 
     with_bf16 = cpu_has_native_bf16() if args.bf16 is None else args.bf16
     dtypes = [torch.float32] + ([torch.bfloat16] if with_bf16 else [])

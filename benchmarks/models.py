@@ -5,7 +5,7 @@ Every registered model among :data:`MAIN_MODELS` (whatever is registered when it
 cross-entropy, backward, SGD), in fp32 and PyTorch's default layout. FLOPs come from
 ``torch.utils.flop_counter.FlopCounterMode``. The reference peak is a 32->32 3x3x3 convolution on 64^3, timed in
 the same interleaved rounds. Each model's training step is also timed as ``medzoo train`` runs it on this CPU
-("trained" columns): the memory layout its card asks for (:func:`medzoo.perf.preferred_memory_format`), bf16
+("trained" columns): the memory layout its card asks for (:func:`medzoo.runtime.preferred_memory_format`), bf16
 autocast where the CPU has native bf16 (then against the reference conv in bf16, ``trained_pct_peak``) and
 the fused CPU optimizer of ``medzoo train``, with
 ``trained_speedup`` = fp32 default-layout step / this step. With ``--memory`` each workload also runs in a fresh
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     registered = set(list_models())
     names = [n for n in wanted if n in registered]
     missing = [n for n in wanted if n not in registered]
-    from medzoo.perf import cpu_has_native_bf16
+    from medzoo.runtime import cpu_has_native_bf16
 
     peak_fn, peak_flops = conv_peak_workload(args.quick)
     trained_dtype = torch.bfloat16 if cpu_has_native_bf16() else None

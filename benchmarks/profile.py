@@ -1,10 +1,10 @@
 """Where a training step's time goes: torch.profiler over a few steps of dynunet and unet3d.
 
 Each model is profiled twice: in fp32 and PyTorch's default layout, and as ``medzoo train`` runs it on this CPU
-(its memory format, :func:`medzoo.perf.preferred_memory_format`, and bf16 autocast where the CPU has native
+(its memory format, :func:`medzoo.runtime.preferred_memory_format`, and bf16 autocast where the CPU has native
 bf16).
 
-CPU self-time of every aten op (and of medzoo's fused norm kernel, :mod:`medzoo.kernels`) is grouped as
+CPU self-time of every aten op (and of medzoo's fused norm kernel, :mod:`medzoo.accel.kernels`) is grouped as
 convolutions, normalisation, activations, copies (copy_, cat, contiguous, CopySlices ...), optimizer (SGD
 step) and other, and printed as a table (share of the step) and written to ``benchmarks/results/profile.json``.
 
@@ -53,7 +53,7 @@ def profile_model(name: str, quick: bool, steps: int, as_trained: bool = False) 
 
     from benchmarks.common import in_training_layout
     from benchmarks.models import build, make_train
-    from medzoo.perf import cpu_has_native_bf16
+    from medzoo.runtime import cpu_has_native_bf16
 
     model, x, y = build(name, quick)
     if name == "dynunet" and not quick:

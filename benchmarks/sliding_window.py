@@ -298,7 +298,7 @@ def _child(side: str, folder: Path, patch: tuple[int, ...], batch: int, device: 
         net = _monai_net(folder, device)
         amp_dtype = None
         if side == "monai_amp":  # MONAI under the autocast medzoo predict picks on a GPU (bf16 on the CPU)
-            from medzoo.perf import cuda_amp_dtype
+            from medzoo.runtime import cuda_amp_dtype
 
             amp_dtype = cuda_amp_dtype("auto") if torch.device(device).type == "cuda" else torch.bfloat16
 

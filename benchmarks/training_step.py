@@ -21,7 +21,7 @@ Two comparisons:
     malloc: the kernels and the Python around them, nothing else; ``medzoo_cl*`` is medzoo's network in the
     channels-last layout it trains in on the CPU, ``dna_cl_bf16`` the peer's converted the same way.
     *as shipped* (on unless ``--no-processes``): each side in its own fresh process, interleaved process by
-    process, the way each library runs: medzoo with :func:`medzoo.perf.tune_malloc` (what ``medzoo train``
+    process, the way each library runs: medzoo with :func:`medzoo.runtime.tune_malloc` (what ``medzoo train``
     calls), in its training layout (:func:`benchmarks.common.in_training_layout`) and with bf16 autocast where
     the CPU has native bf16 (``amp="auto"``; also timed in fp32),
     dynamic-network-architectures in fp32 with glibc's defaults (what nnU-Net runs with: its trainer
@@ -67,7 +67,6 @@ from benchmarks.common import (
     time_call,
     write_results,
 )
-from medzoo.perf import keep_native_conv_weights_contiguous
 
 NAME = "training_step"
 
@@ -142,13 +141,9 @@ def make_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dty
     return step
 
 
-def _channels_last(net: nn.Module, x: torch.Tensor, fp32_medzoo: bool = False) -> tuple[nn.Module, torch.Tensor]:
-    """``net`` and ``x`` in channels-last, whatever the card says (to time either network in that layout);
-    ``fp32_medzoo``: also as ``medzoo train --amp none`` lays out a channels-last network
-    (:func:`medzoo.perf.keep_native_conv_weights_contiguous`)."""
+def _channels_last(net: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+    """``net`` and ``x`` in channels-last, whatever the card says (to time either network in that layout)."""
     net, x, _ = in_training_layout(net, x, "dynunet", setting="channels_last")
-    if fp32_medzoo:
-        keep_native_conv_weights_contiguous(net, x.shape)
     return net, x
 
 
@@ -174,7 +169,7 @@ def _child(what: str, index: int, steps: int, quick: bool, tune: bool, warmup: i
     """Run in a fresh process: ``steps`` timed calls of one side of workload ``index``; returns
     ``{"times": seconds per call, "peak_rss_mb": the process's peak resident memory}``."""
     if tune:
-        from medzoo.perf import tune_malloc
+        from medzoo.runtime import tune_malloc
 
         if not tune_malloc(True):
             raise SystemExit("tune_malloc is not available here (needs glibc)")
@@ -192,8 +187,6 @@ def _child(what: str, index: int, steps: int, quick: bool, tune: bool, warmup: i
         del ours, peer  # only this side's network stays in memory (its peak RSS is reported)
         if what == "medzoo":  # in the layout medzoo trains it in
             net, x, _ = in_training_layout(net, x, "dynunet")
-            if _amp(precision) is None:  # as `medzoo train --amp none` lays out an fp32 network
-                keep_native_conv_weights_contiguous(net, x.shape)
         fn = make_step(net, x, y, _amp(precision), medzoo_optimizer=what == "medzoo")
     for _ in range(max(1, warmup)):
         fn()
@@ -263,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
         flops = count_flops(make_step(ours, x, y))
         peak_fn, peak_flops = conv_peak_workload(args.quick)
         work = {"medzoo": make_step(ours, x, y, medzoo_optimizer=True), "conv_peak": peak_fn,
-                "medzoo_cl": make_step(*_channels_last(copy.deepcopy(ours), x, fp32_medzoo=True), y,
+                "medzoo_cl": make_step(*_channels_last(copy.deepcopy(ours), x), y,
                                        medzoo_optimizer=True)}
         if peer is not None:
             work["dna"] = make_step(peer, x, y)
@@ -364,7 +357,7 @@ def main(argv: list[str] | None = None) -> dict:
                "note": "ratios are peer/medzoo (>1: medzoo faster); columns without a prefix: peers timed interleaved in "
                        "the same process (glibc malloc defaults), fp32, and *_bf16 the same with bf16 autocast; "
                        "shipped_*: one fresh process per side and round, medzoo as `medzoo train` runs it "
-                       "(medzoo.perf.tune_malloc(), bf16 autocast where the CPU has native bf16: "
+                       "(medzoo.runtime.tune_malloc(), bf16 autocast where the CPU has native bf16: "
                        "shipped_medzoo_precision; shipped_medzoo_fp32 in fp32), dna as nnU-Net runs it on a CPU "
                        "(fp32, glibc's defaults; dna_tuned_malloc with medzoo's malloc setting); *_pct_peak "
                        "against the fp32 conv peak"}

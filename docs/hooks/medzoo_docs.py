@@ -73,7 +73,7 @@ def _options_table(parser: argparse.ArgumentParser) -> list[str]:
         names = ", ".join(f"`{s}`" for s in action.option_strings) or f"`{action.dest}` (positional)"
         required = " (required)" if action.required and action.option_strings else ""
         extra = []
-        if isinstance(action, argparse._AppendAction):
+        if isinstance(action, argparse._AppendAction) and "repeatable" not in (action.help or ""):
             extra.append("repeatable")
         help_text = _help_text(action) + (f" ({', '.join(extra)})" if extra else "")
         rows.append(

@@ -131,15 +131,16 @@ def _checkpoint_counters(run_dir: Path) -> dict[str, Any]:
 
 def _predict(run_dir: Path, plan: Plan, checkpoint: str) -> dict[str, Any]:
     """What ``medzoo predict`` with its defaults would use for this run on this machine."""
+    from medzoo import runtime
     from medzoo.engine.checkpoint import checkpoint_path
     from medzoo.inference.backends import resolve_backend
     from medzoo.inference.predictor import inference_amp_dtype
-    from medzoo.perf import preferred_memory_format
+    from medzoo.models.registry import prefers_channels_last
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = runtime.resolve_device(None)
     ckpt = checkpoint_path(run_dir, checkpoint)
     dtype = inference_amp_dtype("auto", device, torch.nn.Identity())
-    layout = preferred_memory_format("auto", plan.model, plan.spatial_dims, device)
+    layout = runtime.preferred_memory_format("auto", plan.spatial_dims, device, prefers_channels_last(plan.model))
     backend = resolve_backend("auto", run_dir, device, amp="auto")
     if backend == "openvino":
         backend = "openvino (PyTorch if the network does not export or check)"

@@ -220,11 +220,10 @@ def is_packed(path: str | Path) -> bool:
 
 
 def model_cache_dir() -> Path:
-    """Where :func:`open_model` unpacks ``.medzoo`` files (see there)."""
-    if os.environ.get("MEDZOO_MODEL_CACHE"):
-        return Path(os.environ["MEDZOO_MODEL_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "medzoo" / "models"
+    """Where :func:`open_model` unpacks ``.medzoo`` files: :func:`medzoo.runtime.model_cache_dir`."""
+    from medzoo import runtime
+
+    return runtime.model_cache_dir()
 
 
 def environment_versions() -> dict[str, str]:

@@ -86,7 +86,7 @@ def test_end_to_end_sides_of_a_gpu_run_on_the_cpu():
     row = end_to_end(net, features, shape, patch, 4, 1, 1, sides=["medzoo", "medzoo_fp32", "monai", "monai_amp"])
     assert row["geometry_exact"]
     assert row["voxels_differing_medzoo_fp32"] == 0  # fp32: MONAI's labels
-    from medzoo.perf import cpu_has_native_bf16
+    from medzoo.runtime import cpu_has_native_bf16
 
     if cpu_has_native_bf16():  # medzoo's default predicts in bf16 on this CPU: labels move at near-ties only
         assert row["voxels_differing_medzoo"] < 0.01 * math.prod(shape)

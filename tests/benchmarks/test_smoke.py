@@ -83,11 +83,11 @@ def test_backends_benchmark_times_every_backend(tmp_path) -> None:
 
 def test_kernels_benchmark_times_both_sides_of_every_network(tmp_path) -> None:
     from benchmarks import kernels as bench
-    from medzoo import kernels
+    from medzoo import runtime
 
     res = bench.main(["--quick", "--reps", "1", "--warmup", "0", "--threads", "1", "--no-bf16", "--out", str(tmp_path)])
     assert (tmp_path / "kernels.json").is_file()
-    if kernels.load() is None:
+    if runtime.fused_kernels() is None:
         assert res["skipped"] == "kernel unavailable"
         return
     names = [r["workload"].split()[0] for r in res["rows"]]

@@ -349,12 +349,12 @@ def test_resolved_augmentation_is_stored_and_kept_on_resume(phantom, cache, tmp_
 def test_amp_dtype_choice(monkeypatch):
     """CPU: bf16 with "auto" only where the CPU has native bf16, with "bf16" always, never fp16; CUDA: bf16
     where supported (auto), else fp16; "none" turns it off everywhere."""
-    import medzoo.engine.trainer as trainer
+    import medzoo.runtime as runtime
     from medzoo.engine.trainer import amp_dtype
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     for native in (True, False):
-        monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda native=native: native)
+        monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda native=native: native)
         assert amp_dtype(TrainConfig(amp="auto"), cpu) == (torch.bfloat16 if native else None)
         assert amp_dtype(TrainConfig(amp="bf16"), cpu) == torch.bfloat16
         assert amp_dtype(TrainConfig(amp="fp16"), cpu) is None
@@ -371,11 +371,8 @@ def test_cpu_bf16_guard_keeps_fp32_for_tiny_feature_maps_and_narrow_networks():
     """bf16 stays for a network whose convolutions see enough voxels; fp32 (None) when one sees fewer than
     BF16_MIN_CONV_VOXELS, and, for amp "auto", when the network is narrower than BF16_MIN_CONV_WIDTH. CUDA and
     fp32 pass through untouched; the census runs on shapes only and leaves the model as it was."""
-    from types import SimpleNamespace
-
-    from medzoo.engine.trainer import cpu_bf16_guard
     from medzoo.models import create_model
-    from medzoo.perf import BF16_MIN_CONV_VOXELS, BF16_MIN_CONV_WIDTH, conv_census
+    from medzoo.runtime import BF16_MIN_CONV_VOXELS, BF16_MIN_CONV_WIDTH, bf16_guard, conv_census
 
     def net(features):
         return create_model("dynunet", in_channels=1, num_classes=3, spatial_dims=3, features=features)
@@ -386,14 +383,14 @@ def test_cpu_bf16_guard_keeps_fp32_for_tiny_feature_maps_and_narrow_networks():
     assert conv_census(deep, (1, 1, 16, 16, 16)).smallest_input == 2**3 < BF16_MIN_CONV_VOXELS
     assert conv_census(wide, (1, 1, 16, 16, 16)).mean_width >= BF16_MIN_CONV_WIDTH
     assert conv_census(torch.nn.Linear(2, 2), (1, 2)).smallest_input is None
-    plan = SimpleNamespace(in_channels=1, patch_size=(16, 16, 16), model="dynunet")
+    patch = (1, 1, 16, 16, 16)  # what the trainer's setup_runtime passes: one patch of the plan
     cpu = torch.device("cpu")
-    assert cpu_bf16_guard(torch.bfloat16, narrow, plan, cpu) == torch.bfloat16  # asked for: kept
-    assert cpu_bf16_guard(torch.bfloat16, narrow, plan, cpu, auto=True) is None
-    assert cpu_bf16_guard(torch.bfloat16, wide, plan, cpu, auto=True) == torch.bfloat16
-    assert cpu_bf16_guard(torch.bfloat16, deep, plan, cpu) is None
-    assert cpu_bf16_guard(None, deep, plan, cpu) is None
-    assert cpu_bf16_guard(torch.bfloat16, deep, plan, torch.device("cuda")) == torch.bfloat16
+    assert bf16_guard(torch.bfloat16, narrow, patch, cpu) == torch.bfloat16  # asked for: kept
+    assert bf16_guard(torch.bfloat16, narrow, patch, cpu, auto=True) is None
+    assert bf16_guard(torch.bfloat16, wide, patch, cpu, auto=True) == torch.bfloat16
+    assert bf16_guard(torch.bfloat16, deep, patch, cpu) is None
+    assert bf16_guard(None, deep, patch, cpu) is None
+    assert bf16_guard(torch.bfloat16, deep, patch, torch.device("cuda")) == torch.bfloat16
     assert deep.training and all(p.device.type == "cpu" for p in deep.parameters())
 
 
@@ -424,7 +421,11 @@ def test_amp_training_on_cuda(phantom, cache, tmp_path, amp):
 
 
 def test_memory_format_rules():
-    from medzoo.perf import preferred_memory_format
+    from medzoo.models.registry import prefers_channels_last
+    from medzoo.runtime import preferred_memory_format as runtime_rule
+
+    def preferred_memory_format(setting, name, dims, device):
+        return runtime_rule(setting, dims, device, prefers_channels_last(name))
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert preferred_memory_format("auto", "unet3d", 3, cpu) == torch.channels_last_3d  # its card asks for it
@@ -455,22 +456,6 @@ def test_channels_last_training_matches_contiguous(phantom, cache, tmp_path, cap
         torch.testing.assert_close(weights["channels_last"][key], value, atol=2e-4, rtol=1e-3, msg=key)
     model, _ = load_model_from_run(tmp_path / "channels_last")  # loads into a default-layout network
     assert all(p.is_contiguous() for p in model.parameters())
-
-
-@pytest.mark.parametrize("amp, expect", [("none", True), ("bf16", False)])
-def test_fp32_channels_last_training_keeps_native_path_conv_weights_contiguous(phantom, cache, tmp_path, caplog,
-                                                                                amp, expect):
-    """``medzoo train`` in fp32 and channels-last, batch of one: the convolutions PyTorch runs on its own fp32
-    path get contiguous weights (medzoo.perf.keep_native_conv_weights_contiguous); bf16 runs all on oneDNN."""
-    from medzoo.perf import cpu_has_native_bf16
-
-    if amp == "bf16" and not cpu_has_native_bf16():
-        pytest.skip("no native bf16 on this CPU")
-    with caplog.at_level("INFO", logger="medzoo.engine.trainer"):
-        result = train(_config(phantom, tmp_path / "run", cache, batch_size=1, amp=amp, memory_format="channels_last",
-                               model_kwargs={"features": [4, 8, 16]}, log_images=False))
-    assert result.steps == 4
-    assert ("their weights stay contiguous" in caplog.text) is expect
 
 
 def _wait_fractions(run: Path) -> list[float]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from medzoo.engine.distributed import DistInfo
 from medzoo.inference import cohort as cohort_module
-from medzoo.inference.cohort import gather_to_main, rank_share
+from medzoo.inference.cohort import gather_to_main, merge_reports, rank_share
+from medzoo.inference.pipeline import PredictionReport
 from medzoo.inference.predictor import predict
 from medzoo.io.readers import write_volume
 from support.inference import blob_image, make_run
@@ -28,6 +30,14 @@ def test_rank_shares_cover_every_case_exactly_once_and_are_deterministic():
 
 def test_without_a_process_group_gather_returns_the_local_object():
     assert gather_to_main({"written": 3}) == [{"written": 3}]
+
+
+def test_merged_reports_list_every_rank_and_take_the_slowest_time():
+    ranks = [PredictionReport(written=[Path("c2"), Path("c0")], skipped=[Path("c4")], seconds=5.0),
+             PredictionReport(written=[Path("c1")], failed=[("c3", "bad file")], seconds=7.5)]
+    merged = merge_reports(ranks)
+    assert merged.written == [Path("c0"), Path("c1"), Path("c2")] and merged.skipped == [Path("c4")]
+    assert merged.failed == [("c3", "bad file")] and merged.seconds == 7.5
 
 
 # ----------------------------------------------------------------------------------- predict under torchrun

@@ -1,4 +1,4 @@
-"""medzoo.perf knobs and the fused instance-norm + activation used by dynunet."""
+"""The fused instance-norm + activation used by dynunet."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from medzoo.models.dynunet import instance_norm_act
-from medzoo.perf import compile_requested, configure_threads, maybe_compile
 
 
 @pytest.mark.parametrize("batch, slope", [(1, 0.01), (3, 0.01), (2, None)])
@@ -33,17 +32,3 @@ def test_instance_norm_act_matches_modules_forward_and_backward(batch: int, slop
         torch.testing.assert_close(y, act(norm(x0)), atol=1e-5, rtol=1e-5)
     for got, want in zip((x.grad, norm.weight.grad, norm.bias.grad), ref_grads):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-
-
-def test_configure_threads_and_compile_switch(monkeypatch) -> None:
-    before = torch.get_num_threads()
-    try:
-        assert configure_threads(1) == 1 and torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
-    monkeypatch.setenv("MEDZOO_COMPILE", "1")
-    assert compile_requested() is True
-    assert compile_requested(False) is False
-    monkeypatch.setenv("MEDZOO_COMPILE", "0")
-    model = nn.Linear(2, 2)
-    assert maybe_compile(model) is model

@@ -74,7 +74,7 @@ def make_run(
 
 
 def pretend_native_bf16(monkeypatch, native: bool) -> None:
-    """Make :func:`medzoo.perf.cpu_has_native_bf16` answer ``native`` (what ``amp="auto"`` reads)."""
-    from medzoo import perf
+    """Make :func:`medzoo.runtime.cpu_has_native_bf16` answer ``native`` (what ``amp="auto"`` reads)."""
+    from medzoo import runtime
 
-    monkeypatch.setattr(perf, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)

@@ -34,6 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-epochs", type=int, default=0)
     p.add_argument("--grad-clip", type=float, default=12.0, help="max gradient norm (0: off)")
     p.add_argument("--loss", default="dice_ce")
+    p.add_argument("--no-regions", action="store_true",
+                   help="train a softmax over the classes even when the dataset declares regions (default: one "
+                        "sigmoid output per region with BCE+Dice)")
     p.add_argument("--augment", choices=AUGMENTS, default="auto",
                    help="training augmentation (auto: the light 'standard' set for runs of up to 10k steps, "
                         "nnU-Net's 'default' set beyond)")
@@ -72,11 +75,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    import os
-
+    from medzoo import runtime
     from medzoo.logs import add_log_file, remove_log_file
 
-    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes the file
+    main_rank = runtime.distributed_env().rank == 0  # under torchrun only rank 0 writes the file
     handler = add_log_file(ns.log_file) if ns.log_file and main_rank else None
     try:
         return _run(ns)
@@ -86,9 +88,9 @@ def run(ns: argparse.Namespace) -> int:
 
 
 def _run(ns: argparse.Namespace) -> int:
-    import os
     from pathlib import Path
 
+    from medzoo import runtime
     from medzoo.engine.config import TrainConfig
     from medzoo.engine.trainer import train
     from medzoo.errors import ConfigError
@@ -110,7 +112,7 @@ def _run(ns: argparse.Namespace) -> int:
             patch_size=tuple(ns.patch_size) if ns.patch_size else None, spatial_dims=ns.spatial_dims,
             context_slices=ns.context_slices, optimizer=ns.optimizer, lr=ns.lr, weight_decay=ns.weight_decay,
             schedule=ns.schedule, warmup_epochs=ns.warmup_epochs, grad_clip=ns.grad_clip or None,
-            loss=ns.loss, augment=ns.augment, amp=ns.amp, memory_format=ns.memory_format, val_every=ns.val_every,
+            loss=ns.loss, regions=not ns.no_regions, augment=ns.augment, amp=ns.amp, memory_format=ns.memory_format, val_every=ns.val_every,
             final_tta=not ns.no_final_tta,
             max_val_cases=ns.max_val_cases,
             patience=ns.patience, fold=folds[0], folds=ns.folds, seed=ns.seed, deterministic=ns.deterministic,
@@ -121,7 +123,7 @@ def _run(ns: argparse.Namespace) -> int:
         if len(folds) > 1 or ns.fold == ["all"]:
             return _cross_validate(config, folds)
         result = train(config)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+    if runtime.distributed_env().rank == 0:  # under torchrun only rank 0 reports
         metric = "accuracy" if config.task == "classify" else "mean foreground Dice"
         print(
             f"trained {result.epochs} epochs ({result.steps} steps, {result.seconds:.0f} s, "

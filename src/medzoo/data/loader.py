@@ -20,7 +20,6 @@ predictor uses to build the same input). Slices beyond the volume are zeros.
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import logging
 from collections import deque
@@ -29,6 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
+from medzoo import runtime
 from medzoo.data.sampling import crop_with_padding, get_sampler
 from medzoo.errors import ConfigError
 from medzoo.transforms.augment import Augmentation, build_augmentation, slice_stack_buffer
@@ -88,31 +88,6 @@ class _Count:
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
-
-
-def _single_threaded_torch() -> None:
-    """Initializer of a loader thread: the torch ops it runs use one OpenMP thread.
-
-    Without it each loader thread opens a second OpenMP team as wide as the training thread's, and on a small
-    machine the two teams' spinning threads stall the training step (measured on 2 cores: a hippocampus step
-    181 ms with a loader thread against 126 ms without one, while building a batch takes 4 ms).
-
-    OpenMP keeps the thread count per calling thread, so this thread's count is set through OpenMP itself
-    (after torch has initialised it): ``torch.set_num_threads`` would also change the process-wide default
-    that new threads start from. Where the OpenMP runtime is not found, nothing changes.
-    """
-    torch.get_num_threads()  # torch's lazy per-thread initialisation first, or it would undo the call below
-    set_threads = getattr(_openmp(), "omp_set_num_threads", None)
-    if set_threads is not None:
-        set_threads(1)
-
-
-def _openmp() -> ctypes.CDLL | None:
-    """The process's loaded symbols (torch's OpenMP runtime among them), or None."""
-    try:
-        return ctypes.CDLL(None)
-    except OSError:  # pragma: no cover - platforms without a global symbol table
-        return None
 
 
 class PatchLoader:
@@ -296,7 +271,7 @@ class PatchLoader:
             return batch
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="medzoo-patches",
-                                            initializer=_single_threaded_torch)
+                                            initializer=runtime.limit_worker_threads)
         while len(self._pending) < self.num_workers * self.prefetch:
             self._pending.append((self._next_index, self._pool.submit(self.make_batch, self._next_index)))
             self._next_index += 1

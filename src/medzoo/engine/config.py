@@ -45,19 +45,21 @@ class TrainConfig:
             "plateau" (``plateau_patience``, ``gamma``) or "constant".
         grad_clip: max gradient norm; None or 0 disables clipping.
         loss: name for :func:`medzoo.losses.create_loss`.
+        regions: when the dataset declares regions (the ``brats`` layout's WT/TC/ET, an nnU-Net v2 region
+            dataset.json, the ``regions`` layout option), train one sigmoid output per region with BCE + Dice
+            (:mod:`medzoo.engine.regions`); False trains a softmax over the classes.
         augment: training augmentation (:func:`medzoo.transforms.augment.build_augmentation`): "standard"
             (rotation, scaling, mirroring, gamma, noise), "default" (nnU-Net's set: also blur, brightness,
             contrast, low resolution, inverted gamma), "strong", "none", or "auto": "standard" for a run
             expected to take at most ``LIGHT_AUGMENT_MAX_STEPS`` steps (from ``epochs`` or, under a time
-            budget, from the budget and the probed step time), "default" for longer runs. On hippocampus the
-            lighter set learned faster at 500, 1000 and 1500 steps (0.875 against 0.872 at 1500).
+            budget, from the budget and the probed step time), "default" for longer runs, where the lighter
+            set learns faster in short runs (docs/benchmarks.md).
         amp: autocast precision of training steps and validations: "auto" (CUDA: bf16 if supported, else
-            fp16; CPU: bf16 where the CPU has native bf16 instructions, about 1.9x faster steps there, else
-            fp32), "bf16", "fp16" (CUDA only) or "none" (fp32). Weights, optimizer and loss stay fp32.
+            fp16; CPU: bf16 where the CPU has native bf16 instructions, which run it faster, else fp32), "bf16", "fp16" (CUDA only) or "none" (fp32). Weights, optimizer and loss stay fp32.
         memory_format: memory layout of the network's weights and input batches: "channels_last"
             (``channels_last_3d`` for 3D networks), "contiguous" (PyTorch's default) or "auto": channels-last on
-            the CPU for the networks whose card says it trains faster so (``ModelCard.channels_last``; e.g. the
-            hippocampus U-Net step 1.30x in bf16, 1.18x in fp32), else contiguous. Results are the same up to
+            the CPU for the networks whose card says it trains faster so (``ModelCard.channels_last``), else
+            contiguous. Results are the same up to
             floating-point rounding.
         val_every: validate every N epochs (and always after the last one).
         val_time_fraction: under a ``time_budget``, skip an intermediate validation that would bring the time
@@ -71,8 +73,8 @@ class TrainConfig:
         patience: early stopping after this many validations without improvement (None: off).
         seed, deterministic: reproducibility (deterministic uses ``torch.use_deterministic_algorithms``).
         compile: run the training steps through ``torch.compile`` (validation stays eager); None reads the
-            ``MEDZOO_COMPILE`` environment variable. Off by default: on 2 CPU cores it makes a hippocampus
-            step about 1.08x faster after about 15 s of compiling, so it pays only in runs of many minutes. If
+            ``MEDZOO_COMPILE`` environment variable. Off by default: the gain per step is small on CPUs and
+            compiling takes a while, so it pays only in long runs. If
             compiling fails (e.g. no C++ compiler), training goes on without it.
         fold, folds: k-fold cross-validation; ``folds`` 1 means a single 80/20 split.
         num_workers: data loader workers.
@@ -111,6 +113,7 @@ class TrainConfig:
     plateau_patience: int = 5
     grad_clip: float | None = 12.0
     loss: str = "dice_ce"
+    regions: bool = True
     augment: str = "auto"
     amp: str = "auto"
     memory_format: str = "auto"

@@ -240,12 +240,17 @@ def cross_validate(config: TrainConfig, folds: Sequence[int] | None = None) -> C
 def evaluate_folds(run_dir: str | Path) -> CrossValResult:
     """Out-of-fold predictions of every trained fold's validation cases, their Dice and the chosen post-processing.
 
-    Writes ``fold_k/validation/<case>.nii.gz`` and ``RUN/postprocessing.json``.
+    Writes ``fold_k/validation/<case>.nii.gz`` and ``RUN/postprocessing.json``. Region runs are scored per
+    region (numbered 1..R in the result's ``labels``) and get no post-processing.
     """
     from medzoo.data.layouts import load_dataset
     from medzoo.data.loading import load_case
     from medzoo.engine.splits import load_splits
-    from medzoo.inference.postprocess import POSTPROCESSING_FILE, determine_postprocessing
+    from medzoo.inference.postprocess import (
+        POSTPROCESSING_FILE,
+        ChosenPostprocessing,
+        determine_postprocessing,
+    )
     from medzoo.inference.predictor import Predictor
     from medzoo.io.readers import write_volume
     from medzoo.metrics import dice_per_class
@@ -258,11 +263,13 @@ def evaluate_folds(run_dir: str | Path) -> CrossValResult:
     info = load_dataset(config.data, layout=config.layout, **config.layout_options)
     by_id = {c.case_id: c for c in info.cases}
     k = info.num_classes
+    regions = None
     preds, refs, owners = [], [], []
     for fold_dir in dirs:
         fold = int(fold_dir.name[5:])
         val_ids = load_splits(fold_dir / "splits.json")[fold]["val"]
         predictor = Predictor.from_run(fold_dir, device=config.device)
+        regions = predictor.plan.regions
         for cid in val_ids:
             image, label = load_case(by_id[cid], info, allow_empty=True)
             pred = predictor.predict_volume(image)
@@ -270,15 +277,39 @@ def evaluate_folds(run_dir: str | Path) -> CrossValResult:
             preds.append(pred.array[0])
             refs.append(label.array[0])
             owners.append((cid, fold))
-    chosen = determine_postprocessing(preds, refs, k)
+    if regions is not None:
+        to_class = info.label_mapping or {v: v for v in info.labels}
+        lut = np.zeros(max(to_class) + 1, np.int64)
+        lut[list(to_class)] = list(to_class.values())
+        preds = [lut[p] for p in preds]  # painted label values -> class indices, as the references
+        chosen = ChosenPostprocessing()
+        labels = dict(enumerate(regions, start=1))
+    else:
+        chosen = determine_postprocessing(preds, refs, k)
+        labels = {c: n for c, n in info.labels.items() if c != 0}
     chosen.save(run_dir / POSTPROCESSING_FILE)
-    labels = {c: n for c, n in info.labels.items() if c != 0}
     result = CrossValResult(run_dir, sorted({f for _, f in owners}), labels, postprocessing=chosen.to_dict())
     for (cid, fold), pred, ref in zip(owners, preds, refs):
-        raw = dice_per_class(pred, ref, k, empty_value=np.nan)
-        post = dice_per_class(chosen(pred), ref, k, empty_value=np.nan)
+        if regions is not None:
+            raw = post = _region_dice(pred, ref, list(regions.values()))
+        else:
+            raw = dice_per_class(pred, ref, k, empty_value=np.nan)
+            post = dice_per_class(chosen(pred), ref, k, empty_value=np.nan)
         result.cases[cid] = {
             "fold": fold, "dice": {c: float(raw[c]) for c in labels},
             "dice_postprocessed": {c: float(post[c]) for c in labels},
         }
     return result
+
+
+def _region_dice(pred: np.ndarray, ref: np.ndarray, regions: list[list[int]]) -> dict[int, float]:
+    """Dice of each region (1..R) between class-index maps; unannotated reference voxels left out."""
+    from medzoo.utils import IGNORE_INDEX
+
+    annotated = ref != IGNORE_INDEX
+    out = {}
+    for r, values in enumerate(regions, start=1):
+        p, g = np.isin(pred, values) & annotated, np.isin(ref, values)
+        denom = int(p.sum()) + int(g.sum())
+        out[r] = 2.0 * int((p & g).sum()) / denom if denom else float("nan")
+    return out

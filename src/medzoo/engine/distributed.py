@@ -7,11 +7,12 @@ group (NCCL on CUDA, gloo on CPU) and picks this rank's device. Without them eve
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from medzoo import runtime
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +36,13 @@ class DistInfo:
 
 def env_info() -> DistInfo:
     """Rank / world size from the environment ``torchrun`` sets (defaults: a single process)."""
-    return DistInfo(
-        rank=int(os.environ.get("RANK", 0)),
-        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
-        world_size=int(os.environ.get("WORLD_SIZE", 1)),
-    )
+    found = runtime.distributed_env()
+    return DistInfo(rank=found.rank, local_rank=found.local_rank, world_size=found.world_size)
 
 
 def resolve_device(requested: str | None, info: DistInfo) -> torch.device:
     """The device of this rank: ``requested`` (``cuda`` gets this rank's local GPU) or CUDA when available."""
-    if requested is None:
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(requested)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", info.local_rank if info.enabled else 0)
-    return device
+    return runtime.resolve_device(requested, info.local_rank if info.enabled else 0)
 
 
 def setup(device: torch.device, info: DistInfo) -> None:

@@ -4,6 +4,10 @@
 caches them preprocessed; each epoch draws patches from this rank's training cases through the
 :class:`~medzoo.data.loader.PatchLoader`; validation predicts every validation case by sliding window and
 reports Dice per class on the preprocessed grid.
+
+A dataset that declares regions trains one sigmoid output per region (:mod:`medzoo.engine.regions`: the
+plan's outputs, BCE + Dice, Dice per region) unless ``config.regions`` is False; a dataset with an ignore
+label masks its unannotated voxels out of the loss and the validation Dice.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 from torch import nn
 
 from medzoo import logs
-from medzoo.engine import distributed
+from medzoo.engine import distributed, regions
 from medzoo.engine.budget import Budget, calibrate_budget, estimate_validation_seconds
 from medzoo.engine.config import TrainConfig
 from medzoo.engine.splits import load_splits, make_splits, save_splits
@@ -50,7 +54,8 @@ def plan_for(config: TrainConfig, info: Any, progress: bool = True) -> Plan:
     if config.context_slices:
         overrides["context_slices"] = config.context_slices
     budget = config.budget_seconds if config.epochs is None else None  # the plan fits a time budget
-    return make_plan(info, fingerprint, time_budget=budget, **overrides)
+    plan = make_plan(info, fingerprint, time_budget=budget, **overrides)
+    return regions.region_plan(plan, info) if config.regions else plan
 
 
 def make_loader(plan: Plan, cases: list, config: TrainConfig, seed: int, augment: str):
@@ -101,7 +106,7 @@ class SegmentationTask(Task):
         """Plan (or reload it), split, cache the preprocessed cases; rank 0 writes, the others wait and read."""
         from medzoo.data.cache import build_cache
         from medzoo.data.layouts import load_dataset
-        from medzoo.losses import DeepSupervisionLoss, create_loss
+        from medzoo.losses import DeepSupervisionLoss
 
         config, self.device, self.dist = self.config, device, dist_info
         show_bars = config.progress and logs.interactive()
@@ -131,10 +136,11 @@ class SegmentationTask(Task):
         self.train_cases = distributed.shard([cached_by_id[i] for i in split["train"]], dist_info)
         self.val_cases = distributed.shard(val_cases, dist_info)
         self.plan = plan
-        self.metric_columns = (["val_dice_mean"] + [f"val_dice_{n}" for n in plan.foreground_labels.values()]
+        names = list(plan.regions) if plan.regions is not None else list(plan.foreground_labels.values())
+        self.metric_columns = (["val_dice_mean"] + [f"val_dice_{n}" for n in names]
                                + ["data_wait_fraction"])  # fmt: skip
         self.tta_factor = 2**plan.spatial_dims
-        self.plain_loss = create_loss(config.loss)
+        self.plain_loss = regions.training_loss(config.loss, plan, ignore=info.ignore_label is not None)
         self.deep_loss = DeepSupervisionLoss(self.plain_loss)  # for networks that return a list in train mode
         return plan
 
@@ -149,6 +155,11 @@ class SegmentationTask(Task):
 
     def validate(self, model: nn.Module, mirror: bool, keep_example: bool) -> Validation:
         axes = tuple(range(self.plan.spatial_dims)) if mirror else None
+        if self.plan.regions is not None:
+            result = regions.validate_regions(model, self.val_cases, self.plan, self.device,
+                                              overlap=self.config.val_overlap, keep_example=keep_example,
+                                              mirror_axes=axes)  # fmt: skip
+            return Validation(regions.validation_logs(result, self.plan), result.mean_foreground_dice, result.example)
         result = validate(model, self.val_cases, self.plan, self.device, overlap=self.config.val_overlap,
                           keep_example=keep_example, mirror_axes=axes)
         return Validation(validation_logs(result, self.plan), result.mean_foreground_dice, result.example)

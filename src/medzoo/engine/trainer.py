@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medzoo import runtime
 from medzoo.engine import distributed
 from medzoo.engine.budget import Budget, final_validation_factor, stop_now, validation_due, validation_fits
 from medzoo.engine.callbacks import CallbackList, CSVLogger, EarlyStopping, ProgressBar, TensorBoardLogger
@@ -37,20 +38,8 @@ from medzoo.engine.runlock import hold_run_lock, release_run_lock
 from medzoo.engine.schedules import Schedule, create_schedule
 from medzoo.engine.tasks import Task
 from medzoo.errors import CheckpointError, ConfigError
-from medzoo.perf import (
-    BF16_MIN_CONV_VOXELS,
-    BF16_MIN_CONV_WIDTH,
-    compile_requested,
-    conv_census,
-    cpu_has_native_bf16,
-    cuda_amp_dtype,
-    keep_native_conv_weights_contiguous,
-    maybe_compile,
-    preferred_memory_format,
-    release_memory,
-    tune_malloc,
-)
-from medzoo.planning.plan import Plan
+from medzoo.models.registry import prefers_channels_last
+from medzoo.runtime import compile_requested, maybe_compile, release_memory, tune_malloc
 
 log = logging.getLogger(__name__)
 
@@ -115,46 +104,8 @@ def build_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.op
 
 
 def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype of the training steps and validations (None: fp32).
-
-    CUDA: bf16 where supported, else fp16 ("auto"), or as asked. CPU: bf16 with "bf16", and with "auto" on a
-    CPU with native bf16 instructions (:func:`medzoo.perf.cpu_has_native_bf16`, where it is faster);
-    fp16 is not used on CPU (fp32 instead, with a warning). "none": always fp32.
-    """
-    if config.amp == "none" or device.type not in ("cuda", "cpu"):
-        return None
-    if device.type == "cpu":
-        if config.amp == "fp16":
-            log.warning("amp fp16 is for CUDA; training in fp32 on the CPU (use --amp bf16 or auto)")
-            return None
-        if config.amp == "bf16" or cpu_has_native_bf16():
-            return torch.bfloat16
-        return None
-    return cuda_amp_dtype(config.amp)
-
-
-def cpu_bf16_guard(dtype: torch.dtype | None, model: nn.Module, plan: Plan, device: torch.device,
-                   auto: bool = False) -> torch.dtype | None:
-    """``dtype``, or None (fp32) where bf16 on the CPU is unsafe or, with ``auto`` (amp "auto"), not worth it.
-
-    Unsafe: a convolution of ``model`` sees fewer than :data:`medzoo.perf.BF16_MIN_CONV_VOXELS` voxels of a
-    patch (oneDNN's bf16 backward can return NaN there). Not worth it: its convolutions are narrower than
-    :data:`medzoo.perf.BF16_MIN_CONV_WIDTH` channels on average (:func:`medzoo.perf.conv_census`). The rule
-    reads shapes only, so the same run always gets the same precision.
-    """
-    if dtype != torch.bfloat16 or device.type != "cpu":
-        return dtype
-    census = conv_census(model, (1, plan.in_channels, *plan.patch_size), device)
-    if census.smallest_input is not None and census.smallest_input < BF16_MIN_CONV_VOXELS:
-        log.warning("training in fp32, not bf16: a convolution of %s sees only %d voxels of a %s patch (bf16 "
-                    "needs %d; oneDNN's bf16 backward is unreliable below that)", plan.model,
-                    census.smallest_input, "x".join(map(str, plan.patch_size)), BF16_MIN_CONV_VOXELS)
-        return None
-    if auto and census.mean_width < BF16_MIN_CONV_WIDTH:
-        log.info("training in fp32: %s's convolutions are %.1f channels wide on average, too narrow to gain from "
-                 "bf16 (from %d)", plan.model, census.mean_width, BF16_MIN_CONV_WIDTH)
-        return None
-    return dtype
+    """Autocast dtype of the training steps and validations (None: fp32): :func:`medzoo.runtime.autocast_dtype`."""
+    return runtime.autocast_dtype(config.amp, device, "training")
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
@@ -515,20 +466,18 @@ class Trainer:
         tune_malloc()  # reuse freed activations instead of page-faulting them back in every step
         config, plan, device, model = self.config, self.plan, self.device, self.model
         accelerated = self.task.accelerated
-        self.memory_format = (preferred_memory_format(config.memory_format, plan.model, plan.spatial_dims, device)
+        self.memory_format = (runtime.preferred_memory_format(config.memory_format, plan.spatial_dims, device,
+                                                              prefers_channels_last(plan.model))
                               if accelerated else None)  # fmt: skip
         if self.memory_format is not None:
             model.to(memory_format=self.memory_format)
         log.info("memory format: %s", "contiguous" if self.memory_format is None
                  else str(self.memory_format).removeprefix("torch."))  # fmt: skip
-        dtype = amp_dtype(config, device) if accelerated else None
-        self.dtype = cpu_bf16_guard(dtype, model, plan, device, auto=config.amp == "auto")
+        patch = (1, plan.in_channels, *plan.patch_size)
+        self.dtype = (runtime.training_autocast_dtype(config.amp, device, model, patch, plan.model)
+                      if accelerated else None)  # fmt: skip
         log.info("precision: %s (amp '%s' on %s)", "fp32" if self.dtype is None
                  else f"{str(self.dtype).removeprefix('torch.')} autocast", config.amp, device.type)  # fmt: skip
-        if self.memory_format is not None and self.dtype is None and device.type == "cpu":  # before DDP views them
-            kept = keep_native_conv_weights_contiguous(model, (plan.batch_size, plan.in_channels, *plan.patch_size))
-            if kept:
-                log.info("%d convolutions run on PyTorch's own fp32 path: their weights stay contiguous", kept)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.compile_pending = accelerated and compile_requested(config.compile)  # compiled on the first step
 

@@ -169,12 +169,11 @@ def _installed(*modules: str) -> bool:
 
 
 def _torch_cpu_dtype(amp: str) -> torch.dtype | None:
-    """The autocast dtype PyTorch predicts in on the CPU for ``amp`` (None: fp32)."""
-    from medzoo.inference.predictor import inference_amp_dtype
+    """The autocast dtype PyTorch predicts in on the CPU for ``amp`` (None: fp32; fp16 is fp32 there, and the
+    predictor itself warns about it): :func:`medzoo.runtime.autocast_dtype`."""
+    from medzoo import runtime
 
-    if amp == "fp16":  # fp32 on the CPU; the predictor itself warns about it
-        return None
-    return inference_amp_dtype(amp, torch.device("cpu"), torch.nn.Identity())
+    return runtime.autocast_dtype("none" if amp == "fp16" else amp, "cpu", "predicting")
 
 
 def resolve_backend(backend: str, model_path: str | Path, device: str | torch.device, amp: str = "none") -> str:
@@ -435,7 +434,9 @@ def load_backend(
     del batch_size  # the choice needs no timing
     model_path = Path(model_path)
     if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        from medzoo import runtime
+
+        device = runtime.resolve_device(None)
     chosen = resolve_backend(backend, model_path, device, amp)
     if chosen == "torch":
         return _torch_backend(model_path, checkpoint, device)

@@ -84,8 +84,8 @@ def split_existing(
 
 
 def merge_reports(reports: Sequence[PredictionReport]) -> PredictionReport:
-    """One report for the whole job from every rank's (rank 0's time: it waited for the slowest rank)."""
-    merged = PredictionReport(seconds=reports[0].seconds)
+    """One report for the whole job from every rank's (its time: the slowest rank's)."""
+    merged = PredictionReport(seconds=max(report.seconds for report in reports))
     for report in reports:
         merged.written += report.written
         merged.failed += report.failed

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medzoo import runtime
 from medzoo.data.loader import slices_with_context
 from medzoo.engine.config import OUTPUT_FORMATS
 from medzoo.engine.distributed import resolve_device
@@ -36,7 +37,7 @@ from medzoo.inference.pipeline import PredictionReport, run_pipeline
 from medzoo.inference.postprocess import PostProcess
 from medzoo.inference.sliding_window import sliding_window_argmax
 from medzoo.io.volume import Volume
-from medzoo.perf import tune_malloc
+from medzoo.models.registry import prefers_channels_last
 from medzoo.planning.plan import Plan
 from medzoo.transforms.preprocess import PreprocessedCase, Preprocessor
 
@@ -76,11 +77,11 @@ class Predictor:
             (fp32).
         memory_format: memory layout of a PyTorch network's weights (its windows follow): "auto" (default:
             channels-last on the CPU when the plan's model card says so, as ``medzoo train`` does; see
-            :func:`medzoo.perf.preferred_memory_format`), "channels_last" or "contiguous". The layout changes
+            :func:`medzoo.runtime.preferred_memory_format`), "channels_last" or "contiguous". The layout changes
             the convolutions' summation order, so logits move by float rounding and a label can flip only
             at a near-tie. Exported networks keep their runtime's layout.
 
-    Building one calls :func:`medzoo.perf.tune_malloc` (as ``predict`` and ``train`` do; off with
+    Building one calls :func:`medzoo.runtime.tune_malloc` (as ``predict`` and ``train`` do; off with
     ``MEDZOO_TUNE_MALLOC=0``): with glibc's defaults PyTorch page-faults each window's activations back in.
     """
 
@@ -101,7 +102,7 @@ class Predictor:
         amp: str = "auto",
         memory_format: str = "auto",
     ) -> None:
-        tune_malloc()
+        runtime.tune_malloc()
         if plan.spatial_dims not in (2, 3):
             raise ConfigError(f"plan.spatial_dims must be 2 or 3, got {plan.spatial_dims}")
         self.plan = plan
@@ -335,36 +336,20 @@ class Predictor:
 
 
 def inference_amp_dtype(amp: str, device: torch.device, model: Any) -> torch.dtype | None:
-    """Autocast dtype of the network during prediction (None: fp32).
-
-    A GPU ("auto"): bf16 where supported, else fp16, as ``medzoo train`` does (the blending, softmax and
-    argmax stay fp32). The CPU ("auto"): bf16 on a CPU with native bf16 instructions
-    (:func:`medzoo.perf.cpu_has_native_bf16`: AMX or AVX512-BF16), as ``medzoo train`` trains there, else
-    fp32 (emulated bf16 is slower than fp32). A network that is not a PyTorch module (an ONNX Runtime or
-    OpenVINO export) always runs as exported, in fp32.
+    """Autocast dtype of the network during prediction (None: fp32): :func:`medzoo.runtime.autocast_dtype`,
+    the rule training follows too (the blending, softmax and argmax stay fp32). A network that is not a
+    PyTorch module (an ONNX Runtime or OpenVINO export) always runs as exported, in fp32.
 
     Raises:
         ConfigError: ``amp`` is not one of "auto", "bf16", "fp16", "none".
     """
-    from medzoo import perf
-    from medzoo.engine.config import AMP_MODES
-
-    if amp not in AMP_MODES:
-        raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got '{amp}'")
-    if amp == "none":
-        return None
+    if amp not in runtime.AMP_MODES:
+        raise ConfigError(f"amp must be one of {', '.join(runtime.AMP_MODES)}, got '{amp}'")
     if not isinstance(model, torch.nn.Module):
-        if amp != "auto":
+        if amp not in ("auto", "none"):
             log.warning("amp %s applies to the torch backend; the exported network runs in fp32", amp)
         return None
-    if device.type == "cuda":
-        return perf.cuda_amp_dtype(amp)
-    if device.type != "cpu":
-        return None
-    if amp == "fp16":
-        log.warning("amp fp16 is for CUDA; predicting in fp32 on the CPU (use amp bf16)")
-        return None
-    return torch.bfloat16 if amp == "bf16" or perf.cpu_has_native_bf16() else None
+    return runtime.autocast_dtype(amp, device, "predicting")
 
 
 def inference_memory_format(
@@ -376,17 +361,15 @@ def inference_memory_format(
     Raises:
         ConfigError: ``memory_format`` is not one of "auto", "channels_last", "contiguous".
     """
-    from medzoo.engine.config import MEMORY_FORMATS
-    from medzoo.perf import preferred_memory_format
-
-    if memory_format not in MEMORY_FORMATS:
-        raise ConfigError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, got '{memory_format}'")
+    if memory_format not in runtime.MEMORY_FORMATS:
+        raise ConfigError(f"memory_format must be one of {', '.join(runtime.MEMORY_FORMATS)}, got '{memory_format}'")
     if not isinstance(model, torch.nn.Module):
         if memory_format != "auto":
             log.warning("memory_format %s applies to the torch backend; the export keeps its runtime's layout",
                         memory_format)
         return None
-    return preferred_memory_format(memory_format, plan.model, plan.spatial_dims, device)
+    return runtime.preferred_memory_format(memory_format, plan.spatial_dims, device,
+                                           prefers_channels_last(plan.model))
 
 
 def _device_of(model: Any) -> torch.device:
@@ -397,7 +380,7 @@ def _device_of(model: Any) -> torch.device:
 
 
 def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return runtime.resolve_device(None)
 
 
 @dataclass
@@ -527,7 +510,7 @@ def run_prediction(
     from medzoo.packaging import open_model
 
     started = time.perf_counter()
-    tune_malloc()  # reuse freed buffers across windows and cases (see medzoo.perf)
+    runtime.tune_malloc()  # reuse freed buffers across windows and cases
     output_dir = Path(output_dir)
     run_dir = open_model(run_dir) if isinstance(run_dir, (str, Path)) else [open_model(r) for r in run_dir]
     cases = output_cases(find_cases(input_path, options), options.output_format)

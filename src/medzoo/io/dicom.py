@@ -44,7 +44,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
     """
     import SimpleITK as sitk
 
-    from medzoo.io.readers import _check_finite, _one_line, sitk_to_array_affine
+    from medzoo.io.sitk_convert import check_finite, one_line, sitk_to_array_affine
 
     folder = Path(folder)
     if not folder.exists():
@@ -68,7 +68,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
     try:
         image = reader.Execute()
     except RuntimeError as err:
-        raise VolumeError(folder, f"cannot read DICOM series ({_one_line(err)})") from err
+        raise VolumeError(folder, f"cannot read DICOM series ({one_line(err)})") from err
     array, affine = sitk_to_array_affine(image, folder)
-    _check_finite(array, folder)
+    check_finite(array, folder)
     return Volume(array, affine, {"path": str(folder), "series_uid": chosen})

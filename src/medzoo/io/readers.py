@@ -42,6 +42,10 @@ from pathlib import Path
 import numpy as np
 
 from medzoo.errors import VolumeError
+from medzoo.io.sitk_convert import LPS_TO_RAS as _LPS_TO_RAS
+from medzoo.io.sitk_convert import check_finite as _check_finite
+from medzoo.io.sitk_convert import one_line as _one_line
+from medzoo.io.sitk_convert import sitk_to_array_affine
 from medzoo.io.volume import Volume
 from medzoo.utils import atomic_write
 
@@ -55,8 +59,6 @@ WRITE_SUFFIXES = READ_SUFFIXES
 
 _ANALYZE_DTYPES = tuple(np.dtype(t) for t in ("uint8", "int16", "int32", "float32", "float64"))
 
-# LPS <-> RAS: flip the first two world axes.
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
 def volume_suffix(path: str | Path) -> str:
@@ -71,24 +73,6 @@ def volume_suffix(path: str | Path) -> str:
 def is_volume_file(path: str | Path) -> bool:
     """True when ``path`` has a suffix :func:`read_volume` understands."""
     return bool(volume_suffix(path))
-
-
-def _one_line(err: BaseException) -> str:
-    """A short single-line description of a library exception."""
-    text = " ".join(str(err).split())
-    lines = [s.strip() for s in str(err).splitlines() if s.strip()]
-    # SimpleITK messages are multi-line with file/line noise; keep the most specific line.
-    for line in reversed(lines):
-        for marker in ("Description:", "sitk::ERROR:"):
-            if marker in line:
-                text = line.split(marker, 1)[1].strip()
-                break
-        else:
-            continue
-        break
-    if len(text) > 200:
-        text = text[:197] + "..."
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 # --------------------------------------------------------------------------------------------------- read
@@ -150,17 +134,6 @@ def _check_dims(volume: Volume, path: Path, spatial_dims: int | None) -> Volume:
     raise VolumeError(
         path, f"is a 3D volume (shape {volume.spatial_shape}) but a 2D image is needed"
     )
-
-
-def _check_finite(array: np.ndarray, path: Path) -> None:
-    if array.dtype.kind not in "fc":
-        return
-    finite = np.isfinite(array)
-    if not finite.all():
-        bad = int(finite.size - np.count_nonzero(finite))
-        raise VolumeError(
-            path, f"contains {bad} NaN/Inf voxel(s) of {array.size}; fix or re-export the image"
-        )
 
 
 def _channels_first(data: np.ndarray, path: Path) -> np.ndarray:
@@ -243,42 +216,6 @@ def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray]:
             path, f"cannot read image (corrupt, truncated or not an image: {_one_line(err)})"
         ) from err
     return sitk_to_array_affine(image, path)
-
-
-def sitk_to_array_affine(image, path: str | Path = "<image>") -> tuple[np.ndarray, np.ndarray]:
-    """A SimpleITK image -> (channel-first array (C, I, J[, K]), 4x4 RAS+ affine).
-
-    SimpleITK's array is (z, y, x[, components]) and its geometry is LPS; both are converted. A 4D scalar
-    image is read as (t, z, y, x) with t becoming the channel axis.
-    """
-    import SimpleITK as sitk
-
-    dim = image.GetDimension()
-    ncomp = image.GetNumberOfComponentsPerPixel()
-    array = sitk.GetArrayFromImage(image)  # (z, y, x[, c]) or (y, x[, c])
-    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
-    origin = np.asarray(image.GetOrigin(), dtype=np.float64)
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dim, dim)
-    if dim == 4 and ncomp == 1:
-        # (t, z, y, x) -> (t, x, y, z); geometry from the first three axes
-        array = np.transpose(array, (0, 3, 2, 1))
-        dim, spacing, origin, direction = 3, spacing[:3], origin[:3], direction[:3, :3]
-    elif dim in (2, 3):
-        spatial = tuple(range(dim))[::-1]
-        if ncomp > 1:
-            array = np.transpose(array, (dim, *spatial))
-        else:
-            array = np.transpose(array, spatial)[None]
-    else:
-        raise VolumeError(path, f"has {dim} dimensions with {ncomp} components; expected 2D or 3D")
-    linear = np.eye(3)
-    linear[:dim, :dim] = direction * spacing[None, :]
-    offset = np.zeros(3)
-    offset[:dim] = origin
-    affine = np.eye(4)
-    affine[:3, :3] = _LPS_TO_RAS @ linear
-    affine[:3, 3] = _LPS_TO_RAS @ offset
-    return np.ascontiguousarray(array), affine
 
 
 # -------------------------------------------------------------------------------------------------- write

@@ -28,8 +28,7 @@ from torch import nn
 from medzoo.models.encoders.resnet import ResNetEncoder, dilation_for_output_stride
 from medzoo.models.layers.aspp import ASPP, default_rates
 from medzoo.models.layers.blocks import check_input_size, resize_to
-from medzoo.models.layers.concat import cat_channels
-from medzoo.models.layers.factories import ConvNormAct, make_conv
+from medzoo.models.layers.factories import ConvNormAct, cat_channels, make_conv
 from medzoo.models.registry import ModelCard, register_model
 
 __all__ = ["DeepLabV3Plus"]

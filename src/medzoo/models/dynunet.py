@@ -11,8 +11,9 @@ With ``conv_bias=True`` (nnU-Net's default plans) the network computes exactly w
 parameters come in the same order with the same shapes (tested), so weights can be copied one to one.
 
 Speed: the conv bias in front of an instance norm is cancelled by the norm, so ``conv_bias=False`` gives the
-same function with less work; norm and activation run as one fused op that keeps either memory layout (:func:`medzoo.models.layers.norm.instance_norm_act`, on the CPU medzoo's
-kernel, :mod:`medzoo.kernels`); the encoder keeps no extra copies of the skips.
+same function with less work; norm and activation run as one fused op that keeps either memory layout
+(:func:`medzoo.accel.norm.instance_norm_act`, on the CPU medzoo's kernel, :mod:`medzoo.accel.kernels`); the
+encoder keeps no extra copies of the skips.
 
 Example:
     >>> import medzoo
@@ -32,12 +33,11 @@ import torch
 from torch import nn
 
 from medzoo.errors import InputSizeError, ModelError
-from medzoo.models.layers.concat import cat_channels
-from medzoo.models.layers.factories import Conv, ConvTranspose
-from medzoo.models.layers.norm import (
-    InstanceNorm1d,
-    InstanceNorm2d,
-    InstanceNorm3d,
+from medzoo.models.layers.factories import (
+    Conv,
+    ConvTranspose,
+    InstanceNorm,
+    cat_channels,
     instance_norm_act,
     overwritable,
 )
@@ -45,7 +45,7 @@ from medzoo.models.registry import ModelCard, register_model
 
 __all__ = ["DynUNet", "DynUNetConfig", "dynunet_config_for", "instance_norm_act"]
 
-_NORMS = {1: InstanceNorm1d, 2: InstanceNorm2d, 3: InstanceNorm3d}
+_NORMS = InstanceNorm
 
 
 def _per_axis(value: int | Sequence[int], spatial_dims: int, what: str) -> tuple[int, ...]:

@@ -157,6 +157,15 @@ def get_card(name: str) -> ModelCard:
     return _REGISTRY[name].card
 
 
+def prefers_channels_last(name: str) -> bool:
+    """Whether model ``name``'s card says it runs faster in the channels-last layout on the CPU (False for a
+    name outside the registry: no card, no claim); what :func:`medzoo.runtime.preferred_memory_format` asks."""
+    try:
+        return get_card(name).channels_last
+    except ModelError:
+        return False
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -22,8 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medzoo.models.layers.concat import cat_channels
-from medzoo.models.layers.factories import ConvTranspose, make_conv, make_dropout, make_norm
+from medzoo.models.layers.factories import ConvTranspose, cat_channels, make_conv, make_dropout, make_norm
 from medzoo.models.registry import ModelCard, register_model
 
 _PAPER = "Milletari et al., 3DV 2016 (V-Net)"

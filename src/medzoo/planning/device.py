@@ -102,9 +102,10 @@ def machine_signature(device: str = "cpu") -> dict[str, Any]:
 
 
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/medzoo/planner``, else ``~/.cache/medzoo/planner``."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "medzoo" / "planner"
+    """``$XDG_CACHE_HOME/medzoo/planner``, else ``~/.cache/medzoo/planner`` (:func:`medzoo.runtime.user_cache_dir`)."""
+    from medzoo import runtime
+
+    return runtime.user_cache_dir("planner")
 
 
 def profile_path(signature: dict[str, Any], cache_dir: Path | None = None) -> Path:

@@ -1,4 +1,4 @@
-"""Shared layers: factories keyed by spatial_dims and common blocks."""
+"""Shared layers: factories keyed by spatial_dims (fast norms and concatenation included) and common blocks."""
 
 from medzoo.models.layers.factories import (
     AdaptiveAvgPool,
@@ -8,14 +8,24 @@ from medzoo.models.layers.factories import (
     ConvTranspose,
     Dropout,
     FusedSequential,
+    GroupNorm,
+    InstanceNorm,
     MaxPool,
+    cat_channels,
+    exporting,
+    fused_activation_slope,
+    fused_norm_act,
+    instance_norm_act,
     make_act,
     make_conv,
     make_dropout,
     make_norm,
+    norm_act,
+    overwritable,
 )
 
 __all__ = [
-    "AdaptiveAvgPool", "AvgPool", "Conv", "ConvNormAct", "ConvTranspose", "Dropout", "FusedSequential", "MaxPool",
-    "make_act", "make_conv", "make_dropout", "make_norm",
+    "AdaptiveAvgPool", "AvgPool", "Conv", "ConvNormAct", "ConvTranspose", "Dropout", "FusedSequential", "GroupNorm",
+    "InstanceNorm", "MaxPool", "cat_channels", "exporting", "fused_activation_slope", "fused_norm_act", "instance_norm_act",
+    "make_act", "make_conv", "make_dropout", "make_norm", "norm_act", "overwritable",
 ]

@@ -15,8 +15,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from medzoo.models.layers.concat import cat_channels
-from medzoo.models.layers.factories import AdaptiveAvgPool, ConvNormAct, make_act, make_conv, make_dropout
+from medzoo.models.layers.factories import (
+    AdaptiveAvgPool,
+    ConvNormAct,
+    cat_channels,
+    make_act,
+    make_conv,
+    make_dropout,
+)
 
 __all__ = ["ASPP", "default_rates"]
 

@@ -26,9 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medzoo.models.layers.concat import cat_channels
-from medzoo.models.layers.factories import ConvNormAct, ConvTranspose, make_act, make_conv, make_norm
-from medzoo.models.layers.norm import exporting, norm_act, overwritable
+from medzoo.models.layers.factories import (
+    ConvNormAct,
+    ConvTranspose,
+    cat_channels,
+    exporting,
+    make_act,
+    make_conv,
+    make_norm,
+    norm_act,
+    overwritable,
+)
 from medzoo.models.registry import ModelCard
 
 __all__ = [

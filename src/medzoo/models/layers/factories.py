@@ -1,5 +1,8 @@
 """Layer factories keyed by ``spatial_dims``, so one network definition serves 2D and 3D.
 
+The norms, the fused norm + activation and the channel concatenation come from :mod:`medzoo.accel` (fast in
+either memory layout on the CPU, the same values as PyTorch's layers); networks take them from here.
+
 Example:
     >>> conv = Conv[3](16, 32, kernel_size=3, padding=1)   # nn.Conv3d
     >>> norm = make_norm("instance", 3, 32)
@@ -10,20 +13,29 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medzoo.errors import ModelError
-from medzoo.models.layers.conv import ConvTranspose1d, ConvTranspose2d, ConvTranspose3d
-from medzoo.models.layers.norm import (
+from medzoo.accel.concat import cat_channels
+from medzoo.accel.norm import (
     GroupNorm,
     InstanceNorm1d,
     InstanceNorm2d,
     InstanceNorm3d,
+    exporting,
     fused_activation_slope,
     fused_norm_act,
+    instance_norm_act,
+    norm_act,
     overwritable,
 )
+from medzoo.errors import ModelError
+
+__all__ = [
+    "AdaptiveAvgPool", "AvgPool", "Conv", "ConvNormAct", "ConvTranspose", "Dropout", "FusedSequential", "GroupNorm",
+    "InstanceNorm", "MaxPool", "cat_channels", "exporting", "fused_activation_slope", "fused_norm_act", "instance_norm_act",
+    "make_act", "make_conv", "make_dropout", "make_norm", "norm_act", "overwritable",
+]
 
 Conv: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-ConvTranspose: dict[int, type[nn.Module]] = {1: ConvTranspose1d, 2: ConvTranspose2d, 3: ConvTranspose3d}  # bias apart
+ConvTranspose: dict[int, type[nn.Module]] = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 MaxPool: dict[int, type[nn.Module]] = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 AvgPool: dict[int, type[nn.Module]] = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
 AdaptiveAvgPool: dict[int, type[nn.Module]] = {
@@ -33,7 +45,7 @@ AdaptiveAvgPool: dict[int, type[nn.Module]] = {
 }
 Dropout: dict[int, type[nn.Module]] = {1: nn.Dropout, 2: nn.Dropout2d, 3: nn.Dropout3d}
 _BatchNorm = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-_InstanceNorm = {1: InstanceNorm1d, 2: InstanceNorm2d, 3: InstanceNorm3d}  # fast in both memory layouts
+InstanceNorm: dict[int, type[nn.Module]] = {1: InstanceNorm1d, 2: InstanceNorm2d, 3: InstanceNorm3d}  # either layout
 
 
 def _check_dims(spatial_dims: int) -> None:
@@ -72,7 +84,7 @@ def make_norm(kind: str | None, spatial_dims: int, channels: int, groups: int = 
     if kind == "batch":
         return _BatchNorm[spatial_dims](channels)
     if kind == "instance":
-        return _InstanceNorm[spatial_dims](channels, affine=True)
+        return InstanceNorm[spatial_dims](channels, affine=True)
     if kind == "group":
         g = min(groups, channels)
         while channels % g:
@@ -108,7 +120,7 @@ def make_dropout(spatial_dims: int, p: float) -> nn.Module:
 
 class FusedSequential(nn.Sequential):
     """``nn.Sequential`` (same modules and state dict) that runs each instance or group norm followed by a
-    (leaky) ReLU as one fused op (:func:`~medzoo.models.layers.norm.norm_act`, same values; a pair with hooks
+    (leaky) ReLU as one fused op (:func:`~medzoo.accel.norm.norm_act`, same values; a pair with hooks
     or running statistics runs module by module)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - see the class
@@ -129,7 +141,7 @@ class ConvNormAct(FusedSequential):
     """conv -> norm -> activation, the most common block.
 
     An instance or group norm followed by a (leaky) ReLU runs as one fused op
-    (:func:`~medzoo.models.layers.norm.norm_act`, same values; the modules run one by one when the block has
+    (:func:`~medzoo.accel.norm.norm_act`, same values; the modules run one by one when the block has
     dropout, running statistics, or hooks on the norm or the activation).
 
     Shapes: (B, in_channels, *S) -> (B, out_channels, *ceil(S / stride)).

@@ -1,4 +1,4 @@
-"""medzoo.models.layers.norm: the instance norm (+ fused leaky ReLU) that keeps the memory layout.
+"""medzoo.accel.norm: the instance norm (+ fused leaky ReLU) that keeps the memory layout.
 
 Every test runs twice: with medzoo's fused CPU kernel (where it builds) and with PyTorch's ops (the fallback).
 """
@@ -10,14 +10,14 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from medzoo.models.layers.factories import make_norm
-from medzoo.models.layers.norm import (
+from medzoo.accel.norm import (
     GroupNorm,
     InstanceNorm2d,
     InstanceNorm3d,
     instance_norm_act,
     memory_format_of,
 )
+from medzoo.models.layers.factories import make_norm
 
 CL3, CL2 = torch.channels_last_3d, torch.channels_last
 
@@ -27,9 +27,9 @@ def norm_path(request, monkeypatch):
     """Which implementation instance_norm_act takes (see the module docstring)."""
     monkeypatch.setenv("MEDZOO_FUSED_KERNELS", "1" if request.param == "fused kernel" else "0")
     if request.param == "fused kernel":
-        from medzoo import kernels
+        from medzoo import runtime
 
-        kernels.load()  # built and checked now, not inside a test's recording of ops
+        runtime.fused_kernels()  # built and checked now, not inside a test's recording of ops
     return request.param
 
 
@@ -252,8 +252,8 @@ def test_overwrite_reuses_the_input_only_where_no_gradient_is_recorded(layout, c
 
 
 def test_only_a_hookless_convolutions_output_is_overwritable(norm_path):
+    from medzoo.accel.norm import overwritable
     from medzoo.models.layers.factories import ConvNormAct
-    from medzoo.models.layers.norm import overwritable
 
     conv = nn.Conv3d(2, 4, 3, padding=1)
     assert overwritable(conv) and not overwritable(nn.Identity()) and not overwritable(InstanceNorm3d(4))
@@ -275,8 +275,8 @@ def test_only_a_hookless_convolutions_output_is_overwritable(norm_path):
 @pytest.mark.parametrize("name, kwargs", [("unet3d", {"features": [4, 8, 16]}), ("dynunet", {"features": [4, 8, 16]}),
                                           ("segresnet", {"init_filters": 4}), ("resnetmed3d_10", {})])
 def test_networks_predict_the_same_with_and_without_overwriting(name, kwargs, monkeypatch, norm_path):
+    from medzoo.accel import norm
     from medzoo.models import create_model
-    from medzoo.models.layers import norm
 
     torch.manual_seed(0)
     net = create_model(name, in_channels=1, num_classes=3, spatial_dims=3, **kwargs).eval()

@@ -1,4 +1,5 @@
-"""medzoo.perf.tune_malloc: freed activations are reused instead of page-faulted back in every step."""
+"""medzoo.accel.malloc, through medzoo.runtime.tune_malloc: freed activations are reused instead of
+page-faulted back in every step."""
 
 from __future__ import annotations
 
@@ -8,15 +9,16 @@ import textwrap
 
 import pytest
 
-import medzoo.perf as perf
+from medzoo import runtime
+from medzoo.accel import malloc
 
 # A training-like loop whose tensors (40 MiB) are over glibc's largest dynamic mmap threshold (32 MiB): with
 # glibc's defaults every step unmaps them on free and faults them in again.
 _CHILD = textwrap.dedent("""
     import resource, sys
-    import medzoo.perf as perf
+    from medzoo import runtime
     if sys.argv[1] == "1":
-        assert perf.tune_malloc(True)
+        assert runtime.tune_malloc(True)
     import torch
     torch.set_num_threads(1)
     conv = torch.nn.Conv3d(5, 5, 3, padding=1)
@@ -37,7 +39,7 @@ def _faults_per_step(tuned: bool) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(perf._glibc() is None, reason="needs glibc")
+@pytest.mark.skipif(malloc._glibc() is None, reason="needs glibc")
 def test_tuned_malloc_stops_page_faulting_every_step() -> None:
     default, tuned = _faults_per_step(False), _faults_per_step(True)
     if default < 5000:
@@ -46,29 +48,31 @@ def test_tuned_malloc_stops_page_faulting_every_step() -> None:
 
 
 def test_tune_malloc_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(perf, "_malloc_tuned", False)
+    monkeypatch.setattr(malloc, "_malloc_tuned", False)
     monkeypatch.setenv("MEDZOO_TUNE_MALLOC", "0")
-    assert perf.tune_malloc() is False
-    assert perf._malloc_tuned is False
-    assert perf.tune_malloc(enable=False) is False
+    assert runtime.tune_malloc() is False
+    assert malloc._malloc_tuned is False
+    monkeypatch.setenv("MEDZOO_TUNE_MALLOC", "1")
+    assert runtime.tune_malloc(enable=False) is False
+    assert malloc._malloc_tuned is False
 
 
 def test_tune_malloc_is_a_no_op_off_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(perf, "_malloc_tuned", False)
+    monkeypatch.setattr(malloc, "_malloc_tuned", False)
     monkeypatch.setattr(sys, "platform", "darwin")
-    assert perf._glibc() is None
-    assert perf.tune_malloc(True) is False
-    perf.release_memory()  # no-op, no error
+    assert malloc._glibc() is None
+    assert runtime.tune_malloc(True) is False
+    runtime.release_memory()  # no-op, no error
 
 
-@pytest.mark.skipif(perf._glibc() is None, reason="needs glibc")
+@pytest.mark.skipif(malloc._glibc() is None, reason="needs glibc")
 @pytest.mark.parametrize("setting", ["1", "0"])
 def test_building_a_predictor_tunes_malloc_unless_switched_off(tmp_path, monkeypatch, setting) -> None:
     from medzoo.inference.predictor import Predictor
     from support.inference import make_run
 
     run, _ = make_run(tmp_path / "run", "unet3d", 1, 2, patch_size=(16, 16, 16), model_kwargs={"features": [4, 8]})
-    monkeypatch.setattr(perf, "_malloc_tuned", False)
+    monkeypatch.setattr(malloc, "_malloc_tuned", False)
     monkeypatch.setenv("MEDZOO_TUNE_MALLOC", setting)
     Predictor.from_run(run, device="cpu")  # the notebook path, without predict()
-    assert perf._malloc_tuned is (setting == "1")
+    assert malloc._malloc_tuned is (setting == "1")

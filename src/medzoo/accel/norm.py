@@ -1,36 +1,31 @@
-"""Instance and group normalisation that are fast on the CPU in both memory layouts, fused with the (leaky)
-ReLU that follows them.
+"""Instance and group normalisation that keep either memory layout on the CPU, fused with the (leaky) ReLU
+that follows them; the layer factories (:mod:`medzoo.models.layers`) hand these to every network.
 
-PyTorch's ``instance_norm`` runs one batch norm over the ``(1, B*C, *S)`` view of its input and returns a
-view of that. Two things make that slow in training on the CPU:
+PyTorch's ``instance_norm`` runs one batch norm over the ``(1, B*C, *S)`` view of its input and returns a view
+of that. Two things make that slow in training on the CPU:
 
 * an in-place activation on that view makes autograd record a ``CopySlices`` node, which copies the whole
   feature map again in the backward pass;
-* a ``channels_last_3d`` input cannot be viewed as ``(1, B*C, *S)``, so it is copied to the default layout
-  and back (measured: 0.33-0.5x the speed of the default layout). ``channels_last_3d`` is what makes oneDNN's
-  convolutions fast on CPUs with AMX (bf16 convolutions 1.6-2.1x, fp32 1.2-2x, ``python -m benchmarks.layouts``),
-  so the norm between them must not undo it.
+* a ``channels_last_3d`` input cannot be viewed as ``(1, B*C, *S)``, so it is copied to the default layout and
+  back; channels-last is what makes oneDNN's convolutions fast, so the norm between them must not undo it.
 
-On CPU fp32/bf16 maps, :func:`instance_norm_act` runs medzoo's fused kernel (:mod:`medzoo.kernels`): one
-pass for the statistics and one to normalise and activate, in either layout, into an output that keeps the
-input's layout and is no view; its backward recomputes the activation's mask from the saved input, so it
-needs neither the output nor a separate activation backward. Where the kernel cannot be built (no C++
-compiler) or is switched off (``MEDZOO_FUSED_KERNELS=0``) it avoids the two problems with PyTorch's ops: a
-batch of one is a batch norm as it is (any layout); a larger batch runs one batch norm per sample, each
-writing its slice of one output tensor; the leaky ReLU is applied in place to that output. On CUDA tensors it
-runs the plain ``(1, B*C, *S)`` batch norm.
+On CPU fp32/bf16 maps, :func:`instance_norm_act` runs medzoo's fused kernel (:mod:`medzoo.accel.kernels`, when
+:func:`medzoo.runtime.fused_kernels` has one): one pass for the statistics and one to normalise and activate,
+in either layout, into an output that keeps the input's layout; its backward recomputes the activation's mask
+from the saved input. Without the kernel it avoids the two problems with PyTorch's ops: a batch of one is a
+batch norm as it is (any layout); a larger batch runs one batch norm per sample, each writing its slice of one
+output; the leaky ReLU is applied in place to that output. On other devices it runs the plain batch norm.
+The readable reference of all of it is ``leaky_relu(instance_norm(x))``, what export and ``torch.compile``
+record; the tests hold every path equal to it.
 
-:class:`GroupNorm` is ``nn.GroupNorm`` that runs the same fused kernel on CPU fp32/bf16 maps (group norm is
-its general case: instance norm is one channel per group). Without the kernel it keeps one CPU fix: in
-bf16/fp16, PyTorch's channels-last ``group_norm`` (forward + backward) is 3-11x slower than in the default
-layout with 8-32 channels (``python -m benchmarks.layouts``: 54 ms against 5 ms on a 2x8x64x64x48 map), so a
-reduced-precision channels-last input is normalised in the default layout and the result returned in
-channels-last: 1.4-5.1x faster than PyTorch in channels-last, the copies included. fp32 keeps PyTorch's path
-there: the same round trip made whole segresnet and resnet3d_vae steps slower (0.83-0.95x).
+:class:`GroupNorm` is ``nn.GroupNorm`` that runs the same fused kernel (group norm is its general case). Without
+the kernel, a reduced-precision channels-last CPU input is normalised in the default layout and returned in
+channels-last, since PyTorch's channels-last low-precision group norm is much slower than its default-layout
+one (``python -m benchmarks.layouts``); fp32 keeps PyTorch's path.
 
 :func:`norm_act` runs ``act(norm(x))`` as one fused op where the norm is one of these and the activation a
-``nn.ReLU`` or ``nn.LeakyReLU`` (no hooks on either); ``ConvNormAct``, ``FusedSequential`` and the
-residual blocks call it.
+``nn.ReLU`` or ``nn.LeakyReLU`` (no hooks on either); ``ConvNormAct``, ``FusedSequential`` and the residual
+blocks call it.
 
 Example:
     >>> y = instance_norm_act(x, norm.weight, norm.bias, 1e-5, 0.01)   # == leaky_relu(instance_norm(x))
@@ -44,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from medzoo.runtime import fused_kernels
 
 __all__ = [
     "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "fused_activation_slope", "instance_norm_act",
@@ -118,7 +115,7 @@ class _PerSampleInstanceNorm(torch.autograd.Function):
 
 class _FusedNormAct(torch.autograd.Function):
     """Group norm (``groups == C``: instance norm), optionally followed by a leaky ReLU, of a (B, C, *S) CPU
-    tensor by :mod:`medzoo.kernels`: the output keeps the input's layout; the backward recomputes the
+    tensor by :mod:`medzoo.accel.kernels`: the output keeps the input's layout; the backward recomputes the
     activation's mask from the saved input."""
 
     @staticmethod
@@ -163,7 +160,7 @@ def _kernel_forward(x, weight, bias, eps: float, slope: float | None, kernel, gr
 def _fused_norm_act(x, weight, bias, eps: float, slope: float | None, kernel, groups: int,
                     overwrite: bool = False) -> torch.Tensor:
     """The kernel's norm + activation; where no gradient is recorded, without autograd, and into ``x``
-    itself when ``overwrite`` (fp32 channels-last 4x8x96^3: 15.0 against 11.3 ms)."""
+    itself when ``overwrite`` (one buffer fewer per layer in prediction)."""
     if not torch.is_grad_enabled():
         return _kernel_forward(x, weight, bias, eps, slope, kernel, groups, overwrite)[0]
     return _FusedNormAct.apply(x, weight, bias, eps, slope, kernel, groups)
@@ -184,7 +181,7 @@ def exporting() -> bool:
 def recording_graph() -> bool:
     """Whether a graph of plain ops is being recorded, where medzoo's kernels must not run: :func:`exporting`,
     or ``torch.compile`` (whose compiler fuses the plain ops itself; testing its flag, unlike decorating with
-    ``torch.compiler.disable``, does not import ``torch._dynamo``, which takes a second)."""
+    ``torch.compiler.disable``, does not import ``torch._dynamo``, which is slow to import)."""
     return exporting() or torch.compiler.is_compiling()
 
 
@@ -194,9 +191,7 @@ def _fused_kernel(x: torch.Tensor):
     if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or x.dim() < 3
             or x.numel() == 0 or x[0, 0].numel() < 2 or recording_graph()):
         return None
-    from medzoo import kernels
-
-    return kernels.load()
+    return fused_kernels()
 
 
 def instance_norm_act(
@@ -267,11 +262,10 @@ class InstanceNorm3d(_FastInstanceNorm, nn.InstanceNorm3d):
 class GroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` (same parameters and state dict) that is fast on the CPU in both layouts.
 
-    On CPU fp32/bf16 maps it runs medzoo's fused kernel (:mod:`medzoo.kernels`; the output keeps the input's
+    On CPU fp32/bf16 maps it runs medzoo's fused kernel (:mod:`medzoo.accel.kernels`; the output keeps the input's
     layout). Without the kernel, a CPU input that is ``channels_last``/``channels_last_3d`` (and not also
     plainly contiguous) in a reduced precision is normalised in the default layout and returned in its own
-    layout; everything else runs PyTorch's ``group_norm`` as it is. See the module docstring for the
-    measurements.
+    layout; everything else runs PyTorch's ``group_norm`` as it is. See the module docstring for why.
 
     Shapes: (B, C, *S) -> (B, C, *S), the input's memory layout kept.
     """

@@ -1,17 +1,14 @@
 """Concatenation along the channels, fast for channels-last maps on the CPU.
 
 A U-Net decoder joins the upsampled map and the skip along the channels. In channels-last that is an
-interleaving copy (each voxel's channels from one map, then the other's), which PyTorch's ``cat`` runs about
-half as fast as the memory traffic allows when maps have few channels. :func:`cat_channels` hands it to
-:mod:`medzoo.kernels` instead; medians of 15 interleaved calls joining two maps on 2 threads (this machine):
-4x8x96^3 fp32 37 -> 19 ms (the first level of unet3d's decoder on a batch of 96^3 prediction windows),
-1x32x64^3 fp32 8.2 -> 5.7 ms, 2x32x40x56x40 fp32 5.6 -> 4.0 ms; 1.02x at 64 channels. A whole forward pass
-of unet3d (features 8-64) on 4x1x96^3 windows: 1.057x.
+interleaving copy (each voxel's channels from one map, then the other's), which PyTorch's ``cat`` runs well
+below what the memory traffic allows when maps have few channels. :func:`cat_channels` hands it to medzoo's
+kernel (:mod:`medzoo.accel.kernels`) instead.
 
-The kernel runs where no gradient is recorded (prediction, validation): in training steps it measured
-0.97-1.01x (nnU-Net's network, unet3d; the spread of networks without a concatenation), so training keeps
-``torch.cat`` and its backward. Everything else (the default layout, other devices, mixed dtypes or
-layouts, export, tracing and ``torch.compile``, no kernel) runs ``torch.cat`` itself.
+The kernel runs where no gradient is recorded (prediction, validation); training steps keep ``torch.cat`` and
+its backward, where the kernel made no measurable difference. Everything else (the default layout, other
+devices, mixed dtypes or layouts, export, tracing and ``torch.compile``, no kernel) runs ``torch.cat`` itself,
+the reference the tests hold the kernel equal to, bit for bit.
 
 Example:
     >>> x = cat_channels([up, skip])   # same values as torch.cat([up, skip], dim=1)
@@ -23,7 +20,8 @@ from collections.abc import Sequence
 
 import torch
 
-from medzoo.models.layers.norm import recording_graph
+from medzoo.accel.norm import recording_graph
+from medzoo.runtime import fused_kernels
 
 __all__ = ["cat_channels"]
 
@@ -58,9 +56,7 @@ def _kernel_for(tensors: Sequence[torch.Tensor]):
         if (t.device.type != "cpu" or t.dtype != first.dtype or t.dim() != first.dim()
                 or (t.shape[0], *t.shape[2:]) != rest or not t.is_contiguous(memory_format=layout)):
             return None
-    from medzoo import kernels
-
-    return kernels.load()
+    return fused_kernels()
 
 
 def _concat(kernel, tensors: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -7,8 +7,8 @@
 // the gradient and the input twice and writes once. PyTorch's own path (batch norm, then leaky ReLU, and their
 // backwards) passes over the map about twice as often.
 //
-// Plain pointers and no torch headers, so it compiles in about a second; medzoo.kernels builds and loads it
-// through ctypes and falls back to PyTorch's ops when it cannot. Threads: OpenMP, the count passed in; built
+// Plain pointers and no torch headers, so it compiles in about a second; medzoo.accel.kernels builds and loads it
+// (torch.utils.cpp_extension), calls it through ctypes and falls back to PyTorch's ops when it cannot. Threads: OpenMP, the count passed in; built
 // without OpenMP (a compiler that lacks it) it runs on one thread.
 #ifdef _OPENMP
 #include <omp.h>

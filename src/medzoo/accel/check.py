@@ -44,7 +44,7 @@ def check_concat(kernel) -> None:
 
 
 def check_norm_act(kernel) -> None:
-    """Raise ``RuntimeError`` unless ``kernel`` (a :class:`~medzoo.kernels.CpuKernels`) matches PyTorch on a
+    """Raise ``RuntimeError`` unless ``kernel`` (a :class:`~medzoo.accel.kernels.CpuKernels`) matches PyTorch on a
     (2, 6, 5, 7, 9) map, channels-first and channels-last, fp32 and bf16, 6 and 3 groups, with and without
     the activation (relative error of output, input gradient and parameter gradients).
 

@@ -1,4 +1,4 @@
-"""medzoo.models.layers.concat: channel concatenation by medzoo's kernel for channels-last CPU maps, and
+"""medzoo.accel.concat: channel concatenation by medzoo's kernel for channels-last CPU maps, and
 torch.cat everywhere else."""
 
 from __future__ import annotations
@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from medzoo import kernels
+from medzoo import runtime
+from medzoo.accel import concat
+from medzoo.accel.concat import cat_channels
 from medzoo.models import create_model
-from medzoo.models.layers import concat
-from medzoo.models.layers.concat import cat_channels
 
 CL3, CL2 = torch.channels_last_3d, torch.channels_last
-needs_kernel = pytest.mark.skipif(kernels.load() is None, reason="medzoo's CPU kernels are unavailable here")
+needs_kernel = pytest.mark.skipif(runtime.fused_kernels() is None, reason="medzoo's CPU kernels are unavailable here")
 
 
 class _Ops(TorchDispatchMode):
@@ -60,7 +60,7 @@ def test_a_graph_for_autograd_gets_torch_cat_and_its_gradients():
     torch.testing.assert_close(tensors[2].grad, grad[:, 7:], rtol=0, atol=0)
     with torch.no_grad(), _Ops() as seen:
         assert torch.equal(cat_channels(tensors), out.detach())
-    assert "cat" not in seen.ops or kernels.load() is None
+    assert "cat" not in seen.ops or runtime.fused_kernels() is None
 
 
 @pytest.mark.parametrize("case", ["default layout", "mixed layouts", "mixed dtypes", "one map", "1d maps",
