@@ -371,11 +371,8 @@ def test_cpu_bf16_guard_keeps_fp32_for_tiny_feature_maps_and_narrow_networks():
     """bf16 stays for a network whose convolutions see enough voxels; fp32 (None) when one sees fewer than
     BF16_MIN_CONV_VOXELS, and, for amp "auto", when the network is narrower than BF16_MIN_CONV_WIDTH. CUDA and
     fp32 pass through untouched; the census runs on shapes only and leaves the model as it was."""
-    from types import SimpleNamespace
-
-    from medzoo.engine.trainer import cpu_bf16_guard
     from medzoo.models import create_model
-    from medzoo.runtime import BF16_MIN_CONV_VOXELS, BF16_MIN_CONV_WIDTH, conv_census
+    from medzoo.runtime import BF16_MIN_CONV_VOXELS, BF16_MIN_CONV_WIDTH, bf16_guard, conv_census
 
     def net(features):
         return create_model("dynunet", in_channels=1, num_classes=3, spatial_dims=3, features=features)
@@ -386,14 +383,14 @@ def test_cpu_bf16_guard_keeps_fp32_for_tiny_feature_maps_and_narrow_networks():
     assert conv_census(deep, (1, 1, 16, 16, 16)).smallest_input == 2**3 < BF16_MIN_CONV_VOXELS
     assert conv_census(wide, (1, 1, 16, 16, 16)).mean_width >= BF16_MIN_CONV_WIDTH
     assert conv_census(torch.nn.Linear(2, 2), (1, 2)).smallest_input is None
-    plan = SimpleNamespace(in_channels=1, patch_size=(16, 16, 16), model="dynunet")
+    patch = (1, 1, 16, 16, 16)  # what the trainer's setup_runtime passes: one patch of the plan
     cpu = torch.device("cpu")
-    assert cpu_bf16_guard(torch.bfloat16, narrow, plan, cpu) == torch.bfloat16  # asked for: kept
-    assert cpu_bf16_guard(torch.bfloat16, narrow, plan, cpu, auto=True) is None
-    assert cpu_bf16_guard(torch.bfloat16, wide, plan, cpu, auto=True) == torch.bfloat16
-    assert cpu_bf16_guard(torch.bfloat16, deep, plan, cpu) is None
-    assert cpu_bf16_guard(None, deep, plan, cpu) is None
-    assert cpu_bf16_guard(torch.bfloat16, deep, plan, torch.device("cuda")) == torch.bfloat16
+    assert bf16_guard(torch.bfloat16, narrow, patch, cpu) == torch.bfloat16  # asked for: kept
+    assert bf16_guard(torch.bfloat16, narrow, patch, cpu, auto=True) is None
+    assert bf16_guard(torch.bfloat16, wide, patch, cpu, auto=True) == torch.bfloat16
+    assert bf16_guard(torch.bfloat16, deep, patch, cpu) is None
+    assert bf16_guard(None, deep, patch, cpu) is None
+    assert bf16_guard(torch.bfloat16, deep, patch, torch.device("cuda")) == torch.bfloat16
     assert deep.training and all(p.device.type == "cpu" for p in deep.parameters())
 
 

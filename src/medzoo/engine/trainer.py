@@ -39,7 +39,6 @@ from medzoo.engine.schedules import Schedule, create_schedule
 from medzoo.engine.tasks import Task
 from medzoo.errors import CheckpointError, ConfigError
 from medzoo.models.registry import prefers_channels_last
-from medzoo.planning.plan import Plan
 from medzoo.runtime import compile_requested, maybe_compile, release_memory, tune_malloc
 
 log = logging.getLogger(__name__)
@@ -107,13 +106,6 @@ def build_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.op
 def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     """Autocast dtype of the training steps and validations (None: fp32): :func:`medzoo.runtime.autocast_dtype`."""
     return runtime.autocast_dtype(config.amp, device, "training")
-
-
-def cpu_bf16_guard(dtype: torch.dtype | None, model: nn.Module, plan: Plan, device: torch.device,
-                   auto: bool = False) -> torch.dtype | None:
-    """``dtype``, or None (fp32) where bf16 on the CPU is unsafe or, with ``auto``, not worth it
-    (:func:`medzoo.runtime.bf16_guard` on a patch of ``plan``)."""
-    return runtime.bf16_guard(dtype, model, (1, plan.in_channels, *plan.patch_size), device, auto, plan.model)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
@@ -481,8 +473,9 @@ class Trainer:
             model.to(memory_format=self.memory_format)
         log.info("memory format: %s", "contiguous" if self.memory_format is None
                  else str(self.memory_format).removeprefix("torch."))  # fmt: skip
-        dtype = amp_dtype(config, device) if accelerated else None
-        self.dtype = cpu_bf16_guard(dtype, model, plan, device, auto=config.amp == "auto")
+        patch = (1, plan.in_channels, *plan.patch_size)
+        self.dtype = (runtime.training_autocast_dtype(config.amp, device, model, patch, plan.model)
+                      if accelerated else None)  # fmt: skip
         log.info("precision: %s (amp '%s' on %s)", "fp32" if self.dtype is None
                  else f"{str(self.dtype).removeprefix('torch.')} autocast", config.amp, device.type)  # fmt: skip
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)

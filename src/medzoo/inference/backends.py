@@ -230,8 +230,26 @@ def _export_problem(path: Path) -> str | None:
     return _read_export(path)[1]
 
 
+_READ: dict[tuple[str, int, int, int], tuple[dict[str, Any], None]] = {}  # whole exports read in this process
+
+
 def _read_export(path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """``(checks, None)`` for a whole cached export, ``(None, why not)`` otherwise."""
+    """``(checks, None)`` for a whole cached export, ``(None, why not)`` otherwise (a whole one is read once
+    per process while its size and modification time stay the same)."""
+    try:
+        stat = path.stat()
+    except OSError as err:
+        return None, f"{path}: cannot be read ({err})"
+    key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key not in _READ:
+        checks, problem = _parse_export(path)
+        if problem is not None:
+            return None, problem
+        _READ[key] = (checks, None)
+    return _READ[key]
+
+
+def _parse_export(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     import onnx
 
     try:
