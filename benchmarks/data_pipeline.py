@@ -11,9 +11,9 @@ resamples with, gets the same count), as in DataLoader workers, where torch sets
 
 - medzoo: :class:`~medzoo.data.loader.PatchLoader` over the preprocessed cache (memory-mapped .npy),
   ``augment="standard"``: crop + flip by indexing for the ~64% of patches without a warp; for the others a
-  slightly larger crop, written straight into a stack of its slices and resampled once (trilinear image,
-  nearest label) with PyTorch's vectorised 2D grid_sample (``SpatialAugment.warp_stacked``; equals the 3D
-  grid_sample within 1e-3); gamma / noise on the patch. Headline:
+  slightly larger crop, resampled once (trilinear image, nearest label) with PyTorch's vectorised 2D
+  grid_sample on a stack of its slices (``medzoo.accel.warp``; equals the 3D grid_sample within 1e-3); gamma /
+  noise on the patch. Headline:
   ``num_workers=0`` (same thread, like the peers); also one background thread / process.
 - TorchIO: ``tio.Queue`` with ``LabelSampler`` (foreground probability 1/3), ``samples_per_volume=1``:
   TorchIO transforms the whole subject before sampling (its design), so each independently augmented

@@ -159,6 +159,14 @@ def test_imports_go_down_the_layers():
     assert not upward, f"imports that go up the layers: {upward}"
 
 
+def test_the_speed_machinery_is_reached_only_through_the_layer_factories_and_the_runtime():
+    graph = import_graph()
+    doors = ("medzoo.runtime", "medzoo.models.layers.", "medzoo.accel")
+    outside = sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets
+                     if b.startswith("medzoo.accel") and not a.startswith(doors))
+    assert not outside, f"reach medzoo.accel through medzoo.runtime or the layer factories: {outside}"
+
+
 def test_only_the_runtime_reads_the_environment():
     """Every environment variable is declared and read in medzoo.runtime (and listed in the docs)."""
     readers = []

@@ -11,6 +11,7 @@ Training (:mod:`medzoo.engine`) and prediction (:mod:`medzoo.inference`) ask it 
 - memory layout: :func:`preferred_memory_format` (channels-last on the CPU for the networks whose model card
   says they run faster so);
 - threads: :func:`limit_worker_threads` for the data loader's helper threads;
+- resampling: :func:`resampler_3d` (the augmentation's 3D warp on the CPU, :mod:`medzoo.accel.warp`);
 - compilation: :func:`compile_requested` / :func:`maybe_compile` (off unless asked);
 - memory reuse: :func:`tune_malloc` / :func:`release_memory` (:mod:`medzoo.accel.malloc`);
 - fused kernels: :func:`fused_kernels` (:mod:`medzoo.accel.kernels`), which the layer factories' norms and
@@ -40,14 +41,14 @@ import torch
 from torch import nn
 
 from medzoo.accel import kernels as _kernels_module
-from medzoo.accel import malloc, threads
+from medzoo.accel import malloc, threads, warp
 from medzoo.errors import ConfigError
 
 __all__ = [
     "AMP_MODES", "BF16_MIN_CONV_VOXELS", "BF16_MIN_CONV_WIDTH", "ENVIRONMENT", "MEMORY_FORMATS", "ConvCensus",
     "EnvVar", "autocast_dtype", "compile_requested", "conv_census", "cpu_has_native_bf16", "cuda_amp_dtype",
     "distributed_env", "env", "environment_table", "fused_kernels", "kernel_cache_dir", "limit_worker_threads",
-    "maybe_compile", "model_cache_dir", "preferred_memory_format", "release_memory", "resolve_device",
+    "maybe_compile", "model_cache_dir", "preferred_memory_format", "release_memory", "resampler_3d", "resolve_device",
     "training_autocast_dtype", "tune_malloc", "user_cache_dir",
 ]
 
@@ -369,6 +370,13 @@ def tune_malloc(enable: bool | None = None) -> bool:
 def release_memory() -> None:
     """Give free heap memory back to the kernel (a no-op off glibc)."""
     malloc.release_memory()
+
+
+def resampler_3d(device: torch.device | str) -> Callable[..., Any] | None:
+    """The resampler that replaces 3D ``grid_sample`` on ``device``: on the CPU, where PyTorch's 3D sampler is
+    a scalar loop, :func:`medzoo.accel.warp.sample_by_slices` (the same values from vectorised 2D calls); None
+    elsewhere (``grid_sample`` itself)."""
+    return warp.sample_by_slices if torch.device(device).type == "cpu" else None
 
 
 # ------------------------------------------------------------------------------------------- compilation

@@ -8,9 +8,8 @@ processes through a torch DataLoader (``worker_mode="process"``).
 Per sample: pick a case, pick a patch centre with the sampler (the last ``oversample_foreground`` fraction
 of each batch is forced onto foreground, like nnU-Net), draw the spatial augmentation, crop the region
 it needs around the centre from the memory-mapped case (zero-padded at the borders), warp it to the patch
-(one resampling; in 3D on the CPU the region is cropped straight into the slice stack that
-:meth:`~medzoo.transforms.augment.SpatialAugment.warp_stacked` samples with PyTorch's vectorised 2D
-``grid_sample``); then the batch goes through flips / intensity transforms on the small patches.
+(one resampling, :meth:`~medzoo.transforms.augment.SpatialAugment.warp`); then the batch goes through flips /
+intensity transforms on the small patches.
 
 2D training on 3D cases (``spatial_dims=2``): a slice along ``slice_axis`` is sampled, and
 ``context_slices`` neighbours on each side are stacked as extra channels, channel-major: for C modalities
@@ -31,7 +30,7 @@ import torch
 from medzoo import runtime
 from medzoo.data.sampling import crop_with_padding, get_sampler
 from medzoo.errors import ConfigError
-from medzoo.transforms.augment import Augmentation, build_augmentation, slice_stack_buffer
+from medzoo.transforms.augment import Augmentation, build_augmentation
 
 log = logging.getLogger(__name__)
 
@@ -223,17 +222,6 @@ class PatchLoader:
                     for a in range(self.spatial_dims)
                 )
                 self._crop(case, centre, self.patch_size, images[b][(slice(None),) + flip], labels[b][flip])
-                continue
-            if spatial.nd == 3 and not self._slicing:  # crop straight into the warp's slice stacks (no copy)
-                img_stack, img_view = slice_stack_buffer((case.image.shape[0],), params.region)
-                lab_stack, lab_view = (None, None) if case.label is None else slice_stack_buffer((), params.region)
-                self._crop(case, centre, params.region, img_view.numpy(), None if lab_view is None else lab_view.numpy())
-                img_t, lab_t = spatial.warp_stacked(
-                    img_stack[None], None if lab_stack is None else lab_stack[None, None], params.region, [params]
-                )
-                images[b] = img_t[0].numpy()
-                if lab_t is not None:
-                    labels[b] = lab_t[0, 0].numpy()  # exact integral floats -> int64 on the copy
                 continue
             image, label = self._crop(case, centre, params.region)
             img_t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]

@@ -9,8 +9,8 @@ The spatial transform composes rotation, scaling and elastic deformation into ON
 samples from a larger region than the patch so borders stay filled: :meth:`SpatialAugment.sample` draws the
 parameters and says how large a region the loader must crop; :meth:`SpatialAugment.warp` produces the
 centred patch from that region. Called directly on a batch (``__call__``) it warps the centre of the input.
-In 3D on the CPU the resampling runs as 2D ``grid_sample`` calls on a stack of the region's slices (PyTorch's
-CPU 2D sampler is vectorised, its 3D one is a scalar loop; see :meth:`SpatialAugment.warp_stacked`).
+In 3D the resampling is ``grid_sample``; on the CPU, where PyTorch's 3D sampler is a scalar loop, the runtime
+policy hands it to an equal, faster resampler (:func:`medzoo.runtime.resampler_3d`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from medzoo import runtime
 from medzoo.errors import ConfigError
 
 Pair = tuple[torch.Tensor, torch.Tensor | None]
@@ -190,9 +191,14 @@ class SpatialAugment:
                         if lab is not None:
                             lab[b] = torch.flip(lab[b], list(p.flips))
             return out, lab
-        if self.nd == 3 and image.device.type == "cpu":  # 3D on CPU: vectorised 2D sampler on slice stacks
-            lab_stack = None if label is None else stack_slices(label[:, None])
-            out, lab = self.warp_stacked(stack_slices(image), lab_stack, region, params)
+        sampler = runtime.resampler_3d(image.device) if self.nd == 3 else None
+        if sampler is not None:  # the same resampling as grid_sample below, faster on this device
+
+            def coordinates(out: torch.Tensor, scale: tuple[float, ...], offset: tuple[float, ...]) -> None:
+                self.voxel_coordinates(params, region, out, scale=scale, offset=offset)
+
+            out, lab = sampler(image, None if label is None else label[:, None], self.patch_size, coordinates,
+                               self.image_mode)
             return out, None if lab is None else lab[:, 0].to(label.dtype)
         grid = self.grid(params, region, image.device)
         mode = self.image_mode
@@ -248,107 +254,10 @@ class SpatialAugment:
                 out[b] += d * torch.tensor(scale, dtype=torch.float32).reshape((nd,) + (1,) * nd)
         return out
 
-    def warp_stacked(
-        self, image_stack: torch.Tensor, label_stack: torch.Tensor | None, region: tuple[int, ...],
-        params: list[SpatialParams],
-    ) -> Pair:
-        """3D warp of regions given as slice stacks (see :func:`stack_slices`) with 2D ``grid_sample`` calls.
-
-        PyTorch's CPU 3D ``grid_sample`` is a scalar loop; its 2D kernel is vectorised. Trilinear
-        interpolation is the linear blend, along the first axis, of two bilinear samples in neighbouring
-        slices; in a stack of zero-separated slices a bilinear sample never mixes two slices, and zero
-        padding behaves as in 3D. Nearest neighbour: the nearest slice, then the nearest voxel in it.
-        Results equal the 3D ``grid_sample`` up to float32 rounding of the coordinates (< 1e-3 voxel).
-
-        Args:
-            image_stack: (B, C, (R0 + 3) * (R1 + 1), R2) float32 stack of image regions of size ``region``.
-            label_stack: (B, 1, same) float32 stack of label regions, or None.
-            region: (R0, R1, R2) region size (the patch centre is the region centre).
-            params: one draw per sample.
-
-        Returns:
-            ``image (B, C, *P)`` float32 and ``label (B, 1, *P)`` float32 (integral values) or None.
-        """
-        R0, R1, R2 = region
-        rows = (R0 + 3) * (R1 + 1)
-        P = self.patch_size
-        B = len(params)
-        # planes (B, 5, *P): z, y (voxels), x (normalised, align_corners=False: the 2D sampler pads along x
-        # itself), then the stack rows (normalised) of the bilinear and of the nearest samples. The grids
-        # handed to grid_sample are strided (x, row) views of these planes (as fast as interleaved grids,
-        # which cost a slow strided write per coordinate).
-        planes = torch.empty((B, 5, *P), dtype=torch.float32)
-        self.voxel_coordinates(params, region, planes[:, :3], scale=(1.0, 1.0, 2.0 / R2),
-                               offset=(0.0, 0.0, 1.0 / R2 - 1))
-        zi, yi, _, y_lin, y_near = planes.unbind(1)
-        n_plane = planes.stride(1)
-
-        def grid(y_plane: int) -> torch.Tensor:  # (B, P0 * P1, P2, 2) view: (x, row)
-            st = planes.stride()
-            return planes.as_strided((B, P[0] * P[1], P[2], 2), (st[0], st[3], st[4], (y_plane - 2) * n_plane),
-                                     planes.storage_offset() + 2 * n_plane)
-
-        yi.clamp_(-1.0, float(R1))  # never reach into the neighbouring slice (its separator row is zero)
-        step = float(R1 + 1)  # stack rows per slice
-
-        def to_rows(z_index: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> None:
-            # normalised stack row of (slice z, row y): ((z + 1) * (R1 + 1) + y + 0.5) * 2 / rows - 1
-            torch.add(y, z_index, alpha=step, out=out)
-            out.mul_(2.0 / rows).add_((2.0 * step + 1.0) / rows - 1.0)
-
-        image = label = None
-        if self.image_mode == "nearest" or label_stack is not None:
-            zn = torch.round(zi).clamp_(-1.0, float(R0))  # the stack holds zero slices -1, R0 and R0 + 1
-            to_rows(zn, torch.round(yi), y_near)  # rounded here: the sampler lands on a voxel centre
-            near = grid(4)
-            if label_stack is not None:
-                label = F.grid_sample(label_stack, near, mode="nearest", padding_mode="zeros", align_corners=False)
-                label = label.reshape(B, 1, *P)
-            if self.image_mode == "nearest":
-                image = F.grid_sample(image_stack, near, mode="nearest", padding_mode="zeros", align_corners=False)
-                image = image.reshape(B, -1, *P)
-        if image is None:
-            zi.clamp_(-1.0, float(R0))
-            z0 = torch.floor(zi)
-            frac = zi.sub_(z0).reshape(B, 1, P[0] * P[1], P[2])  # weight of slice z0 + 1
-            to_rows(z0, yi, y_lin)
-            lin = grid(3)
-            lower = F.grid_sample(image_stack, lin, mode="bilinear", padding_mode="zeros", align_corners=False)
-            y_lin += step * 2.0 / rows
-            upper = F.grid_sample(image_stack, lin, mode="bilinear", padding_mode="zeros", align_corners=False)
-            image = lower.lerp_(upper, frac).reshape(B, -1, *P)
-        return image, label
-
     def __call__(self, image: torch.Tensor, label: torch.Tensor | None, generator: torch.Generator) -> Pair:
         """Batched: draw per-sample parameters and warp the centre of ``image (B, C, *S)`` to the patch size."""
         params = [self.sample(generator) for _ in range(image.shape[0])]
         return self.warp(image, label, params)
-
-
-def slice_stack_buffer(lead: tuple[int, ...], region: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """A zeroed slice stack for a 3D region and the view of it to fill with the region.
-
-    Args:
-        lead: leading shape, e.g. ``(B, C)`` or ``(C,)``.
-        region: (R0, R1, R2).
-
-    Returns:
-        ``stack (*lead, (R0 + 3) * (R1 + 1), R2)`` float32 and ``view (*lead, R0, R1, R2)`` into it: slice
-        ``i`` of the region is rows ``(i + 1) * (R1 + 1)`` to ``... + R1 - 1``; every other row is zero (one
-        separator row after each slice, zero slices -1, R0 and R0 + 1).
-    """
-    R0, R1, R2 = region
-    buf = torch.empty((*lead, R0 + 3, R1 + 1, R2), dtype=torch.float32)
-    buf[..., [0, R0 + 1, R0 + 2], :, :] = 0
-    buf[..., R1, :] = 0
-    return buf.reshape(*lead, (R0 + 3) * (R1 + 1), R2), buf[..., 1 : R0 + 1, :R1, :]
-
-
-def stack_slices(x: torch.Tensor) -> torch.Tensor:
-    """``x (B, C, R0, R1, R2)`` as the slice stack ``(B, C, (R0 + 3) * (R1 + 1), R2)`` float32 (a copy)."""
-    stack, view = slice_stack_buffer(tuple(x.shape[:2]), tuple(x.shape[2:]))
-    view.copy_(x)
-    return stack
 
 
 def centre_crop(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
