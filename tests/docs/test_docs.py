@@ -210,3 +210,30 @@ def test_docstrings_parse_without_warnings():
         logger.removeHandler(handler)
     assert len(seen) > 100
     assert not messages, "\n".join(messages)
+
+
+def test_commands_in_the_docs_use_real_flags():
+    """Every ``medzoo COMMAND --flag`` written in a page's code blocks is a flag that command has."""
+    import argparse
+
+    from medzoo.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {name: {s for a in p._actions for s in a.option_strings} for name, p in sub.choices.items()}
+    problems, checked = [], 0
+    pages = sorted(DOCS.rglob("*.md")) + [ROOT / "README.md"]
+    for page in pages:
+        for block in re.findall(r"^```(?:bash|sh|console)?\n(.*?)^```", page.read_text(), re.MULTILINE | re.DOTALL):
+            for command in re.sub(r"\\\n\s*", " ", block).splitlines():
+                m = re.search(r"-m medzoo\s+((?:-[qv]\s+)*)([a-z]+)\b(.*)", command)
+                if not m or m.group(2) not in flags:
+                    continue
+                words = m.group(3).split("#")[0].split()
+                for word in words:
+                    flag = word.split("=", 1)[0]
+                    if flag.startswith("--") and flag not in flags[m.group(2)]:
+                        problems.append(f"{page.relative_to(ROOT)}: medzoo {m.group(2)} has no {flag}")
+                checked += 1
+    assert checked > 30
+    assert not problems, "\n".join(problems)
