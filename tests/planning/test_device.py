@@ -71,3 +71,14 @@ def test_profile_costs_the_network_it_is_asked_about():
     profile = DeviceProfile({"device": "cpu"}, {})
     cost = profile.cost("unet3d", 3, {"features": [4, 8]}, 1, 2)
     assert len(profile.networks) == 1 and cost.per_voxel > 0
+
+
+def test_probe_prices_steps_in_the_training_precision(monkeypatch):
+    import torch
+
+    from medzoo import runtime
+
+    monkeypatch.setattr(runtime, "autocast_dtype", lambda *a, **k: torch.bfloat16)
+    assert device.machine_signature("cpu")["precision"] == "bfloat16"  # a bf16 machine caches apart
+    cost = measure_step_cost("unet3d", 3, {"features": [4, 8]}, 1, 2)
+    assert cost.per_voxel > 0

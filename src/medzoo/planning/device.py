@@ -94,8 +94,12 @@ def machine_signature(device: str = "cpu") -> dict[str, Any]:
                 break
     except OSError:
         pass
+    from medzoo import runtime
+
+    dtype = runtime.autocast_dtype("auto", device)
     sig: dict[str, Any] = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                           "threads": torch.get_num_threads(), "device": device, "precision": "fp32"}
+                           "threads": torch.get_num_threads(), "device": device,
+                           "precision": "fp32" if dtype is None else str(dtype).removeprefix("torch.")}
     if device.startswith("cuda") and torch.cuda.is_available():
         sig["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return sig
@@ -183,23 +187,33 @@ def measure_step_cost(model: str, spatial_dims: int, model_kwargs: dict[str, Any
     """Time training steps of the network at the two probe sizes and fit the line through them.
 
     A network whose first step at the small size takes more than a quarter of ``max_seconds`` is priced from
-    that one step (all of it per voxel), so a slow network never holds the probe for long.
+    that one step (half of it fixed), so a slow network never holds the probe for long. The steps run in the
+    precision and memory layout ``medzoo train`` picks by default on this device (:mod:`medzoo.runtime`).
     """
     import torch
 
-    from medzoo.models.registry import create_model
+    from medzoo import runtime
+    from medzoo.models.registry import create_model, prefers_channels_last
 
     dev = torch.device(device)
     net = create_model(model, in_channels=in_channels, num_classes=num_classes, spatial_dims=spatial_dims,
                        **model_kwargs).to(dev)
+    # priced as `medzoo train` runs by default (amp and memory format "auto")
+    dtype = runtime.autocast_dtype("auto", dev)
+    layout = runtime.preferred_memory_format("auto", spatial_dims, dev, prefers_channels_last(model))
+    if layout is not None:
+        net = net.to(memory_format=layout)
     net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
 
     def step(batch: int, patch: tuple[int, ...]) -> float:
         x = torch.zeros(batch, in_channels, *patch, device=dev)
+        if layout is not None:
+            x = x.to(memory_format=layout)
         y = torch.zeros(batch, *patch, dtype=torch.long, device=dev)
         t0, c0 = time.perf_counter(), time.process_time()
-        out = net(x)
+        with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = net(x)
         outs = out if isinstance(out, (list, tuple)) else [out]
         loss = sum(torch.nn.functional.cross_entropy(o.float(), torch.nn.functional.interpolate(
             y[:, None].float(), size=o.shape[2:], mode="nearest")[:, 0].long()) for o in outs)

@@ -36,6 +36,7 @@ import numpy as np
 from medzoo.data.case import DatasetInfo
 from medzoo.errors import ConfigError
 from medzoo.planning.budgeting import (
+    KEEP_FRACTION,
     MAX_COARSENING,
     MIN_DIAMETER_VOXELS,
     MIN_PATCH_EDGE_2D,
@@ -337,8 +338,9 @@ def _fit_budget(seconds: float, profile: Any, fingerprint: dict[str, Any] | None
     need, why_need = required_steps(n_fg, batch)
     got = steps(net, patch, batch)
     budget_words = f"{TRAIN_FRACTION:.0%} of {seconds:.0f} s for steps"
-    if got >= need:
-        reasons["budget"] = (f"{budget_words}: about {got:.0f} steps of the budget-free plan, enough ({why_need}); "
+    if got >= KEEP_FRACTION * need:
+        enough = "enough" if got >= need else f"at least {KEEP_FRACTION:.0%} of them, close enough to keep"
+        reasons["budget"] = (f"{budget_words}: about {got:.0f} steps of the budget-free plan, {enough} ({why_need}); "
                              "nothing traded")
         return target, net, patch, batch
     if "batch_size" not in fixed and batch > 2:
