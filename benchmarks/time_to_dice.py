@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cases", type=int, default=20, help="phantom cases to write (default 20)")
     parser.add_argument("--shape", type=int, nargs=3, default=None, help="phantom shape (default: the kind's)")
     parser.add_argument("--runs-dir", type=Path, default=None, help="where run folders go (default: a temp dir)")
+    parser.add_argument("--plan-for-budget", action="store_true",
+        help="train on the budget plan (medzoo train --plan-for-budget)")
     parser.add_argument("--memory-format", default="auto", choices=["auto", "channels_last", "contiguous"],
                         help="the trainer's memory_format (A/B against the default)")
     parser.add_argument("--no-predict", action="store_true", help="skip the held-out prediction on original grids")
@@ -163,7 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         try:
             res = train(TrainConfig(data=str(data), out=str(out), time_budget=budget, progress=False, layout=layout,
-                                    layout_options=options, memory_format=args.memory_format))
+                                    layout_options=options, memory_format=args.memory_format,
+                                    plan_for_budget=args.plan_for_budget))
         except Exception as err:  # noqa: BLE001 - report, do not crash the suite
             rows.append({"dataset": args.dataset, "budget": budget, "skipped": f"{type(err).__name__}: {err}"[:300]})
             continue

@@ -161,3 +161,19 @@ def test_cpu_optimizers_are_fused_where_pytorch_has_it_and_update_the_same(optim
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
     assert not torch.equal(results[0][0], start[0])  # the parameters moved
     assert fused_optimizer_options([torch.nn.Parameter(torch.zeros(1, device="meta"))], "sgd") == {}
+
+
+
+def test_the_budget_shapes_the_plan_only_when_asked(monkeypatch, tmp_path):
+    """``--time-budget`` alone keeps the budget-free plan; ``plan_for_budget`` hands the budget to the planner."""
+    from medzoo.engine import segment
+    from medzoo.planning import fingerprint, planner
+
+    seen = []
+    monkeypatch.setattr(planner, "make_plan", lambda info, fp, time_budget=None, **kw: seen.append(time_budget))
+    monkeypatch.setattr(fingerprint, "compute_fingerprint", lambda info, progress=False: {})
+    for flag in (False, True):
+        config = TrainConfig(data="d", out=str(tmp_path / "r"), time_budget="2m", plan_for_budget=flag,
+                             regions=False)
+        segment.plan_for(config, object(), progress=False)
+    assert seen == [None, 120.0]

@@ -21,7 +21,7 @@ def test_time_budget_run_records_a_budget_plan(tmp_path, monkeypatch):
     data = make_phantom_dataset(tmp_path / "ph", cases=3, seed=0, shape=(24, 28, 20))
     common = dict(data=str(data), device="cpu", num_workers=0, progress=False, log_images=False,
                   iterations_per_epoch=1)
-    train(TrainConfig(out=str(tmp_path / "budget"), time_budget="5s", **common))
+    train(TrainConfig(out=str(tmp_path / "budget"), time_budget="5s", plan_for_budget=True, **common))
     plan = Plan.load(tmp_path / "budget" / "plan.json")
     assert plan.extra["planner"].endswith("(budget)")
     assert "steps expected" in plan.extra["reasons"]["budget"]

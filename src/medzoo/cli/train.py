@@ -22,6 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--epochs", type=int, help="number of epochs (default 50)")
     g.add_argument("--time-budget", help="wall-clock budget incl. final validation, e.g. 10m, 1.5h")
+    p.add_argument("--plan-for-budget", action="store_true",
+                   help="fit spacing, patch, batch and network width to --time-budget (see `medzoo plan`); "
+                        "default: the budget-free plan")
     p.add_argument("--iterations", type=int, default=50, help="optimizer steps per epoch (default 50)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--patch-size", type=int, nargs="+", metavar="N")
@@ -108,7 +111,7 @@ def _run(ns: argparse.Namespace) -> int:
         config = TrainConfig(
             data=ns.data, out=ns.out, layout=ns.layout, task=ns.task, model=ns.model,
             model_kwargs=dict(ns.model_arg), layout_options=layout_options, epochs=ns.epochs,
-            time_budget=ns.time_budget, iterations_per_epoch=ns.iterations, batch_size=ns.batch_size,
+            time_budget=ns.time_budget, plan_for_budget=ns.plan_for_budget, iterations_per_epoch=ns.iterations, batch_size=ns.batch_size,
             patch_size=tuple(ns.patch_size) if ns.patch_size else None, spatial_dims=ns.spatial_dims,
             context_slices=ns.context_slices, optimizer=ns.optimizer, lr=ns.lr, weight_decay=ns.weight_decay,
             schedule=ns.schedule, warmup_epochs=ns.warmup_epochs, grad_clip=ns.grad_clip or None,

@@ -53,7 +53,8 @@ def plan_for(config: TrainConfig, info: Any, progress: bool = True) -> Plan:
         overrides["model_kwargs"] = dict(config.model_kwargs)
     if config.context_slices:
         overrides["context_slices"] = config.context_slices
-    budget = config.budget_seconds if config.epochs is None else None  # the plan fits a time budget
+    fit_budget = config.plan_for_budget and config.epochs is None
+    budget = config.budget_seconds if fit_budget else None  # the plan fits a time budget only when asked
     plan = make_plan(info, fingerprint, time_budget=budget, **overrides)
     return regions.region_plan(plan, info) if config.regions else plan
 
