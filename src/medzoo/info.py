@@ -7,7 +7,6 @@ would do with it on this machine; nothing is computed, exported or written.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import torch
 
 from medzoo.errors import CheckpointError
 from medzoo.planning.plan import Plan
+from medzoo.utils import read_json_object
 
 __all__ = ["run_info"]
 
@@ -45,7 +45,7 @@ def run_info(model: str | Path, checkpoint: str = "best") -> dict[str, Any]:
     if not run_dir.is_dir():
         raise CheckpointError(f"{model}: give a run folder or a .medzoo file")
     plan = Plan.load(run_dir / "plan.json")
-    config = _read_json(run_dir / "config.json")
+    config = read_json_object(run_dir / "config.json")
     manifest = read_manifest(model) if packed else {}
     source: dict[str, Any] = {"path": str(model), "kind": "packed model" if packed else "run folder"}
     if packed:
@@ -56,14 +56,14 @@ def run_info(model: str | Path, checkpoint: str = "best") -> dict[str, Any]:
         "data": _data(plan, config, run_dir, manifest.get("split_sizes") or {}),
         "plan": _plan(plan),
         "training": _training(run_dir, config, plan, manifest),
-        "versions": {"packed_with": _read_json(run_dir / "versions.json") or None,
+        "versions": {"packed_with": read_json_object(run_dir / "versions.json") or None,
                      "installed": environment_versions()},
         "predict": _predict(run_dir, plan, checkpoint),
     }
 
 
 def _data(plan: Plan, config: dict[str, Any], run_dir: Path, packed_sizes: dict[str, int]) -> dict[str, Any]:
-    splits = _read_json(run_dir / "splits.json")
+    splits = read_json_object(run_dir / "splits.json")
     folds = splits.get("folds") or []
     fold = folds[int(splits.get("fold", 0) or 0)] if folds else {}
     sizes = {"training_cases": len(fold["train"]), "validation_cases": len(fold["val"])} if fold else packed_sizes
@@ -154,11 +154,3 @@ def _predict(run_dir: Path, plan: Plan, checkpoint: str) -> dict[str, Any]:
         "patch_size": list(plan.patch_size),
         "batch_size": 4,
     }
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

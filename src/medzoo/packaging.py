@@ -40,7 +40,7 @@ import torch
 
 from medzoo.errors import CheckpointError
 from medzoo.planning.plan import Plan
-from medzoo.utils import atomic_write, current_umask
+from medzoo.utils import atomic_write, current_umask, read_json_object
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "SUFFIX", "environment_versions", "is_packed", "model_cache_dir", "open_model",
@@ -246,7 +246,7 @@ def model_card(plan: Plan, training: dict[str, Any], run_dir: Path) -> str:
     labels = ", ".join(f"{k} {v}" for k, v in sorted(plan.labels.items()))
     patch = "x".join(map(str, plan.patch_size))
     spacing = "native" if plan.target_spacing is None else " x ".join(f"{s:g}" for s in plan.target_spacing) + " mm"
-    config = _read_json(run_dir / "config.json")
+    config = read_json_object(run_dir / "config.json")
     dice = _final_dice(run_dir / "metrics.csv")
     lines = [
         f"# medzoo model: {plan.model} ({plan.spatial_dims}D)", "",
@@ -399,7 +399,7 @@ def _file_sha256(path: Path) -> str:
 
 def _split_sizes(splits_json: Path) -> dict[str, int]:
     """Training and validation case counts of the run's fold (the case names stay out of the file)."""
-    splits = _read_json(splits_json)
+    splits = read_json_object(splits_json)
     folds = splits.get("folds") or []
     try:
         fold = folds[int(splits.get("fold", 0) or 0)]
@@ -410,14 +410,6 @@ def _split_sizes(splits_json: Path) -> dict[str, int]:
 
 def _checkpoint_role(ckpt_file: Path) -> str:
     return "last" if ckpt_file.name == "checkpoint_last.pt" else "best"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _final_dice(metrics_csv: Path) -> dict[str, float]:

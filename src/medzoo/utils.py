@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -10,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from medzoo.errors import ConfigError
 
@@ -153,3 +155,13 @@ def parse_duration(text: str | float | int) -> float:
         raise ConfigError(f"cannot read duration '{text}' (examples: 90s, 10m, 1.5h)")
     value, unit = float(match.group(1)), match.group(2) or "s"
     return value * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """The JSON object in ``path``, or ``{}`` when the file is missing, unreadable or not an object (for
+    optional side files of a run folder, such as config.json or splits.json)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
