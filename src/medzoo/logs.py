@@ -15,9 +15,11 @@ time elapsed and the time remaining. Lines go through :mod:`logging` (logger ``m
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -118,3 +120,14 @@ def add_log_file(path: str | Path, logger: str = "medzoo") -> logging.Handler:
 def remove_log_file(handler: logging.Handler, logger: str = "medzoo") -> None:
     logging.getLogger(logger).removeHandler(handler)
     handler.close()
+
+
+@contextlib.contextmanager
+def log_file(path: str | Path | None, logger: str = "medzoo") -> Iterator[None]:
+    """Also write ``logger``'s records to ``path`` while the block runs (nothing when ``path`` is None)."""
+    handler = add_log_file(path, logger) if path else None
+    try:
+        yield
+    finally:
+        if handler is not None:
+            remove_log_file(handler, logger)

@@ -58,14 +58,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from medzoo.logs import add_log_file, remove_log_file
+    from medzoo.logs import log_file
 
-    handler = add_log_file(ns.log_file) if ns.log_file else None
-    try:
+    with log_file(ns.log_file):
         return _predict(ns)
-    finally:
-        if handler is not None:
-            remove_log_file(handler)
 
 
 def _predict(ns: argparse.Namespace) -> int:

@@ -79,15 +79,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(ns: argparse.Namespace) -> int:
     from medzoo import runtime
-    from medzoo.logs import add_log_file, remove_log_file
+    from medzoo.logs import log_file
 
     main_rank = runtime.distributed_env().rank == 0  # under torchrun only rank 0 writes the file
-    handler = add_log_file(ns.log_file) if ns.log_file and main_rank else None
-    try:
+    with log_file(ns.log_file if main_rank else None):
         return _run(ns)
-    finally:
-        if handler is not None:
-            remove_log_file(handler)
 
 
 def _run(ns: argparse.Namespace) -> int:
