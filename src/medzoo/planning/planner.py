@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "unet3d"
 # A small, fast 3D U-Net that trains to a visible result on a CPU in minutes. Deep supervision (a 1x1 head on
 # each coarser decoder level, halving loss weights, as nnU-Net) costs no measurable time per step and learned
-# faster on hippocampus at a fixed number of steps (README).
+# faster on hippocampus at a fixed number of steps (docs/benchmarks.md, "Real data").
 DEFAULT_MODEL_KWARGS: dict[str, dict[str, Any]] = {
     "unet3d": {"features": [16, 32, 64, 128], "deep_supervision": True},
 }
