@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from medzoo.engine import crossval
 from medzoo.engine.config import TrainConfig
 from medzoo.engine.splits import load_splits
 from medzoo.errors import ConfigError
+from support.clock import FakeClock
 
 SHAPE = (24, 28, 20)
 
@@ -77,12 +77,14 @@ def test_interrupted_fold_resumes_and_missing_folds_train(phantom, tmp_path, mon
     assert calls == [("fold_0", 0, True, str(run / "cache"))]  # fold 1 is done; fold 0 resumes first
 
 
-def test_budget_is_for_the_whole_command_and_split_across_folds():
-    started = time.monotonic()
+def test_budget_is_for_the_whole_command_and_split_across_folds(monkeypatch):
+    clock = FakeClock().install(monkeypatch, crossval)
+    started = clock.now
     share = crossval._fold_budget(100.0, started, 4)
-    assert share == pytest.approx(100.0 * (1 - crossval.EVALUATION_SHARE) / 4, rel=0.01)
+    assert share == pytest.approx(100.0 * (1 - crossval.EVALUATION_SHARE) / 4)
     # later folds share what is left: a fold that finished early hands its time on
-    assert crossval._fold_budget(100.0, started - 30.0, 2) == pytest.approx((90.0 - 30.0) / 2, rel=0.01)
+    clock.advance(30.0)
+    assert crossval._fold_budget(100.0, started, 2) == pytest.approx((90.0 - 30.0) / 2)
     assert crossval._fold_budget(None, started, 3) is None
     with pytest.raises(ConfigError, match="time budget leaves"):
         crossval._fold_budget(20.0, started, 5)
