@@ -50,6 +50,10 @@ def test_cross_validation_scores_every_case_out_of_fold_and_resumes(phantom, tmp
             assert report["cases"][cid]["fold"] == fold  # predicted by the fold that did not train on it
             assert (run / f"fold_{fold}" / "validation" / f"{cid}.nii.gz").is_file()
     assert len(report["cases"]) == 5 and (run / "postprocessing.json").is_file()
+    assert main(["info", str(run)]) == 0  # the parent folder describes itself: folds, their status, the table
+    described = capsys.readouterr().out
+    assert "kind: cross-validation" in described and "fold 1: status trained" in described
+    assert crossval.load_crossval(run).table().splitlines()[0] in described
     for c in ("1", "2", "3"):
         cases = [v["dice"][c] for v in report["cases"].values() if v["dice"][c] is not None]
         assert report["summary"]["dice"][c]["mean_over_cases"] == pytest.approx(np.mean(cases), abs=1e-5)
