@@ -210,12 +210,23 @@ def open_model(model: str | Path) -> Path:
         level = logging.INFO if damage == _OLD_ENTRY else logging.WARNING
         log.log(level, "%s: its unpacked copy %s %s; unpacking it again", model, target, damage)
         _discard(target)
-    cache.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=cache))
+    _unpack_to_cache(model, target)
+    _remember_source(target, model)
+    clean_model_cache(cache)
+    return target
+
+
+def _unpack_to_cache(model: Path, target: Path) -> None:
+    """Unpack ``model`` into the cache folder ``target``, which appears whole (with its :data:`ENTRY_FILE`) or
+    not at all; when another process got there first, its folder is kept."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=target.parent))
     try:
         _extract(model, staging)
         files = {str(p.relative_to(staging)): p.stat().st_size for p in staging.rglob("*") if p.is_file()}
-        (staging / ENTRY_FILE).write_text(json.dumps({"files": files, "sources": {}}, indent=2))
+        # the source is recorded before the folder appears, so no clean-up ever sees it without one
+        sources = {str(model.resolve()): _source_stat(model)}
+        (staging / ENTRY_FILE).write_text(json.dumps({"files": files, "sources": sources}, indent=2))
         try:
             os.replace(staging, target)
         except OSError:  # another process unpacked the same file first
@@ -223,9 +234,6 @@ def open_model(model: str | Path) -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    _remember_source(target, model)
-    clean_model_cache(cache)
-    return target
 
 
 def clean_model_cache(cache: str | Path | None = None) -> list[Path]:
