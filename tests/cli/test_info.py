@@ -150,6 +150,8 @@ def test_info_command_on_a_cross_validation_prints_the_table(tmp_path, capsys):
 
 def test_info_on_a_cross_validation_still_training_says_what_is_missing(tmp_path):
     parent, _ = _crossval_parent(tmp_path / "cv", post=False)
+    (parent / "crossval.json").write_text('{"folds": [0, 1], "cases": {"a": {}}}')  # damaged: written again later
+    assert run_info(parent)["crossval"]["file"] is None
     (parent / "crossval.json").unlink()
     info = run_info(parent)
     assert info["crossval"]["file"] is None and "--fold all" in info["crossval"]["note"]

@@ -102,7 +102,8 @@ class CrossValResult:
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
         n = len(self.cases)
-        lines.append(f"{n} cases, {len(self.folds)} folds; post-processing: {describe_postprocessing(self.postprocessing)}")
+        post = describe_postprocessing(self.postprocessing)
+        lines.append(f"{n} cases, {len(self.folds)} folds; post-processing: {post}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -210,18 +211,20 @@ def load_crossval(run_dir: str | Path) -> CrossValResult | None:
     """The result :func:`cross_validate` wrote to ``RUN/crossval.json`` (None when there is none, or it is not
     readable: the next ``medzoo train --fold all`` writes it again)."""
     data = read_json_object(Path(run_dir) / CROSSVAL_FILE)
-    if not isinstance(data.get("cases"), dict) or not isinstance(data.get("labels"), dict):
-        return None
 
     def per_class(d: dict) -> dict[int, float]:
         return {int(c): float("nan") if v is None else float(v) for c, v in d.items()}
 
-    labels = {int(c): n for c, n in data["labels"].items()}
-    result = CrossValResult(Path(run_dir), [int(f) for f in data.get("folds", [])], labels,
-                            postprocessing=data.get("postprocessing") or {}, seconds=data.get("seconds") or 0.0)
-    for cid, case in data["cases"].items():
-        result.cases[cid] = {"fold": int(case["fold"]), "dice": per_class(case["dice"]),
-                             "dice_postprocessed": per_class(case["dice_postprocessed"])}
+    try:
+        labels = {int(c): str(n) for c, n in data["labels"].items()}
+        result = CrossValResult(Path(run_dir), [int(f) for f in data.get("folds", [])], labels,
+                                postprocessing=dict(data.get("postprocessing") or {}),
+                                seconds=float(data.get("seconds") or 0.0))
+        for cid, case in data["cases"].items():
+            result.cases[cid] = {"fold": int(case["fold"]), "dice": per_class(case["dice"]),
+                                 "dice_postprocessed": per_class(case["dice_postprocessed"])}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
     return result
 
 
