@@ -183,8 +183,10 @@ def test_time_budget_stops_within_budget(phantom, cache, tmp_path, monkeypatch):
     monkeypatch.setattr(trainer.Trainer, "optimizer_step", step)
     monkeypatch.setattr(segment, "validate", validate)
     budget = 30.0
+    # the trainer's budget alone: the planner's budget fitting would price steps on the real clock (and correct
+    # the user's cached step prices with these fake ones)
     result = train(_config(phantom, tmp_path / "b", cache, epochs=None, time_budget=f"{budget}s",
-                           iterations_per_epoch=5, log_images=False))
+                           iterations_per_epoch=5, log_images=False, plan_for_budget=False))
     assert result.stop_reason == "time_budget"
     assert 0.6 * budget < result.seconds <= budget  # used most of the budget, never more
     assert result.steps >= 10
