@@ -509,7 +509,7 @@ def run_prediction(
     from medzoo.inference.ensemble import load_models
     from medzoo.packaging import open_model
 
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     runtime.tune_malloc()  # reuse freed buffers across windows and cases
     output_dir = Path(output_dir)
     run_dir = open_model(run_dir) if isinstance(run_dir, (str, Path)) else [open_model(r) for r in run_dir]
@@ -519,6 +519,7 @@ def run_prediction(
         if info.enabled:  # this rank's GPU; one progress bar for the job, not one per rank
             options = replace(options, device=str(resolve_device(options.device, info)),
                               progress=options.progress and info.is_main)
+        cohort.remove_interrupted_writes(output_dir, started_at, info)
         mine, skipped = cohort.split_existing(cohort.rank_share(cases, info), output_dir, options.skip_existing)
         log.debug("rank %d/%d predicts: %s", info.rank, info.world_size, ", ".join(c.name for c in mine))
         report = PredictionReport(skipped=skipped)
