@@ -317,8 +317,7 @@ def _check_patch(net: _Net, patch_size: tuple[int, ...]) -> None:
 def _fit_budget(seconds: float, profile: Any, fingerprint: dict[str, Any] | None, full_shapes: np.ndarray,
                 shapes: np.ndarray, spacings: np.ndarray, target: Any, net: _Net, patch: list[int], batch: int,
                 fixed: set[str], reasons: dict[str, str]) -> tuple[Any, _Net, list[int], int, dict | None]:
-    """Give up batch and width until the run gets the steps it needs, then resolution and context, in that
-    order, until it gets at least :data:`KEEP_FRACTION` of them.
+    """Give up batch, width, resolution and context, in that order, until the run gets the steps it needs.
 
     Settings in ``fixed`` (given by the user) are never changed. Writes the reason of every choice into
     ``reasons``; returns (target spacing, network, patch, batch, step price), the step price being the
@@ -358,10 +357,7 @@ def _fit_budget(seconds: float, profile: Any, fingerprint: dict[str, Any] | None
             net = narrow
             reasons["network"] = (f"unet3d with features {NARROW_UNET_FEATURES}: the default width leaves too few "
                                   "steps (half the width learned as well per step on hippocampus)")
-    # resolution and field of view are given up only until the run gets the share of the steps at which a plan
-    # is kept as it is: past it, what a coarser grid or a smaller patch loses outweighs the extra steps
-    enough = KEEP_FRACTION * need
-    max_voxels = net.cost(profile).max_voxels(batch, train_seconds / enough)
+    max_voxels = net.cost(profile).max_voxels(batch, train_seconds / need)
     base = np.median(spacings, axis=0) if target is None else np.asarray(target, float)
     if "patch_size" not in fixed and "target_spacing" not in fixed and math.prod(patch) > max_voxels:
         limit_mm, why_limit = smallest_structure_mm(fingerprint, full_shapes, spacings)
@@ -372,7 +368,7 @@ def _fit_budget(seconds: float, profile: Any, fingerprint: dict[str, Any] | None
             coarse = coarsen(base, ratio, limit_mm / MIN_DIAMETER_VOXELS)
             if np.prod(coarse / base) > 1.05:
                 target = tuple(float(round(t, 4)) for t in coarse)
-                patch, _ = _patch_and_batch(net, shapes, spacings, target)
+                patch = _same_field_of_view(net, patch, base, coarse, shapes, spacings)
                 reasons["spacing"] = (
                     f"{'x'.join(f'{t:.2f}' for t in target)} mm, {np.prod(coarse / base):.1f}x fewer voxels than "
                     f"{'x'.join(f'{t:.2f}' for t in base)} mm: the patch keeps the field of view of the budget-free "
@@ -380,15 +376,14 @@ def _fit_budget(seconds: float, profile: Any, fingerprint: dict[str, Any] | None
                     f"the {why_limit} would span fewer than {MIN_DIAMETER_VOXELS} voxels")
             else:
                 reasons["spacing"] += f"; not coarsened: the {why_limit} allows no coarser spacing"
-    if "patch_size" not in fixed and steps(net, patch, batch) < enough:
-        patch = _shrink_patch(net, patch, net.cost(profile).max_voxels(batch, train_seconds / enough), shapes,
+    if "patch_size" not in fixed and steps(net, patch, batch) < need:
+        patch = _shrink_patch(net, patch, net.cost(profile).max_voxels(batch, train_seconds / need), shapes,
                               spacings, target)
         reasons["patch"] = ("shrunk from the median case (largest axis first, not below "
                             f"{MIN_PATCH_EDGE_3D if net.spatial_dims == 3 else MIN_PATCH_EDGE_2D} voxels or the case) "
                             "until a step fits the budget")
     got = steps(net, patch, batch)
-    short = ("" if got >= need else f"; at least {KEEP_FRACTION:.0%} of them, close enough" if got >= enough
-             else "; fewer than needed: the budget is too short for this data")
+    short = "" if got >= need else "; fewer than needed: the budget is too short for this data"
     reasons["budget"] = f"{budget_words}: about {got:.0f} steps expected ({why_need}){short}"
     return target, net, patch, batch, _price(net, profile, patch, batch)
 
@@ -398,6 +393,16 @@ def _price(net: _Net, profile: Any, patch: list[int], batch: int) -> dict[str, A
 
     key = network_key(net.model, net.spatial_dims, net.kwargs, net.in_channels, net.num_classes)
     return {"network": key, "step_seconds": float(net.cost(profile).seconds(batch, tuple(patch)))}
+
+
+def _same_field_of_view(net: _Net, patch: list[int], base: np.ndarray, coarse: np.ndarray, shapes: np.ndarray,
+                        spacings: np.ndarray) -> list[int]:
+    """The patch at the ``coarse`` spacing that spans what ``patch`` spans at ``base``: the median case at the new
+    spacing is larger than a patch capped at the budget-free maximum, so re-fitting to it would widen the view
+    instead of saving voxels."""
+    axes = [a for a in range(3) if net.spatial_dims == 3 or a != net.slice_axis]
+    refit, _ = _patch_and_batch(net, shapes, spacings, tuple(coarse))
+    return [min(r, _fit(p * base[a] / coarse[a], net.divisor, net.min_size, r)) for r, p, a in zip(refit, patch, axes)]
 
 
 def _shrink_patch(net: _Net, patch: list[int], max_voxels: float, shapes: np.ndarray, spacings: np.ndarray,
