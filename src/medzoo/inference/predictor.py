@@ -420,10 +420,11 @@ class PredictOptions:
         return post if post.active else None
 
     def mirror_axes_for(self, plan: Plan) -> tuple[int, ...] | None:
-        """Test-time mirroring axes: ``mirror_axes``, else every spatial axis of the network with ``tta``."""
+        """Test-time mirroring axes: ``mirror_axes``, else with ``tta`` the axes the plan allows (every axis of
+        the network's input, except one whose mirror image swaps a left/right pair of labels)."""
         if self.mirror_axes:
             return tuple(self.mirror_axes)
-        return tuple(range(3 if plan.spatial_dims == 3 else 2)) if self.tta else None
+        return (plan.allowed_mirror_axes or None) if self.tta else None
 
 
 def predict(

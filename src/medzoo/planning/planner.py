@@ -11,6 +11,9 @@ Rules, in the spirit of nnU-Net but small enough to read:
 - batch: as many patches as fit a fixed voxel budget, 2..8 in 3D, 2..32 in 2D.
 - normalisation per channel: "ct" (global clip + z-score from the fingerprint's foreground statistics) for
   channels named CT, per-image z-score otherwise.
+- mirroring (training flips, test-time augmentation): every axis, except the left-right one when two label
+  names differ only by a side word (``kidney_left``/``kidney_right``): a mirror image shows the left organ
+  where the right one belongs, so flipped patches would teach the network that the two are the same class.
 
 Under a time budget (``make_plan(..., time_budget=seconds)``, what ``medzoo train --time-budget`` asks) the
 plan above is priced on this machine (:mod:`medzoo.planning.device`) and, when it would not get the steps
@@ -48,6 +51,7 @@ from medzoo.planning.budgeting import (
     required_steps,
     smallest_structure_mm,
 )
+from medzoo.planning.fingerprint import left_right_axis
 from medzoo.planning.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -67,8 +71,10 @@ BATCH_PIXELS_2D = 12 * 256 * 256
 _PLAN_FIELDS = {
     "model", "in_channels", "num_classes", "spatial_dims", "model_kwargs", "patch_size", "batch_size",
     "target_spacing", "crop_to_nonzero", "normalization", "norm_stats", "labels", "modalities",
-    "label_mapping", "slice_axis", "context_slices", "extra",
+    "label_mapping", "slice_axis", "context_slices", "extra", "mirror_axes",
 }
+#: words that name a side in label names, and the other side
+_SIDES = {"left": "right", "right": "left", "l": "r", "r": "l", "lt": "rt", "rt": "lt"}
 
 
 def _fingerprint_geometry(fingerprint: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -234,6 +240,12 @@ def make_plan(info: DatasetInfo, fingerprint: dict[str, Any] | None = None, *, t
         **overrides.pop("extra", {}),
     }
     norm_stats = overrides.pop("norm_stats", _norm_stats(fingerprint, info.num_channels))
+    labels = dict(overrides.pop("labels", info.labels))
+    if "mirror_axes" in fixed:
+        mirror_axes, reasons["mirroring"] = tuple(overrides.pop("mirror_axes")), "given"
+    else:
+        mirror_axes, reasons["mirroring"] = choose_mirror_axes(
+            labels, lambda: _left_right_axes(info, fingerprint), spatial_dims, slice_axis)
     plan = Plan(
         model=net.model,
         in_channels=in_channels,
@@ -246,16 +258,69 @@ def make_plan(info: DatasetInfo, fingerprint: dict[str, Any] | None = None, *, t
         crop_to_nonzero=bool(crop),
         normalization=list(overrides.pop("normalization", _normalization(info.modalities))),
         norm_stats=norm_stats,
-        labels=dict(overrides.pop("labels", info.labels)),
+        labels=labels,
         modalities=list(overrides.pop("modalities", info.modalities)),
         label_mapping=overrides.pop("label_mapping", info.label_mapping),
         slice_axis=slice_axis,
         context_slices=context,
         extra=extra,
+        mirror_axes=mirror_axes,
     )
     if overrides:  # pragma: no cover - every field is consumed above
         raise ConfigError(f"unused plan settings {sorted(overrides)}")
     return plan
+
+
+def side_pairs(names: Any) -> list[tuple[str, str]]:
+    """Pairs of label names that differ only by a side word: ``kidney_left``/``kidney_right``,
+    ``Left-Putamen``/``Right-Putamen``, ``Kidney_L``/``Kidney_R``, ``right adrenal``/``left adrenal``."""
+    by_key: dict[tuple[str, ...], dict[str, str]] = {}
+    for name in names:
+        words = re.findall(r"[a-z]+|[0-9]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", str(name)).lower())
+        for i, word in enumerate(words):
+            if word in _SIDES:
+                key = (*words[:i], "<side>", *words[i + 1:])
+                by_key.setdefault(key, {})[word] = str(name)
+    pairs = []
+    for sides in by_key.values():
+        for word, name in sides.items():
+            other = sides.get(_SIDES[word])
+            if other is not None and (other, name) not in pairs:
+                pairs.append((name, other))
+    return pairs
+
+
+def choose_mirror_axes(labels: dict[int, str], left_right_axes: Any, spatial_dims: int, slice_axis: int
+                       ) -> tuple[tuple[int, ...] | None, str]:
+    """The axes of the network's input that may be mirrored, and why.
+
+    Args:
+        labels: class index -> name.
+        left_right_axes: a callable returning the volume axes (0-2) that run left-right in the cases (called
+            only when a pair of side names is found).
+        spatial_dims: 3, or 2 for a network on slices along ``slice_axis``.
+    """
+    pairs = side_pairs(name for index, name in sorted(labels.items()) if index != 0)
+    if not pairs:
+        return None, "every axis: no two labels are a left/right pair"
+    volume_axes = list(range(3)) if spatial_dims == 3 else [a for a in range(3) if a != slice_axis]
+    lateral = set(left_right_axes())
+    keep = tuple(i for i, a in enumerate(volume_axes) if a not in lateral)
+    if len(keep) == len(volume_axes):
+        return None, f"every axis: the slices run along the left-right axis, so no flip swaps {pairs[0][0]} and {pairs[0][1]}"
+    named = ", ".join(f"{a}/{b}" for a, b in pairs[:3]) + (" ..." if len(pairs) > 3 else "")
+    return keep, (f"not along the left-right axis (volume axis {', '.join(map(str, sorted(lateral)))}): a mirror "
+                  f"image would swap {named}; every other axis")
+
+
+def _left_right_axes(info: DatasetInfo, fingerprint: dict[str, Any] | None) -> list[int]:
+    """The volume axes that run left-right in the cases: from the fingerprint, else from the first cases' files."""
+    axes = (fingerprint or {}).get("left_right_axes")
+    if not axes:
+        from medzoo.data.loading import read_volume_any
+
+        axes = [left_right_axis(read_volume_any(c.label_path or c.image_paths[0]).affine) for c in info.cases[:3]]
+    return sorted({int(a) for a in axes})
 
 
 @dataclass
