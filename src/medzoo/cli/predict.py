@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_layout_options(p)
     p.add_argument("--output", "-o", required=True, help="output folder for the label maps")
     p.add_argument("--checkpoint", default="best", help="best | last | a checkpoint file (default: best)")
-    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation over all axes")
+    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation over the axes the plan allows (all but left-right for left/right label pairs)")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
