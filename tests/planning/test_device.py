@@ -18,6 +18,12 @@ def test_measured_cost_grows_with_voxels():
     assert cost.max_voxels(1, cost.seconds(1, (32, 32, 32))) == pytest.approx(32**3, rel=1e-6)
 
 
+def test_a_2d_network_with_four_poolings_is_probed():
+    # its tiny step is 32 x 32: at 16 x 16 the coarsest level would be one pixel, which instance norm rejects
+    cost = measure_step_cost("unet2d", 2, {"features": [4, 8, 16, 32, 64]}, 1, 2)
+    assert cost.per_voxel > 0 and cost.overhead >= 0
+
+
 @pytest.fixture
 def fake_probe(monkeypatch):
     calls = []

@@ -261,7 +261,10 @@ def measure_step_cost(model: str, spatial_dims: int, model_kwargs: dict[str, Any
         return min(wall, cpu / max(torch.get_num_threads(), 1)) if dev.type == "cpu" else wall
 
     sizes = PROBE_SIZES if spatial_dims == 3 else PROBE_SIZES_2D
-    tiny = tuple(16 for _ in range(spatial_dims))
+    # the smallest patch the network takes with more than one voxel left at its coarsest level (normalisation
+    # needs two): 16 for unet3d, 32 for unet2d's four poolings
+    divisor = int(getattr(net, "size_divisor", 1) or 1)
+    tiny = tuple(max(16, 2 * divisor) for _ in range(spatial_dims))
     step(1, tiny)  # warm-up (first-use costs), not timed
     points = []
     for batch, patch in sizes:
