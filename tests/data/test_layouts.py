@@ -295,3 +295,29 @@ def test_modalities_on_different_grids(tmp_path):
     info = load_dataset(root)
     with pytest.raises(DataError, match="case BRATS_1: modality BRATS_1_0001"):
         load_case(info.cases[0], info)
+
+
+@pytest.mark.realdata
+def test_folder_layout_reads_real_brats2013_with_nested_regions():
+    """BraTS 2013 as shipped with DeepMedic, read as docs/workflows.md shows: two channels, the region view."""
+    import os
+
+    import torch
+
+    from medzoo.losses import labels_to_regions
+
+    root = Path(os.environ.get("MEDZOO_BRATS2013_DIR", Path(__file__).parents[3] / "shared/data/BraTS2013_deepmedic"))
+    if not root.is_dir():
+        pytest.skip(f"real data not found at {root}")
+    info = load_dataset(root, layout="folder",
+                        images={"flair": "{case}/Flair_subtrMeanDivStd.nii.gz", "t1c": "{case}/T1c_subtrMeanDivStd.nii.gz"},
+                        label="{case}/OTMultiClass.nii.gz",
+                        regions={"WT": [1, 2, 3, 4], "TC": [1, 3, 4], "ET": [4]}, regions_class_order=[2, 1, 4])
+    assert len(info.cases) == 6 and info.modalities == ["flair", "t1c"]
+    assert list(info.regions) == ["WT", "TC", "ET"] and info.regions_class_order == [2, 1, 4]
+    for case in info.cases[:2]:
+        image, label = load_case(case, info)
+        assert image.array.shape == (2, 240, 240, 155) and label.array.shape == (1, 240, 240, 155)
+        assert set(np.unique(label.array)) <= {0, 1, 2, 3, 4}
+        wt, tc, et = labels_to_regions(torch.from_numpy(label.array.astype(np.int64)), list(info.regions.values()))[0]
+        assert wt.sum() > 0 and bool((tc <= wt).all()) and bool((et <= tc).all())  # nested
