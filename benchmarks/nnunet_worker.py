@@ -5,7 +5,7 @@ settings come in the environment, see :func:`benchmarks.vs_nnunet.nnunet_env`); 
 
 * ``preprocess``: ``DatasetFingerprintExtractor``, ``ExperimentPlanner`` and ``DefaultPreprocessor`` (the
   ``3d_fullres`` configuration) of dataset 4, each timed.
-* ``probe``: ``nnUNetTrainer``'s training loop for one short epoch, with every training and validation
+* ``probe``: ``nnUNetTrainer``'s training loop for a few short epochs, with every training and validation
   iteration timed, and its start-up, per-epoch bookkeeping and end.
 * ``train``: ``nnUNetTrainer.run_training()`` with the given epochs and iterations, then its final validation
   (``perform_actual_validation``), each timed.
@@ -75,8 +75,24 @@ def preprocess(processes: int) -> dict[str, Any]:
     ExperimentPlanner(DATASET_ID).plan_experiment()
     t2 = time.perf_counter()
     DefaultPreprocessor().run(DATASET_ID, CONFIGURATION, PLANS, processes)
+    copy_references()
     t3 = time.perf_counter()
     return {"fingerprint_s": t1 - t0, "plan_s": t2 - t1, "preprocess_only_s": t3 - t2, "preprocess_s": t3 - t0}
+
+
+def copy_references() -> None:
+    """The label files in ``gt_segmentations``, where nnU-Net's final validation reads them (as
+    ``nnunetv2.experiment_planning.plan_and_preprocess_api.preprocess_dataset`` copies them)."""
+    import shutil
+
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    name = maybe_convert_to_dataset_name(DATASET_ID)
+    target = Path(nnUNet_preprocessed) / name / "gt_segmentations"
+    target.mkdir(parents=True, exist_ok=True)
+    for label in sorted((Path(nnUNet_raw) / name / "labelsTr").iterdir()):
+        shutil.copyfile(label, target / label.name)
 
 
 # ---------------------------------------------------------------------------------------------- trainer
@@ -89,8 +105,10 @@ def make_trainer(epochs: int, iterations: int, val_iterations: int) -> Any:
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
     folder = join(nnUNet_preprocessed, maybe_convert_to_dataset_name(DATASET_ID))
-    trainer = nnUNetTrainer(load_json(join(folder, f"{PLANS}.json")), CONFIGURATION, 0,
-                            load_json(join(folder, "dataset.json")), device=torch.device("cpu"))
+    plans = load_json(join(folder, f"{PLANS}.json"))
+    plans["continue_training"] = False  # what nnunetv2.run.run_training.get_trainer_from_args adds
+    trainer = nnUNetTrainer(plans, CONFIGURATION, 0, load_json(join(folder, "dataset.json")),
+                            device=torch.device("cpu"))
     trainer.num_epochs = epochs
     trainer.num_iterations_per_epoch = iterations
     trainer.num_val_iterations_per_epoch = val_iterations
@@ -103,45 +121,48 @@ def plan_of(trainer: Any) -> dict[str, Any]:
             "spacing": "x".join(f"{s:.2f}" for s in cm.spacing), "output_folder": trainer.output_folder}
 
 
-def probe(iterations: int, val_iterations: int) -> dict[str, Any]:
-    """One epoch of ``run_training``'s loop, every part timed (the same calls in the same order)."""
+def probe(epochs: int, iterations: int, val_iterations: int) -> dict[str, Any]:
+    """``run_training``'s loop for a few short epochs (the same calls in the same order), every part timed.
+
+    Returns the mean training and validation iteration after the first of each, the start-up (with the end and
+    the first iterations' extra time) and the largest per-epoch bookkeeping (logging, the progress plot, the
+    checkpoints), in seconds.
+    """
     import torch
 
-    trainer = make_trainer(1, iterations, val_iterations)
-    t0 = time.perf_counter()
-    trainer.on_train_start()
-    start_s = time.perf_counter() - t0
-    trainer.on_epoch_start()
-    trainer.on_train_epoch_start()
-    steps, outputs = [], []
-    for _ in range(iterations):
+    def timed(fn: Any, *args: Any) -> tuple[Any, float]:
         t = time.perf_counter()
-        outputs.append(trainer.train_step(next(trainer.dataloader_train)))
-        steps.append(time.perf_counter() - t)
-    t = time.perf_counter()
-    trainer.on_train_epoch_end(outputs)
-    overhead = time.perf_counter() - t
-    val_steps, val_outputs = [], []
-    with torch.no_grad():
-        trainer.on_validation_epoch_start()
-        for _ in range(val_iterations):
-            t = time.perf_counter()
-            val_outputs.append(trainer.validation_step(next(trainer.dataloader_val)))
-            val_steps.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        trainer.on_validation_epoch_end(val_outputs)
-    trainer.on_epoch_end()
-    overhead += time.perf_counter() - t
-    t = time.perf_counter()
-    trainer.on_train_end()
-    end_s = time.perf_counter() - t
-    steady = steps[2:] or steps[1:] or steps
-    step_s = statistics.median(steady)
-    val_step_s = statistics.median(val_steps[1:] or val_steps)
+        out = fn(*args)
+        return out, time.perf_counter() - t
+
+    trainer = make_trainer(epochs, iterations, val_iterations)
+    _, start_s = timed(trainer.on_train_start)
+    steps, val_steps, overheads = [], [], []
+    for _ in range(epochs):
+        trainer.on_epoch_start()
+        _, overhead = timed(trainer.on_train_epoch_start)
+        outputs = []
+        for _ in range(iterations):
+            out, seconds = timed(lambda: trainer.train_step(next(trainer.dataloader_train)))
+            outputs.append(out)
+            steps.append(seconds)
+        overhead += timed(trainer.on_train_epoch_end, outputs)[1]
+        with torch.no_grad():
+            overhead += timed(trainer.on_validation_epoch_start)[1]
+            val_outputs = []
+            for _ in range(val_iterations):
+                out, seconds = timed(lambda: trainer.validation_step(next(trainer.dataloader_val)))
+                val_outputs.append(out)
+                val_steps.append(seconds)
+            overhead += timed(trainer.on_validation_epoch_end, val_outputs)[1]
+        overheads.append(overhead + timed(trainer.on_epoch_end)[1])
+    _, end_s = timed(trainer.on_train_end)
+    step_s = statistics.fmean(steps[1:] or steps)
+    val_step_s = statistics.fmean(val_steps[1:] or val_steps)
     extra = max(0.0, steps[0] - step_s) + max(0.0, val_steps[0] - val_step_s)
     return {"setup_s": start_s + end_s + extra, "start_s": start_s, "end_s": end_s, "step_s": step_s,
-            "val_step_s": val_step_s, "epoch_overhead_s": overhead, "steps_s": steps, "val_steps_s": val_steps,
-            **plan_of(trainer)}
+            "val_step_s": val_step_s, "epoch_overhead_s": max(overheads), "steps_s": steps,
+            "val_steps_s": val_steps, "epoch_overheads_s": overheads, **plan_of(trainer)}
 
 
 def train(epochs: int, iterations: int, val_iterations: int) -> dict[str, Any]:
@@ -170,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.command == "preprocess":
         out = preprocess(args.processes)
     elif args.command == "probe":
-        out = probe(args.iterations, args.val_iterations)
+        out = probe(args.epochs, args.iterations, args.val_iterations)
     else:
         out = train(args.epochs, args.iterations, args.val_iterations)
     out.update(threads=threads, kept_out=[m for m in sys.modules if m.split(".")[0] in BLOCKED])

@@ -80,7 +80,9 @@ NNUNET_EPOCHS, NNUNET_ITERATIONS, NNUNET_VAL_ITERATIONS = 1000, 250, 50
 #: Fewest epochs a cut schedule gets (the poly schedule steps once per epoch).
 MIN_EPOCHS = 10
 #: Share of the budget the nnU-Net schedule is sized for (the probe's timings are estimates).
-BUDGET_SHARE = 0.97
+BUDGET_SHARE = 0.95
+#: The probe: epochs of training and validation iterations, timed before the budgets.
+PROBE_EPOCHS, PROBE_ITERATIONS, PROBE_VAL_ITERATIONS = 2, 6, 3
 QUICK_CASES, QUICK_BUDGET = 10, "30s"
 
 
@@ -242,8 +244,8 @@ def nnunet_worker(command: list[str], env: dict[str, str], log: Path) -> dict[st
         proc = subprocess.run([sys.executable, "-m", "benchmarks.nnunet_worker", *command, "--result", str(result)],
                               env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     if proc.returncode != 0 or not result.is_file():
-        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
-        raise RuntimeError(f"nnU-Net worker {command[0]} failed (exit {proc.returncode}), see {log}:\n{tail}")
+        last = (log.read_text().strip().splitlines() or [""])[-1]
+        raise RuntimeError(f"nnU-Net worker {command[0]} failed (exit {proc.returncode}): {last} (see {log})")
     return json.loads(result.read_text())
 
 
@@ -307,9 +309,10 @@ def nnunet_prepare(work: Path, data: Path, folds: list[dict[str, list[str]]], pr
     prep = nnunet_worker(["preprocess", "--processes", str(processes)], env, work / "nnunet_preprocess.log")
     splits = work / "nnUNet_preprocessed" / DATASET_NAME / "splits_final.json"
     splits.write_text(json.dumps(nnunet_splits(folds), indent=1))
-    steps, val_steps = (3, 2) if quick else (8, 4)
+    steps, val_steps = (3, 2) if quick else (PROBE_ITERATIONS, PROBE_VAL_ITERATIONS)
     start = time.perf_counter()
-    probe = nnunet_worker(["probe", "--iterations", str(steps), "--val-iterations", str(val_steps)]
+    probe = nnunet_worker(["probe", "--epochs", str(PROBE_EPOCHS), "--iterations", str(steps),
+                           "--val-iterations", str(val_steps)]
                           + (["--threads", str(threads)] if threads else []), env, work / "nnunet_probe.log")
     probe["probe_s"] = time.perf_counter() - start
     return {**prep, "probe": probe}
@@ -365,7 +368,12 @@ def compare(args: Any, tools: list[str], data: Path) -> dict:
     if "nnunet" in tools:
         prep["nnunet"] = nnunet_prepare(work, data, folds, args.processes, args.nnunet_da_procs, args.threads,
                                         args.quick)
-    print(json.dumps(prep, indent=1))
+    for tool, info in prep.items():
+        probe = info.get("probe", {})
+        print(f"   {tool}: preprocessing {info['preprocess_s']:.1f} s" + (
+            f"; probe {probe['probe_s']:.1f} s: {probe['step_s']:.2f} s per training iteration (batch "
+            f"{probe['batch']}, patch {probe['patch']}), {probe['val_step_s']:.2f} s per validation iteration, "
+            f"{probe['epoch_overhead_s']:.1f} s per epoch, {probe['setup_s']:.1f} s start-up" if probe else ""))
     rows: list[dict[str, Any]] = []
     for budget in budgets:
         seconds = parse_duration(budget)
