@@ -19,6 +19,7 @@ Run: ``python -m benchmarks.time_to_dice --dataset ct --budget 10m`` (``--budget
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 import time
@@ -137,8 +138,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cases", type=int, default=20, help="phantom cases to write (default 20)")
     parser.add_argument("--shape", type=int, nargs=3, default=None, help="phantom shape (default: the kind's)")
     parser.add_argument("--runs-dir", type=Path, default=None, help="where run folders go (default: a temp dir)")
-    parser.add_argument("--plan-for-budget", action="store_true",
-        help="train on the budget plan (medzoo train --plan-for-budget)")
+    parser.add_argument("--plan-for-budget", action=argparse.BooleanOptionalAction, default=True,
+                        help="train on the budget plan (default, as medzoo train); --no-plan-for-budget: the "
+                             "budget-free plan")
     parser.add_argument("--memory-format", default="auto", choices=["auto", "channels_last", "contiguous"],
                         help="the trainer's memory_format (A/B against the default)")
     parser.add_argument("--no-predict", action="store_true", help="skip the held-out prediction on original grids")

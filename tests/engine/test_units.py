@@ -164,8 +164,9 @@ def test_cpu_optimizers_are_fused_where_pytorch_has_it_and_update_the_same(optim
 
 
 
-def test_the_budget_shapes_the_plan_only_when_asked(monkeypatch, tmp_path):
-    """``--time-budget`` alone keeps the budget-free plan; ``plan_for_budget`` hands the budget to the planner."""
+def test_the_budget_shapes_the_plan_unless_declined(monkeypatch, tmp_path):
+    """``--time-budget`` hands the budget to the planner; ``plan_for_budget=False`` keeps the budget-free plan;
+    ``--epochs`` never plans for a budget."""
     from medzoo.engine import segment
     from medzoo.planning import fingerprint, planner
 
@@ -176,4 +177,8 @@ def test_the_budget_shapes_the_plan_only_when_asked(monkeypatch, tmp_path):
         config = TrainConfig(data="d", out=str(tmp_path / "r"), time_budget="2m", plan_for_budget=flag,
                              regions=False)
         segment.plan_for(config, object(), progress=False)
-    assert seen == [None, 120.0]
+    segment.plan_for(TrainConfig(data="d", out=str(tmp_path / "r"), time_budget="2m", regions=False), object(),
+                     progress=False)
+    segment.plan_for(TrainConfig(data="d", out=str(tmp_path / "r"), epochs=3, regions=False), object(),
+                     progress=False)
+    assert seen == [None, 120.0, 120.0, None]

@@ -82,3 +82,48 @@ def test_probe_prices_steps_in_the_training_precision(monkeypatch):
     assert device.machine_signature("cpu")["precision"] == "bfloat16"  # a bf16 machine caches apart
     cost = measure_step_cost("unet3d", 3, {"features": [4, 8]}, 1, 2)
     assert cost.per_voxel > 0
+
+
+def _cached_profile(tmp_path, cost=StepCost(0.1, 1e-6)):
+    profile = device_profile(cache_dir=tmp_path)
+    key = device.network_key("unet3d", 3, {})
+    profile.networks[key] = cost
+    device.save_profile(profile, profile.path)
+    return key
+
+
+def test_a_mispriced_step_moves_the_cached_price_half_way(tmp_path):
+    key = _cached_profile(tmp_path)
+    # training measured 4x the price: the cached line is scaled by sqrt(4) = 2, once per run
+    assert device.correct_step_price(key, expected=0.5, measured=2.0, cache_dir=tmp_path) == pytest.approx(2.0)
+    assert device_profile(cache_dir=tmp_path).networks[key] == StepCost(0.2, 2e-6)
+    assert device.correct_step_price(key, expected=2.0, measured=0.5, cache_dir=tmp_path) == pytest.approx(0.5)
+    assert device_profile(cache_dir=tmp_path).networks[key] == StepCost(0.1, 1e-6)
+
+
+@pytest.mark.parametrize("expected, measured", [(1.0, 1.2), (1.0, 0.7), (0.0, 1.0), (1.0, float("nan"))])
+def test_a_step_priced_about_right_leaves_the_cache_alone(tmp_path, expected, measured):
+    key = _cached_profile(tmp_path)
+    assert device.correct_step_price(key, expected, measured, cache_dir=tmp_path) is None
+    assert device_profile(cache_dir=tmp_path).networks[key] == StepCost(0.1, 1e-6)
+
+
+def test_an_unprobed_network_is_not_corrected(tmp_path):
+    _cached_profile(tmp_path)
+    assert device.correct_step_price("unet3d/3d/{\"features\": [1]}", 1.0, 5.0, cache_dir=tmp_path) is None
+
+
+def test_the_probe_tunes_malloc_as_training_does(monkeypatch):
+    # training reuses freed activations (runtime.tune_malloc) before its first step; a probe without it
+    # would time page faults that training never pays
+    from medzoo import runtime
+
+    class Tuned(Exception):
+        pass
+
+    def tune(enable=None):
+        raise Tuned
+
+    monkeypatch.setattr(runtime, "tune_malloc", tune)
+    with pytest.raises(Tuned):
+        measure_step_cost("unet3d", 3, {"features": [4, 8]}, 1, 2)

@@ -24,6 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spatial-dims", type=int, choices=[2, 3], help="force 2D (slices) or 3D")
     p.add_argument("--patch-size", type=int, nargs="+", metavar="N")
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", help="device whose training steps the budget prices: cpu, cuda, cuda:1 "
+                                    "(default: CUDA when available, as `medzoo train`)")
     p.add_argument("--out", help="also write the plan as JSON to this file")
     p.set_defaults(func=run)
 
@@ -36,7 +38,7 @@ def run(ns: argparse.Namespace) -> int:
         ns.data, ns.layout, dict(ns.layout_option),
         time_budget=parse_duration(ns.time_budget) if ns.time_budget else None, model=ns.model,
         model_kwargs=dict(ns.model_arg) or None, spatial_dims=ns.spatial_dims,
-        patch_size=tuple(ns.patch_size) if ns.patch_size else None, batch_size=ns.batch_size,
+        patch_size=tuple(ns.patch_size) if ns.patch_size else None, batch_size=ns.batch_size, device=ns.device,
     )
     print(describe_plan(plan))
     if ns.out:

@@ -22,9 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--epochs", type=int, help="number of epochs (default 50)")
     g.add_argument("--time-budget", help="wall-clock budget incl. final validation, e.g. 10m, 1.5h")
-    p.add_argument("--plan-for-budget", action="store_true",
-                   help="fit spacing, patch, batch and network width to --time-budget (see `medzoo plan`); "
-                        "default: the budget-free plan")
+    p.add_argument("--plan-for-budget", action=argparse.BooleanOptionalAction, default=True,
+                   help="fit spacing, patch, batch and network width to --time-budget (see `medzoo plan`; "
+                        "default); --no-plan-for-budget keeps the budget-free plan and only stops in time")
     p.add_argument("--iterations", type=int, default=50, help="optimizer steps per epoch (default 50)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--patch-size", type=int, nargs="+", metavar="N")

@@ -77,8 +77,8 @@ class TrainConfig:
             compiling takes a while, so it pays only in long runs. If
             compiling fails (e.g. no C++ compiler), training goes on without it.
         plan_for_budget: under a ``time_budget``, let the planner fit spacing, patch, batch and network width
-            to the budget (:mod:`medzoo.planning.budgeting`). Opt-in until its step estimates are validated on
-            more datasets (``docs/planner.md``); off, the budget only stops the run in time.
+            to the budget (:mod:`medzoo.planning.budgeting`, ``docs/planner.md``); False keeps the budget-free
+            plan and the budget only stops the run in time.
         fold, folds: k-fold cross-validation; ``folds`` 1 means a single 80/20 split.
         num_workers: data loader workers.
         device: "cpu", "cuda", "cuda:1"...; None picks CUDA when available.
@@ -100,7 +100,7 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     epochs: int | None = None
     time_budget: str | float | None = None
-    plan_for_budget: bool = False
+    plan_for_budget: bool = True
     iterations_per_epoch: int = 50
     batch_size: int | None = None
     patch_size: tuple[int, ...] | None = None

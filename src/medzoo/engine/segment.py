@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 LIGHT_AUGMENT_MAX_STEPS = 10_000  # "auto" picks the light set for runs expected to take at most this many steps
 
 
-def plan_for(config: TrainConfig, info: Any, progress: bool = True) -> Plan:
-    """The plan of a new run: the planner's choice from the dataset's fingerprint, with ``config``'s overrides."""
+def plan_for(config: TrainConfig, info: Any, progress: bool = True, device: torch.device | str = "cpu") -> Plan:
+    """The plan of a new run: the planner's choice from the dataset's fingerprint, with ``config``'s overrides;
+    under a time budget, priced by steps on ``device``."""
     from medzoo.planning.planner import make_plan
 
     fingerprint = None
@@ -54,8 +55,13 @@ def plan_for(config: TrainConfig, info: Any, progress: bool = True) -> Plan:
     if config.context_slices:
         overrides["context_slices"] = config.context_slices
     fit_budget = config.plan_for_budget and config.epochs is None
-    budget = config.budget_seconds if fit_budget else None  # the plan fits a time budget only when asked
-    plan = make_plan(info, fingerprint, time_budget=budget, **overrides)
+    budget = config.budget_seconds if fit_budget else None
+    profile = None
+    if budget is not None:
+        from medzoo.planning.device import device_profile
+
+        profile = device_profile(str(device))
+    plan = make_plan(info, fingerprint, time_budget=budget, device_profile=profile, **overrides)
     return regions.region_plan(plan, info) if config.regions else plan
 
 
@@ -113,7 +119,7 @@ class SegmentationTask(Task):
         show_bars = config.progress and logs.interactive()
         info = load_dataset(config.data, layout=config.layout, **config.layout_options)
         if not resume and dist_info.is_main:
-            plan_for(config, info, progress=show_bars).save(run_dir / "plan.json")
+            plan_for(config, info, progress=show_bars, device=device).save(run_dir / "plan.json")
             ids = [c.case_id for c in info.cases]
             save_splits(make_splits(ids, folds=config.folds, seed=config.seed), run_dir / "splits.json",
                         seed=config.seed, fold=config.fold)
@@ -175,6 +181,15 @@ class SegmentationTask(Task):
         plan = self.plan
         per_voxel = budget.step_time / 2.5 / (plan.batch_size * math.prod(plan.patch_size))
         budget.val_estimate = estimate_validation_seconds(per_voxel, plan, self.val_cases, self.config.val_overlap)
+
+    def after_training(self, budget: Budget) -> None:
+        # the planner's price of a step against the steps this run measured (data waits included)
+        price = self.plan.extra.get("step_price")
+        if isinstance(price, dict) and budget.step_time > 0:
+            from medzoo.planning.device import correct_step_price
+
+            correct_step_price(str(price.get("network")), float(price.get("step_seconds", 0.0)), budget.step_time,
+                               device=str(self.device))
 
     def choose_augment(self, budget: Budget, probed: bool) -> str | None:
         choice = resolve_augment(self.config, budget, probed)

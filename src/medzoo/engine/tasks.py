@@ -46,7 +46,8 @@ class Task:
     """Base class of the training tasks; the trainer calls these in this order:
 
     ``prepare`` once (plan + data), then per epoch ``batches`` and per batch ``loss``, ``validate`` when a
-    validation is due. ``calibrate``, ``estimate_validation`` and ``choose_augment`` help the time budget.
+    validation is due. ``calibrate``, ``estimate_validation`` and ``choose_augment`` help the time budget; ``after_training``
+    runs once at the end.
 
     Attributes:
         metric_columns: metrics.csv columns between ``lr`` and ``seconds``.
@@ -93,3 +94,6 @@ class Task:
     def choose_augment(self, budget: Budget, probed: bool) -> str | None:
         """The augmentation of a new run (stored in its checkpoints and kept across a resume)."""
         return None
+
+    def after_training(self, budget: Budget) -> None:
+        """Called once on the main rank when the loop has ended (e.g. to tell the planner what a step cost)."""

@@ -408,6 +408,8 @@ class Trainer:
                             "validation score for its last weights", budget.validation_seconds())
             if dist.is_main and (validated or not (self.run_dir / "checkpoint_last.pt").exists()):
                 save_checkpoint(self.run_dir / "checkpoint_last.pt", self.checkpoint_state())
+        if dist.is_main:
+            self.task.after_training(budget)
         self.callbacks.on_train_end({"epoch": self.state.epoch, **self.last_val, "seconds": budget.elapsed()})
 
     def checkpoint_state(self) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-PROBE_VERSION = 1
+PROBE_VERSION = 2  # 2: steps timed with the trainer's malloc tuning (version 1 priced them without it)
 #: the two probe inputs (batch, patch): small enough to cost about a second in all on 2 CPU cores
 PROBE_SIZES = ((1, (32, 32, 32)), (2, (64, 64, 32)))
 PROBE_SIZES_2D = ((2, (64, 64)), (8, (128, 128)))
@@ -182,6 +182,36 @@ def device_profile(device: str = "cpu", cache_dir: Path | None = None) -> Device
     return load_profile(path, signature) or DeviceProfile(signature, {}, path)
 
 
+#: a trained step within this factor of its price leaves the cached price as it is
+PRICE_TOLERANCE = 1.5
+
+
+def correct_step_price(key: str, expected: float, measured: float, device: str = "cpu",
+                       cache_dir: Path | None = None) -> float | None:
+    """Move the cached price of network ``key`` towards what a training run measured.
+
+    A probe taken while the machine was busy (or a machine whose steps the probe misjudges) would otherwise
+    misprice every later plan. When ``measured`` seconds per step differ from the ``expected`` ones by more
+    than :data:`PRICE_TOLERANCE`, both numbers of the cached line are scaled by the square root of the ratio:
+    one run moves the price half-way (on a log scale), so a single run on a loaded machine cannot undo a good
+    probe, while a persistent error is corrected within a few runs. Returns the factor applied, or None.
+    """
+    ratio = measured / expected if expected > 0 else float("nan")
+    if not math.isfinite(ratio) or ratio <= 0 or 1 / PRICE_TOLERANCE <= ratio <= PRICE_TOLERANCE:
+        return None
+    profile = device_profile(device, cache_dir)
+    cost = profile.networks.get(key)
+    if cost is None:
+        return None
+    factor = math.sqrt(ratio)
+    profile.networks[key] = StepCost(cost.overhead * factor, cost.per_voxel * factor)
+    if profile.path is not None:
+        save_profile(profile, profile.path)
+    log.info("the planner priced a training step at %.2fs, the run measured %.2fs: the cached step price of "
+             "this network is scaled by %.2f for the next plan", expected, measured, factor)
+    return factor
+
+
 def measure_step_cost(model: str, spatial_dims: int, model_kwargs: dict[str, Any], in_channels: int,
                       num_classes: int, device: str = "cpu", max_seconds: float = 10.0) -> StepCost:
     """Time training steps of the network at the two probe sizes and fit the line through them.
@@ -196,6 +226,9 @@ def measure_step_cost(model: str, spatial_dims: int, model_kwargs: dict[str, Any
     from medzoo.models.registry import create_model, prefers_channels_last
 
     dev = torch.device(device)
+    # the trainer reuses freed activations (runtime.tune_malloc); without it a step page-faults its
+    # activations back in and the probe would price a step well above what training then takes
+    runtime.tune_malloc()
     net = create_model(model, in_channels=in_channels, num_classes=num_classes, spatial_dims=spatial_dims,
                        **model_kwargs).to(dev)
     # priced as `medzoo train` runs by default (amp and memory format "auto")
@@ -228,7 +261,8 @@ def measure_step_cost(model: str, spatial_dims: int, model_kwargs: dict[str, Any
         return min(wall, cpu / max(torch.get_num_threads(), 1)) if dev.type == "cpu" else wall
 
     sizes = PROBE_SIZES if spatial_dims == 3 else PROBE_SIZES_2D
-    step(1, tuple(16 for _ in range(spatial_dims)))  # warm-up (first-use costs), not timed
+    tiny = tuple(16 for _ in range(spatial_dims))
+    step(1, tiny)  # warm-up (first-use costs), not timed
     points = []
     for batch, patch in sizes:
         best = step(batch, patch)
@@ -242,5 +276,8 @@ def measure_step_cost(model: str, spatial_dims: int, model_kwargs: dict[str, Any
     # timing noise can make the slope tiny, negative or steep: keep at least half of each step per voxel
     per_voxel = min(max((t1 - t0_) / (v1 - v0), t1 / v1 * 0.5, 1e-12), t0_ / v0)
     overhead = min(max(t0_ - per_voxel * v0, 0.0), 0.5 * t0_)
+    # the fixed part can be no more than a whole step of a tiny patch: without this bound a line through two
+    # mid-size points over-prices the small patches a short budget plans for
+    overhead = min(overhead, min(step(1, tiny), step(1, tiny)))
     log.info("step-time probe of %s: %.0f ms + %.1f ns per voxel", model, overhead * 1e3, per_voxel * 1e9)
     return StepCost(overhead, per_voxel)

@@ -214,7 +214,7 @@ def make_plan(info: DatasetInfo, fingerprint: dict[str, Any] | None = None, *, t
                         f"{'x'.join(map(str, MAX_PATCH_3D if spatial_dims == 3 else MAX_PATCH_2D))}")
     reasons["batch"] = "as many patches as fit a fixed voxel count per step"
     if time_budget is not None:
-        target, net, patch, batch = _fit_budget(
+        target, net, patch, batch, step_price = _fit_budget(
             float(time_budget), device_profile, fingerprint, full_shapes, shapes, spacings, target, net, patch,
             batch, fixed, reasons)
     patch_size = tuple(int(p) for p in overrides.pop("patch_size", patch))
@@ -230,6 +230,7 @@ def make_plan(info: DatasetInfo, fingerprint: dict[str, Any] | None = None, *, t
         "median_spacing": [float(s) for s in np.median(spacings, axis=0)],
         "size_divisor": net.divisor,
         "reasons": reasons,
+        **({"step_price": step_price} if time_budget is not None and step_price else {}),
         **overrides.pop("extra", {}),
     }
     norm_stats = overrides.pop("norm_stats", _norm_stats(fingerprint, info.num_channels))
@@ -315,16 +316,19 @@ def _check_patch(net: _Net, patch_size: tuple[int, ...]) -> None:
 
 def _fit_budget(seconds: float, profile: Any, fingerprint: dict[str, Any] | None, full_shapes: np.ndarray,
                 shapes: np.ndarray, spacings: np.ndarray, target: Any, net: _Net, patch: list[int], batch: int,
-                fixed: set[str], reasons: dict[str, str]) -> tuple[Any, _Net, list[int], int]:
-    """Give up batch, width, resolution and context, in that order, until the run gets the steps it needs.
+                fixed: set[str], reasons: dict[str, str]) -> tuple[Any, _Net, list[int], int, dict | None]:
+    """Give up batch and width until the run gets the steps it needs, then resolution and context, in that
+    order, until it gets at least :data:`KEEP_FRACTION` of them.
 
     Settings in ``fixed`` (given by the user) are never changed. Writes the reason of every choice into
-    ``reasons``; returns (target spacing, network, patch, batch).
+    ``reasons``; returns (target spacing, network, patch, batch, step price), the step price being the
+    probed network's key and the seconds it expects a step of the plan to take (None when nothing was priced);
+    the trainer compares it with the steps it measures (:func:`medzoo.planning.device.correct_step_price`).
     """
     width_free = not {"model", "model_kwargs"} & fixed and net.model == "unet3d"
     if {"patch_size", "batch_size"} <= fixed and not width_free:
         reasons["budget"] = "patch, batch and network given: nothing for the budget to choose"
-        return target, net, patch, batch
+        return target, net, patch, batch, None
     if profile is None:
         from medzoo.planning.device import device_profile
 
@@ -342,7 +346,7 @@ def _fit_budget(seconds: float, profile: Any, fingerprint: dict[str, Any] | None
         enough = "enough" if got >= need else f"at least {KEEP_FRACTION:.0%} of them, close enough to keep"
         reasons["budget"] = (f"{budget_words}: about {got:.0f} steps of the budget-free plan, {enough} ({why_need}); "
                              "nothing traded")
-        return target, net, patch, batch
+        return target, net, patch, batch, _price(net, profile, patch, batch)
     if "batch_size" not in fixed and batch > 2:
         batch = 2
         reasons["batch"] = "2 (nnU-Net's minimum): the budget-free batch leaves too few steps"
@@ -354,7 +358,10 @@ def _fit_budget(seconds: float, profile: Any, fingerprint: dict[str, Any] | None
             net = narrow
             reasons["network"] = (f"unet3d with features {NARROW_UNET_FEATURES}: the default width leaves too few "
                                   "steps (half the width learned as well per step on hippocampus)")
-    max_voxels = net.cost(profile).max_voxels(batch, train_seconds / need)
+    # resolution and field of view are given up only until the run gets the share of the steps at which a plan
+    # is kept as it is: past it, what a coarser grid or a smaller patch loses outweighs the extra steps
+    enough = KEEP_FRACTION * need
+    max_voxels = net.cost(profile).max_voxels(batch, train_seconds / enough)
     base = np.median(spacings, axis=0) if target is None else np.asarray(target, float)
     if "patch_size" not in fixed and "target_spacing" not in fixed and math.prod(patch) > max_voxels:
         limit_mm, why_limit = smallest_structure_mm(fingerprint, full_shapes, spacings)
@@ -373,16 +380,24 @@ def _fit_budget(seconds: float, profile: Any, fingerprint: dict[str, Any] | None
                     f"the {why_limit} would span fewer than {MIN_DIAMETER_VOXELS} voxels")
             else:
                 reasons["spacing"] += f"; not coarsened: the {why_limit} allows no coarser spacing"
-    if "patch_size" not in fixed and steps(net, patch, batch) < need:
-        patch = _shrink_patch(net, patch, net.cost(profile).max_voxels(batch, train_seconds / need), shapes,
+    if "patch_size" not in fixed and steps(net, patch, batch) < enough:
+        patch = _shrink_patch(net, patch, net.cost(profile).max_voxels(batch, train_seconds / enough), shapes,
                               spacings, target)
         reasons["patch"] = ("shrunk from the median case (largest axis first, not below "
                             f"{MIN_PATCH_EDGE_3D if net.spatial_dims == 3 else MIN_PATCH_EDGE_2D} voxels or the case) "
                             "until a step fits the budget")
     got = steps(net, patch, batch)
-    short = "" if got >= need else "; fewer than needed: the budget is too short for this data"
+    short = ("" if got >= need else f"; at least {KEEP_FRACTION:.0%} of them, close enough" if got >= enough
+             else "; fewer than needed: the budget is too short for this data")
     reasons["budget"] = f"{budget_words}: about {got:.0f} steps expected ({why_need}){short}"
-    return target, net, patch, batch
+    return target, net, patch, batch, _price(net, profile, patch, batch)
+
+
+def _price(net: _Net, profile: Any, patch: list[int], batch: int) -> dict[str, Any]:
+    from medzoo.planning.device import network_key
+
+    key = network_key(net.model, net.spatial_dims, net.kwargs, net.in_channels, net.num_classes)
+    return {"network": key, "step_seconds": float(net.cost(profile).seconds(batch, tuple(patch)))}
 
 
 def _shrink_patch(net: _Net, patch: list[int], max_voxels: float, shapes: np.ndarray, spacings: np.ndarray,
@@ -419,14 +434,18 @@ def _norm_stats(fingerprint: dict[str, Any] | None, n_channels: int) -> list[dic
 
 
 def plan_dataset(data: str, layout: str | None = None, layout_options: dict[str, Any] | None = None, *,
-                 time_budget: float | None = None, **overrides: Any) -> Plan:
+                 time_budget: float | None = None, device: str | None = None, **overrides: Any) -> Plan:
     """The plan ``medzoo train`` would make for a dataset folder, without training: the dataset is read
-    (layout auto-detected unless given), fingerprinted and planned (under ``time_budget`` seconds, if given)."""
+    (layout auto-detected unless given), fingerprinted and planned (under ``time_budget`` seconds, if given,
+    with steps priced on ``device``: None picks CUDA when available, as training does)."""
+    from medzoo import runtime
     from medzoo.data.layouts import load_dataset
+    from medzoo.planning.device import device_profile
     from medzoo.planning.fingerprint import compute_fingerprint
 
     info = load_dataset(data, layout=layout, **(layout_options or {}))
-    return make_plan(info, compute_fingerprint(info), time_budget=time_budget, **overrides)
+    profile = None if time_budget is None else device_profile(str(runtime.resolve_device(device)))
+    return make_plan(info, compute_fingerprint(info), time_budget=time_budget, device_profile=profile, **overrides)
 
 
 def describe_plan(plan: Plan) -> str:
