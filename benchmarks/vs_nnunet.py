@@ -4,7 +4,9 @@ For each budget (``--budgets 5m,10m``), interleaved (medzoo 5m, nnU-Net 5m, medz
 
 * **medzoo**: ``medzoo.train(TrainConfig(time_budget=..., folds=5, fold=0))`` with the defaults, in this
   process; its budget covers what ``medzoo train --time-budget`` covers (planning, a cache check, training, the
-  final validation). Its preprocessed cache is filled once beforehand and shared by the budgets.
+  final validation). Its plan fits the budget (``plan_for_budget``, the default), so before each run its cache
+  is filled for that plan, timed as its preprocessing and not counted in the budget (the budgets share one
+  cache folder: a case already preprocessed the same way is reused).
 * **nnU-Net v2**: its default ``nnUNetTrainer`` on the ``3d_fullres`` configuration, on the CPU, in a
   subprocess (:mod:`benchmarks.nnunet_worker`). Its epochs are cut so that its poly learning-rate schedule ends
   inside the budget: a probe run measures its seconds per training and validation iteration, its start-up and
@@ -14,8 +16,8 @@ For each budget (``--budgets 5m,10m``), interleaved (medzoo 5m, nnU-Net 5m, medz
   see :func:`nnunet_schedule`. The budget is for ``run_training()`` (start-up, epochs with their validation
   iterations, checkpoints); its final validation (``perform_actual_validation``) is timed as prediction.
 
-Before the budgets (timed and reported, not counted in any budget): medzoo's planning and cache; nnU-Net's
-fingerprint, plan and preprocessing of ``3d_fullres`` on ``--processes`` processes (default 2), from a raw
+Before the budgets (timed and reported, not counted in any budget): nnU-Net's fingerprint, plan and
+preprocessing of ``3d_fullres`` on ``--processes`` processes (default 2), from a raw
 folder ``Dataset004_Hippocampus`` of links to the MSD files; and nnU-Net's probe.
 
 Same validation cases: medzoo's fold 0 of ``make_splits(cases, folds=5, seed=0)`` (what ``medzoo train
@@ -176,25 +178,28 @@ def medzoo_config(data: Path, out: Path, cache: Path, budget: str | None) -> Any
                        device="cpu", cache_dir=str(cache), progress=False)
 
 
-def medzoo_preprocess(data: Path, cache: Path, train_ids: list[str]) -> float:
-    """Plan as ``medzoo train`` plans and fill its cache with every case of the split; seconds."""
+def medzoo_preprocess(data: Path, cache: Path, case_ids: list[str], budget: str) -> float:
+    """Plan as ``medzoo train`` plans for ``budget`` (the plan fits the budget) and fill its cache with
+    ``case_ids``; seconds."""
     from medzoo.data.cache import build_cache
     from medzoo.data.layouts import load_dataset
     from medzoo.engine.segment import plan_for
 
     start = time.perf_counter()
     info = load_dataset(str(data))
-    plan = plan_for(medzoo_config(data, cache / "unused", cache, None), info, progress=False)
-    build_cache(info, plan, cache, cases=train_ids, progress=False)
+    plan = plan_for(medzoo_config(data, cache / "unused", cache, budget), info, progress=False, device="cpu")
+    build_cache(info, plan, cache, cases=case_ids, progress=False)
     return time.perf_counter() - start
 
 
 def run_medzoo(data: Path, work: Path, cache: Path, budget: str, split: dict[str, list[str]]) -> dict[str, Any]:
-    """Train under ``budget``, predict fold 0's validation cases with TTA, score them."""
+    """Fill the cache for ``budget``'s plan, train under ``budget``, predict fold 0's validation cases with TTA,
+    score them."""
     import medzoo
     from medzoo.engine.splits import load_splits
     from medzoo.planning.plan import Plan
 
+    preprocess_s = medzoo_preprocess(data, cache, split["train"] + split["val"], budget)
     out = work / f"medzoo_{budget}"
     res = medzoo.train(medzoo_config(data, out, cache, budget))
     if load_splits(out / "splits.json")[FOLD]["val"] != split["val"]:
@@ -213,7 +218,7 @@ def run_medzoo(data: Path, work: Path, cache: Path, budget: str, split: dict[str
     return {"tool": "medzoo", "version": medzoo.__version__, "train_s": res.seconds, "steps": res.steps,
             "epochs": res.epochs, "iters_per_epoch": res.steps // max(res.epochs, 1),
             "patch": "x".join(map(str, plan.patch_size)), "batch": plan.batch_size, "checkpoint": "best",
-            "predict_s": predict_s, "stop": res.stop_reason, "run_dir": str(out),
+            "preprocess_s": preprocess_s, "predict_s": predict_s, "stop": res.stop_reason, "run_dir": str(out),
             **score_folder(out / "validation", data, split["val"])}
 
 
@@ -363,17 +368,13 @@ def compare(args: Any, tools: list[str], data: Path) -> dict:
           f"{FOLDS}), budgets {', '.join(budgets)}, {threads} threads, runs in {work}")
     cache = work / "medzoo_cache"
     prep: dict[str, Any] = {}
-    if "medzoo" in tools:
-        prep["medzoo"] = {"preprocess_s": medzoo_preprocess(data, cache, split["train"] + split["val"])}
     if "nnunet" in tools:
-        prep["nnunet"] = nnunet_prepare(work, data, folds, args.processes, args.nnunet_da_procs, args.threads,
-                                        args.quick)
-    for tool, info in prep.items():
-        probe = info.get("probe", {})
-        print(f"   {tool}: preprocessing {info['preprocess_s']:.1f} s" + (
-            f"; probe {probe['probe_s']:.1f} s: {probe['step_s']:.2f} s per training iteration (batch "
-            f"{probe['batch']}, patch {probe['patch']}), {probe['val_step_s']:.2f} s per validation iteration, "
-            f"{probe['epoch_overhead_s']:.1f} s per epoch, {probe['setup_s']:.1f} s start-up" if probe else ""))
+        prep = nnunet_prepare(work, data, folds, args.processes, args.nnunet_da_procs, args.threads, args.quick)
+        probe = prep["probe"]
+        print(f"   nnU-Net: preprocessing {prep['preprocess_s']:.1f} s; probe {probe['probe_s']:.1f} s: "
+              f"{probe['step_s']:.2f} s per training iteration (batch {probe['batch']}, patch {probe['patch']}), "
+              f"{probe['val_step_s']:.2f} s per validation iteration, {probe['epoch_overhead_s']:.1f} s per epoch, "
+              f"{probe['setup_s']:.1f} s start-up")
     rows: list[dict[str, Any]] = []
     for budget in budgets:
         seconds = parse_duration(budget)
@@ -381,12 +382,11 @@ def compare(args: Any, tools: list[str], data: Path) -> dict:
             start = time.perf_counter()
             try:
                 row = (run_medzoo(data, work, cache, budget, split) if tool == "medzoo" else
-                       run_nnunet(work, data, budget, seconds, prep["nnunet"]["probe"], split,
-                                  args.nnunet_da_procs, args.threads))
+                       {**run_nnunet(work, data, budget, seconds, prep["probe"], split, args.nnunet_da_procs,
+                                     args.threads), "preprocess_s": prep["preprocess_s"]})
             except Exception as err:  # noqa: BLE001 - report, let the other runs go on
                 row = {"tool": tool, "skipped": f"{type(err).__name__}: {err}"[:500]}
-            row = {"budget": budget, "budget_s": seconds, **row, "preprocess_s": prep[tool]["preprocess_s"],
-                   "wall_s": time.perf_counter() - start}
+            row = {"budget": budget, "budget_s": seconds, **row, "wall_s": time.perf_counter() - start}
             print(format_table([row], [c for c in COLUMNS if c in row]), flush=True)
             rows.append(row)
     dice_cols = sorted({k for r in rows for k in r if k.startswith("dice_") and k != "dice_mean"})
@@ -394,7 +394,7 @@ def compare(args: Any, tools: list[str], data: Path) -> dict:
     print(f"== {NAME}: fold {FOLD} validation Dice on the original grids ({len(split['val'])} cases)")
     print(format_table(rows, cols))
     results = {"benchmark": NAME, "environment": {**environment(), "nnunetv2": nnunet_version()},
-               "threads": threads, "data": str(data), "runs_dir": str(work), "split": split, "preprocessing": prep,
+               "threads": threads, "data": str(data), "runs_dir": str(work), "split": split, "nnunet_preprocessing": prep,
                "rows": rows, "markdown": markdown_table(rows, cols)}
     print(f"wrote {write_results(NAME, results, args.out)}")
     return results
