@@ -8,7 +8,8 @@ gets; also says whether any prediction came out empty). Each row gives the plan 
 spacing, patch, batch) and the median share of training time the steps waited for the loader.
 
 ``--dataset``: ``hippocampus`` (default; ``$MEDZOO_HIPPOCAMPUS_DIR`` or ``../shared/data/Task04_Hippocampus``),
-``brats2013`` (``$MEDZOO_BRATS2013_DIR`` or ``../shared/data/BraTS2013_deepmedic``, through the ``folder`` layout, FLAIR + T1c, labels 0-4),
+``brats2013`` (``$MEDZOO_BRATS2013_DIR`` or ``../shared/data/BraTS2013_deepmedic``, through the ``folder`` layout, FLAIR + T1c, labels 0-4;
+``brats2013-regions``: the same trained and scored on the nested WT/TC/ET regions),
 a phantom kind (``brain``, ``ct``, ``thick-mri``, ``multi-organ``: written first, ``--cases``/``--shape``), or a
 dataset folder (``--layout``, ``--layout-option``). Skipped with a message when the data is missing. Long: one
 timed run at a time on a quiet machine.
@@ -43,6 +44,8 @@ BRATS_LAYOUT = {
     "label": "{case}/OTMultiClass.nii.gz",
     "labels": {0: "background", 1: "necrosis", 2: "edema", 3: "non_enhancing", 4: "enhancing"},
 }
+#: the nested BraTS regions of OTMultiClass (whole tumour, tumour core, enhancing), for ``--regions``
+BRATS_REGIONS = {"regions": {"WT": [1, 2, 3, 4], "TC": [1, 3, 4], "ET": [4]}, "regions_class_order": [2, 1, 4]}
 
 
 def hippocampus_dir() -> Path | None:
@@ -60,10 +63,11 @@ def resolve_dataset(name: str, runs_dir: Path, cases: int, shape: tuple[int, int
     if name == "hippocampus":
         data = hippocampus_dir()
         return data, layout, layout_options, "Task04_Hippocampus not found (set MEDZOO_HIPPOCAMPUS_DIR)"
-    if name == "brats2013":
+    if name in ("brats2013", "brats2013-regions"):
         env = os.environ.get("MEDZOO_BRATS2013_DIR")
         data = Path(env) if env else REPO.parent / "shared" / "data" / "BraTS2013_deepmedic"
-        return ((data if data.is_dir() else None), "folder", {**BRATS_LAYOUT, **layout_options},
+        regions = BRATS_REGIONS if name.endswith("-regions") else {}
+        return ((data if data.is_dir() else None), "folder", {**BRATS_LAYOUT, **regions, **layout_options},
                 f"{data} not found (set MEDZOO_BRATS2013_DIR)")
     if name in PHANTOM_KINDS:
         from medzoo.data.phantom import make_phantom_dataset
@@ -86,30 +90,42 @@ def _median_data_wait_pct(metrics_csv: Path) -> float:
     return 100.0 * statistics.median(waits) if waits else float("nan")
 
 
+def group_dice(pred: Any, ref: Any, groups: list[list[int]]) -> list[float]:
+    """Dice of each group of label values (a class: one value; a region: the values it unites) between two
+    label maps; 1.0 where both lack the group."""
+    import numpy as np
+
+    from medzoo.metrics import dice_per_class
+
+    return [float(dice_per_class(np.isin(pred, g), np.isin(ref, g), 2)[1]) for g in groups]
+
+
 def held_out_dice(run_dir: Path, data: Path, layout: str | None, layout_options: dict[str, Any]) -> dict[str, Any]:
     """Predict the run's validation cases on their own grids (best checkpoint) and score them: mean Dice per
-    class over the cases, the mean over classes, and how many predictions have no foreground at all."""
+    class (per region, for a region run) over the cases, the mean over them, and how many predictions have no
+    foreground at all."""
     import numpy as np
 
     from medzoo.data.layouts import load_dataset
     from medzoo.data.loading import load_case
     from medzoo.engine.splits import load_splits
     from medzoo.inference.predictor import Predictor
-    from medzoo.metrics import dice_per_class
 
     info = load_dataset(str(data), layout=layout, **layout_options)
     val = set(load_splits(run_dir / "splits.json")[0]["val"])
     predictor = Predictor.from_run(run_dir, checkpoint="best", device="cpu")
-    k = predictor.plan.num_classes
+    plan = predictor.plan
+    # a region run paints each region's own label value, so a region is the set of its label values in both maps
+    groups = list(plan.regions.values()) if plan.regions else [[i] for i in range(1, plan.num_classes)]
+    names = list(plan.regions) if plan.regions else [plan.labels[i] for i in range(1, plan.num_classes)]
     scores, empty, t0 = [], 0, time.perf_counter()
     for case in [c for c in info.cases if c.case_id in val]:
         image, label = load_case(case, info)
         pred = predictor.predict_volume(image)
         assert pred.spatial_shape == image.spatial_shape  # geometry is sacred
         empty += int(pred.array.max() == 0)
-        scores.append(dice_per_class(pred.array[0], label.array[0], k)[1:])
+        scores.append(group_dice(pred.array[0], label.array[0], groups))
     per_class = np.mean(scores, axis=0)
-    names = [predictor.plan.labels[i] for i in range(1, k)]
     return {"heldout_cases": len(scores), "heldout_empty": empty, "heldout_dice_mean": float(per_class.mean()),
             "heldout_predict_s": time.perf_counter() - t0,
             **{f"heldout_dice_{n}": float(v) for n, v in zip(names, per_class)}}
@@ -130,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     parser = make_parser(NAME, __doc__.splitlines()[0])
     parser.add_argument("--dataset", default="hippocampus",
-                        help="hippocampus, brats2013, a phantom kind (brain, ct, thick-mri, multi-organ) or a folder")
+                        help="hippocampus, brats2013, brats2013-regions, a phantom kind (brain, ct, thick-mri, multi-organ) or a folder")
     parser.add_argument("--budget", default=None, help="one time budget, e.g. 10m")
     parser.add_argument("--budgets", default="5m,10m", help="comma-separated time budgets (when --budget is not given)")
     parser.add_argument("--layout", default=None, help="dataset layout of a folder (default: auto-detect)")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import stat
+import time
 import zipfile
 from pathlib import Path
 
@@ -239,3 +241,71 @@ def test_packed_with_the_optimizer_an_unpacked_run_resumes(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)  # the run's config names its data relatively ("phantom")
     result = medzoo.train(TrainConfig.load(Path("run_v0") / "config.json"), resume=True)
     assert (result.epochs, result.steps) == (2, 4)
+
+
+# --- the model cache ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["truncate", "delete"])
+@pytest.mark.parametrize("name", ["checkpoint_best.pt", "plan.json"])
+def test_a_damaged_unpacked_copy_is_unpacked_again_with_one_warning(run, tmp_path, caplog, how, name):
+    packed = pack_model(run, tmp_path / "model.medzoo")
+    opened = open_model(packed)
+    weights = load_checkpoint(opened / "checkpoint_best.pt")["model"]
+    whole = (opened / name).read_bytes()
+    if how == "truncate":
+        (opened / name).write_bytes(whole[: len(whole) // 2])
+    else:
+        (opened / name).unlink()
+    with caplog.at_level("INFO", logger="medzoo.packaging"):
+        assert open_model(packed) == opened
+        assert open_model(packed) == opened  # whole again: no second warning
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and name in warnings[0] and "unpacking it again" in warnings[0], warnings
+    assert len((opened / name).read_bytes()) == len(whole)
+    healed = load_checkpoint(opened / "checkpoint_best.pt")["model"]
+    assert healed.keys() == weights.keys() and all(torch.equal(healed[k], weights[k]) for k in weights)
+    load_model_from_run(opened)  # predicts again
+
+
+def test_a_copy_unpacked_by_an_earlier_medzoo_is_unpacked_again_quietly(run, tmp_path, caplog):
+    from medzoo.packaging import ENTRY_FILE
+
+    packed = pack_model(run, tmp_path / "model.medzoo")
+    opened = open_model(packed)
+    (opened / ENTRY_FILE).unlink()
+    with caplog.at_level("WARNING", logger="medzoo.packaging"):
+        assert open_model(packed) == opened
+    assert not caplog.records and (opened / ENTRY_FILE).is_file()
+
+
+def test_the_cache_keeps_a_copy_while_its_file_is_there_unchanged(run, tmp_path, model_cache):
+    kept = pack_model(run, tmp_path / "kept.medzoo")
+    replaced = pack_model(run, tmp_path / "replaced.medzoo", checkpoint="last")
+    deleted_run, _ = make_run(tmp_path / "other", "unet3d", 1, 3, seed=1, **UNET)
+    deleted = pack_model(deleted_run, tmp_path / "deleted.medzoo")
+    copies = {p: open_model(p) for p in (kept, replaced, deleted)}
+    assert len(set(copies.values())) == 3
+    deleted.unlink()
+    pack_model(run, replaced, with_optimizer=True)  # new content at the same path: its old copy is of no use
+    stale_staging = model_cache / ".unpacking.killed"
+    fresh_staging = model_cache / ".unpacking.in_progress"
+    for folder in (stale_staging, fresh_staging):
+        folder.mkdir()
+    old = time.time() - 2 * 3600
+    os.utime(stale_staging, (old, old))
+    (model_cache / "notes").mkdir()  # not ours: never touched
+    new_copy = open_model(replaced)  # a new unpack cleans the cache
+    assert sorted(p.name for p in model_cache.iterdir()) == sorted(
+        [copies[kept].name, new_copy.name, fresh_staging.name, "notes"])
+
+
+def test_clean_model_cache_removes_copies_of_files_that_are_gone(run, tmp_path, model_cache):
+    from medzoo.packaging import clean_model_cache
+
+    packed = pack_model(run, tmp_path / "model.medzoo")
+    opened = open_model(packed)
+    assert clean_model_cache() == []
+    moved = packed.rename(tmp_path / "moved.medzoo")
+    assert clean_model_cache() == [opened] and not opened.exists()
+    assert open_model(moved) == opened  # unpacked again from where it is now

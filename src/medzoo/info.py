@@ -1,8 +1,9 @@
-"""What a trained model is: :func:`run_info` on a run folder or a ``.medzoo`` file.
+"""What a trained model is: :func:`run_info` on a run folder, a ``.medzoo`` file or a cross-validation parent.
 
 It reads only what the run wrote (``plan.json``, ``config.json``, ``metrics.csv``, ``splits.json``, the
-checkpoint's counters) and asks the installed packages what ``medzoo predict``
-would do with it on this machine; nothing is computed, exported or written.
+checkpoint's counters; for a cross-validation the folds' progress, ``crossval.json`` and
+``postprocessing.json``) and asks the installed packages what ``medzoo predict`` would do with it on this
+machine; nothing is computed, exported or written.
 """
 
 from __future__ import annotations
@@ -16,31 +17,36 @@ from medzoo.errors import CheckpointError
 from medzoo.planning.plan import Plan
 from medzoo.utils import read_json_object
 
-__all__ = ["run_info"]
+__all__ = ["crossval_info", "run_info"]
 
 
 def run_info(model: str | Path, checkpoint: str = "best") -> dict[str, Any]:
-    """A JSON-ready description of a run folder or a packed model.
+    """A JSON-ready description of a run folder, a packed model or a cross-validation parent.
 
     Args:
-        model: a run folder or a ``.medzoo`` file.
+        model: a run folder, a ``.medzoo`` file or a cross-validation parent (``medzoo train --fold all``).
         checkpoint: the checkpoint ``predict`` would be given ("best", "last" or a file).
 
     Returns:
         ``{"source", "data", "plan", "training", "versions", "predict"}``: where it comes from; the dataset,
         layout, modalities, labels and split sizes; network, patch, spacing and normalisation; epochs, steps,
         seconds and the best and final validation Dice per class; the versions it was packed with and those
-        installed; and the checkpoint, device, backend, precision and layout ``predict`` would use.
+        installed; and the checkpoint, device, backend, precision and layout ``predict`` would use. For a
+        cross-validation parent: ``{"source", "data", "plan", "folds", "crossval", "postprocessing",
+        "predict"}`` (see :func:`crossval_info`).
 
     Raises:
         CheckpointError: not a run folder (no ``plan.json``) or a damaged ``.medzoo`` file.
     """
+    from medzoo.engine.crossval import is_crossval_dir
     from medzoo.packaging import environment_versions, is_packed, open_model, read_manifest
 
     model = Path(model)
     packed = is_packed(model)
     if not model.exists():
         raise CheckpointError(f"{model}: not found (give a run folder or a .medzoo file)")
+    if not packed and is_crossval_dir(model):
+        return crossval_info(model, checkpoint)
     run_dir = open_model(model)
     if not run_dir.is_dir():
         raise CheckpointError(f"{model}: give a run folder or a .medzoo file")
@@ -59,6 +65,62 @@ def run_info(model: str | Path, checkpoint: str = "best") -> dict[str, Any]:
         "versions": {"packed_with": read_json_object(run_dir / "versions.json") or None,
                      "installed": environment_versions()},
         "predict": _predict(run_dir, plan, checkpoint),
+    }
+
+
+def crossval_info(parent: str | Path, checkpoint: str = "best") -> dict[str, Any]:
+    """A JSON-ready description of a cross-validation parent folder (``medzoo train --folds K --fold all``).
+
+    Returns:
+        ``source``; ``data`` and ``plan`` of the first fold that has a plan (the folds share them);
+        ``folds``: each fold's status (trained, interrupted, started, not started) and figures; ``crossval``:
+        the out-of-fold Dice of ``crossval.json`` (per class over cases and over folds, without and with the
+        post-processing, and the same as a table), or a note when it is not written yet; ``postprocessing``:
+        the decision in ``postprocessing.json``; ``predict``: the folds ``predict`` would average and how.
+    """
+    from medzoo.engine.crossval import (
+        CROSSVAL_FILE,
+        describe_postprocessing,
+        fold_dirs,
+        fold_progress,
+        load_crossval,
+    )
+    from medzoo.inference.postprocess import POSTPROCESSING_FILE
+
+    parent = Path(parent)
+    progress = fold_progress(parent)
+    planned = [parent / f"fold_{k}" for k in progress if (parent / f"fold_{k}" / "plan.json").is_file()]
+    plan = Plan.load(planned[0] / "plan.json") if planned else None
+    config = read_json_object(planned[0] / "config.json") if planned else {}
+    result = load_crossval(parent)
+    if result is None:
+        scores: dict[str, Any] = {"file": None, "note": f"no {CROSSVAL_FILE} yet: it is written when `medzoo "
+                                  "train ... --fold all` finishes (run it again to finish the missing folds)"}
+    else:
+        summary = result.to_dict()["summary"]
+        scores = {"file": str(parent / CROSSVAL_FILE), "folds": [f"fold_{k}" for k in result.folds],
+                  "cases": len(result.cases),
+                  "summary": summary, "table": result.table()}
+    post = read_json_object(parent / POSTPROCESSING_FILE) or (result.postprocessing if result else {})
+    members = fold_dirs(parent)
+    predict = _predict(members[0], Plan.load(members[0] / "plan.json"), checkpoint) if members else {}
+    chosen = bool(post.get("keep_largest_foreground") or post.get("keep_largest_classes"))
+    predict = {"members": [p.name for p in members], "ensemble": "mean of the folds' probabilities",
+               "postprocessing": "applied (--no-postprocess skips it)" if chosen else "none", **predict}
+    data = {} if plan is None else _data(plan, config, planned[0], {})
+    if data:  # a fold's split sizes; the cross-validation covers them all
+        split = (data.pop("training_cases"), data.pop("validation_cases"))
+        data["cases"] = None if None in split else sum(split)
+    return {
+        "source": {"path": str(parent), "kind": "cross-validation", "folds": len(progress)},
+        "data": data,
+        "plan": {} if plan is None else _plan(plan),
+        "folds": {f"fold_{k}": figures for k, figures in progress.items()},
+        "crossval": scores,
+        "postprocessing": {"decision": describe_postprocessing(post) if post else None,
+                           "file": str(parent / POSTPROCESSING_FILE) if (parent / POSTPROCESSING_FILE).is_file()
+                           else None, **post},
+        "predict": predict,
     }
 
 

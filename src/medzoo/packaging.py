@@ -27,11 +27,13 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
 import platform
 import shutil
 import stat
 import tempfile
+import time
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -40,11 +42,13 @@ import torch
 
 from medzoo.errors import CheckpointError
 from medzoo.planning.plan import Plan
-from medzoo.utils import atomic_write, current_umask, read_json_object
+from medzoo.utils import atomic_write, atomic_write_text, current_umask, read_json_object
+
+log = logging.getLogger(__name__)
 
 __all__ = [
-    "FORMAT", "FORMAT_VERSION", "SUFFIX", "environment_versions", "is_packed", "model_cache_dir", "open_model",
-    "pack_model", "read_manifest", "read_metrics_csv", "unpack_model",
+    "ENTRY_FILE", "FORMAT", "FORMAT_VERSION", "SUFFIX", "clean_model_cache", "environment_versions", "is_packed",
+    "model_cache_dir", "open_model", "pack_model", "read_manifest", "read_metrics_csv", "unpack_model",
 ]
 
 FORMAT = "medzoo-model"
@@ -56,6 +60,11 @@ TRAINING_STATE = "training_state.pt"
 _OPTIONAL_FILES = ("config.json", "metrics.csv")
 _RESUME_FILES = ("splits.json",)
 _CHUNK = 1 << 20
+#: In each folder of the model cache: the files unpacked (name -> size) and the .medzoo files it came from.
+ENTRY_FILE = ".medzoo_entry.json"
+_STAGING_PREFIX = ".unpacking."
+_DISCARD_PREFIX = ".discarded."
+_STALE_SECONDS = 3600.0  # a staging or discarded folder this old belongs to no process still running
 
 
 def pack_model(
@@ -178,7 +187,10 @@ def open_model(model: str | Path) -> Path:
 
     The cache is ``$MEDZOO_MODEL_CACHE``, else ``$XDG_CACHE_HOME/medzoo/models``, else
     ``~/.cache/medzoo/models``, one folder per file content (SHA-256), so a changed file is unpacked anew and
-    processes that open the same file at once (e.g. ranks under torchrun) share one folder.
+    processes that open the same file at once (e.g. ranks under torchrun) share one folder. A cached folder
+    with a file missing or of another size than unpacked is discarded and unpacked again (one warning). Each
+    new unpack cleans the cache: a folder whose ``.medzoo`` files are all gone or changed since they were
+    opened is removed, as is what an unpack killed midway left behind.
 
     Raises:
         CheckpointError: the ``.medzoo`` file fails a check (see :func:`unpack_model`).
@@ -188,21 +200,127 @@ def open_model(model: str | Path) -> Path:
         return model
     if not model.is_file():
         raise CheckpointError(f"{model}: packed model not found")
-    target = model_cache_dir() / _file_sha256(model)[:32]
-    if (target / MANIFEST).is_file() and (target / "plan.json").is_file():
-        return target
+    cache = model_cache_dir()
+    target = cache / _file_sha256(model)[:32]
+    if target.is_dir():
+        damage = _entry_damage(target)
+        if damage is None:
+            _remember_source(target, model)
+            return target
+        level = logging.INFO if damage == _OLD_ENTRY else logging.WARNING
+        log.log(level, "%s: its unpacked copy %s %s; unpacking it again", model, target, damage)
+        _discard(target)
+    _unpack_to_cache(model, target)
+    _remember_source(target, model)
+    clean_model_cache(cache)
+    return target
+
+
+def _unpack_to_cache(model: Path, target: Path) -> None:
+    """Unpack ``model`` into the cache folder ``target``, which appears whole (with its :data:`ENTRY_FILE`) or
+    not at all; when another process got there first, its folder is kept."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".unpacking.", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=target.parent))
     try:
         _extract(model, staging)
+        files = {str(p.relative_to(staging)): p.stat().st_size for p in staging.rglob("*") if p.is_file()}
+        # the source is recorded before the folder appears, so no clean-up ever sees it without one
+        sources = {str(model.resolve()): _source_stat(model)}
+        (staging / ENTRY_FILE).write_text(json.dumps({"files": files, "sources": sources}, indent=2))
         try:
             os.replace(staging, target)
         except OSError:  # another process unpacked the same file first
-            if not (target / MANIFEST).is_file():
+            if _entry_damage(target) is not None:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+
+def clean_model_cache(cache: str | Path | None = None) -> list[Path]:
+    """Remove what :func:`open_model` no longer needs from its cache (default :func:`model_cache_dir`): the
+    unpacked folders none of whose ``.medzoo`` files still exists unchanged (same size, modification time
+    and inode as when it was last opened), and folders an unpack or a clean-up killed midway left behind
+    (after an hour, so as not to race one in progress). Nothing else in the folder is touched.
+
+    Returns:
+        The folders removed.
+    """
+    cache = Path(cache) if cache is not None else model_cache_dir()
+    removed = []
+    for path in sorted(cache.iterdir()) if cache.is_dir() else []:
+        if not path.is_dir() or path.is_symlink():
+            continue
+        if path.name.startswith((_STAGING_PREFIX, _DISCARD_PREFIX)):
+            try:
+                stale = time.time() - path.stat().st_mtime > _STALE_SECONDS
+            except OSError:  # its process finished with it meanwhile
+                continue
+        elif len(path.name) == 32 and all(c in "0123456789abcdef" for c in path.name) and (path / MANIFEST).is_file():
+            sources = read_json_object(path / ENTRY_FILE).get("sources") or {}
+            stale = not any(_source_stat(Path(p)) == recorded for p, recorded in sources.items())
+        else:
+            continue  # not ours
+        if stale:
+            _discard(path)
+            removed.append(path)
+    if removed:
+        log.info("model cache %s: removed %d unpacked model(s) whose .medzoo file is gone or changed", cache,
+                 len(removed))
+    return removed
+
+
+_OLD_ENTRY = f"has no {ENTRY_FILE} (unpacked by an earlier medzoo)"
+
+
+def _entry_damage(entry: Path) -> str | None:
+    """What is wrong with an unpacked cache folder (None: every file it was unpacked with is there, whole)."""
+    if not (entry / ENTRY_FILE).is_file():
+        return _OLD_ENTRY
+    files = read_json_object(entry / ENTRY_FILE).get("files")
+    if not isinstance(files, dict) or not files:
+        return f"has an unreadable {ENTRY_FILE}"
+    for name, size in files.items():
+        try:
+            actual = (entry / name).stat().st_size
+        except OSError:
+            return f"lacks {name}"
+        if actual != size:
+            return f"has {name} of {actual} bytes instead of {size}"
+    return None
+
+
+def _source_stat(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _remember_source(entry: Path, model: Path) -> None:
+    """Record ``model`` (path and stat) as a file ``entry`` was unpacked from: :func:`clean_model_cache` keeps
+    the folder while one of these files is unchanged."""
+    stamp = read_json_object(entry / ENTRY_FILE)
+    sources = stamp.get("sources") or {}
+    path, now = str(model.resolve()), _source_stat(model)
+    if sources.get(path) == now:
+        return
+    try:
+        atomic_write_text(entry / ENTRY_FILE, json.dumps({**stamp, "sources": {**sources, path: now}}, indent=2))
+    except OSError as err:  # a read-only cache still predicts; only the clean-up loses track of this file
+        log.debug("could not record %s in %s: %s", model, entry, err)
+
+
+def _discard(path: Path) -> None:
+    """Remove a cache folder: renamed aside first, so no process ever sees it half deleted."""
+    aside = path
+    if not path.name.startswith((_STAGING_PREFIX, _DISCARD_PREFIX)):
+        aside = path.with_name(f"{_DISCARD_PREFIX}{path.name}.{os.getpid()}.{time.monotonic_ns()}")
+        try:
+            os.replace(path, aside)
+        except OSError:  # another process discarded it first
+            return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def is_packed(path: str | Path) -> bool:

@@ -53,6 +53,37 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+#: The name :func:`atomic_write` gives its temporary file (``tempfile.mkstemp``: the prefix, 8 random characters,
+#: the suffix): ``.<name up to its first dot>.<8 characters><the name's suffixes, or .tmp>``, e.g.
+#: ``.scan0.k2x_9qa7.nii.gz`` for ``scan0.nii.gz``. Only a process killed before the rename leaves one behind.
+ATOMIC_TEMP_NAME = re.compile(r"\.[^.]*\.[a-z0-9_]{8}\..+")
+
+
+def is_atomic_temp(name: str) -> bool:
+    """Whether ``name`` is the name of an :func:`atomic_write` temporary file (see :data:`ATOMIC_TEMP_NAME`)."""
+    return ATOMIC_TEMP_NAME.fullmatch(name) is not None
+
+
+def remove_stale_temp_files(folder: str | Path, before: float) -> list[Path]:
+    """Remove the :func:`atomic_write` temporary files directly in ``folder`` last modified before ``before``
+    (a ``time.time()``): what a process killed midway through a write left behind. Other files, and
+    temporary files of a write still going on (modified since ``before``), are left alone.
+
+    Returns:
+        The files removed.
+    """
+    folder = Path(folder)
+    removed = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        try:
+            if is_atomic_temp(path.name) and path.is_file() and path.stat().st_mtime < before:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:  # gone meanwhile
+            continue
+    return removed
+
+
 def _mode_for(path: Path) -> int:
     """The mode of the file being replaced, else what ``open()`` would give a new file."""
     try:

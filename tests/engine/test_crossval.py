@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from medzoo.engine import crossval
 from medzoo.engine.config import TrainConfig
 from medzoo.engine.splits import load_splits
 from medzoo.errors import ConfigError
+from support.clock import FakeClock
 
 SHAPE = (24, 28, 20)
 
@@ -50,6 +50,10 @@ def test_cross_validation_scores_every_case_out_of_fold_and_resumes(phantom, tmp
             assert report["cases"][cid]["fold"] == fold  # predicted by the fold that did not train on it
             assert (run / f"fold_{fold}" / "validation" / f"{cid}.nii.gz").is_file()
     assert len(report["cases"]) == 5 and (run / "postprocessing.json").is_file()
+    assert main(["info", str(run)]) == 0  # the parent folder describes itself: folds, their status, the table
+    described = capsys.readouterr().out
+    assert "kind: cross-validation" in described and "fold 1: status trained" in described
+    assert crossval.load_crossval(run).table().splitlines()[0] in described
     for c in ("1", "2", "3"):
         cases = [v["dice"][c] for v in report["cases"].values() if v["dice"][c] is not None]
         assert report["summary"]["dice"][c]["mean_over_cases"] == pytest.approx(np.mean(cases), abs=1e-5)
@@ -77,12 +81,14 @@ def test_interrupted_fold_resumes_and_missing_folds_train(phantom, tmp_path, mon
     assert calls == [("fold_0", 0, True, str(run / "cache"))]  # fold 1 is done; fold 0 resumes first
 
 
-def test_budget_is_for_the_whole_command_and_split_across_folds():
-    started = time.monotonic()
+def test_budget_is_for_the_whole_command_and_split_across_folds(monkeypatch):
+    clock = FakeClock().install(monkeypatch, crossval)
+    started = clock.now
     share = crossval._fold_budget(100.0, started, 4)
-    assert share == pytest.approx(100.0 * (1 - crossval.EVALUATION_SHARE) / 4, rel=0.01)
+    assert share == pytest.approx(100.0 * (1 - crossval.EVALUATION_SHARE) / 4)
     # later folds share what is left: a fold that finished early hands its time on
-    assert crossval._fold_budget(100.0, started - 30.0, 2) == pytest.approx((90.0 - 30.0) / 2, rel=0.01)
+    clock.advance(30.0)
+    assert crossval._fold_budget(100.0, started, 2) == pytest.approx((90.0 - 30.0) / 2)
     assert crossval._fold_budget(None, started, 3) is None
     with pytest.raises(ConfigError, match="time budget leaves"):
         crossval._fold_budget(20.0, started, 5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from medzoo.engine.distributed import DistInfo
 from medzoo.inference import cohort as cohort_module
 from medzoo.inference.cohort import gather_to_main, merge_reports, rank_share
+from medzoo.inference.inputs import collect_cases
 from medzoo.inference.pipeline import PredictionReport
 from medzoo.inference.predictor import predict
 from medzoo.io.readers import write_volume
@@ -84,6 +86,28 @@ def test_each_rank_predicts_its_share_and_skip_existing_resumes(cohort, tmp_path
         again.append(([p.name for p in report.written], sorted(p.name for p in report.skipped)))
     assert again == [(["c2.nii.gz"], ["c0.nii.gz", "c4.nii.gz"]), (["c3.nii.gz"], ["c1.nii.gz"])]
     assert (out / "c0.nii.gz").stat().st_mtime_ns == kept
+
+
+def test_a_rerun_removes_what_a_killed_prediction_left_and_never_counts_it(cohort, tmp_path, caplog,
+                                                                           fp32_on_cpu):
+    run_dir, scans = cohort
+    out = tmp_path / "out"
+    options = {"backend": "torch", "amp": "none", "progress": False, "device": "cpu"}
+    predict(run_dir, scans, out, **options)
+    (out / "c2.nii.gz").unlink()
+    temp = out / ".c2.k2x_9qa7.nii.gz"  # what kill -9 during c2's atomic write leaves, as utils names it
+    temp.write_bytes(b"half a label map")
+    (out / "notes.txt").write_text("not ours")
+    old = time.time() - 60
+    os.utime(temp, (old, old))
+    todo, kept = cohort_module.split_existing([c for c in collect_cases(scans) if c.name == "c2"], out, True)
+    assert [c.name for c in todo] == ["c2"] and kept == []  # a temporary file is no finished output
+    with caplog.at_level("INFO", logger="medzoo.inference.cohort"):
+        report = predict(run_dir, scans, out, skip_existing=True, **options)
+    assert [p.name for p in report.written] == ["c2.nii.gz"] and len(report.skipped) == 4
+    lines = [r.getMessage() for r in caplog.records if "temporary file" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("removed 1 temporary file"), lines
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{c}.nii.gz" for c in CASES] + ["notes.txt"])
 
 
 @pytest.mark.slow

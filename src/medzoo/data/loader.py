@@ -110,6 +110,7 @@ class PatchLoader:
         worker_mode: ``thread`` (default) or ``process``.
         prefetch: batches prepared ahead per worker.
         sampler_options: passed to the sampler (e.g. ``threshold=0.1`` for ``threshold``).
+        mirror_axes: patch axes the augmentation may flip (``Plan.mirror_axes``); None: every axis.
     """
 
     def __init__(
@@ -129,6 +130,7 @@ class PatchLoader:
         worker_mode: str = "thread",
         prefetch: int = 2,
         sampler_options: dict | None = None,
+        mirror_axes: tuple[int, ...] | None = None,
     ) -> None:
         if not cases:
             raise ConfigError("PatchLoader needs at least one case")
@@ -147,7 +149,7 @@ class PatchLoader:
         self.spatial_dims = spatial_dims
         self.sampler = get_sampler(sampler, **(sampler_options or {}))
         self.oversample_foreground = float(oversample_foreground)
-        self.augmentation: Augmentation = build_augmentation(augment, self.patch_size)
+        self.augmentation: Augmentation = build_augmentation(augment, self.patch_size, mirror_axes)
         self.seed = int(seed)
         self.slice_axis = int(slice_axis)
         self.context_slices = int(context_slices) if spatial_dims == 2 else 0

@@ -38,11 +38,12 @@ import numpy as np
 
 from medzoo.engine.config import TrainConfig
 from medzoo.errors import ConfigError
-from medzoo.utils import atomic_write_text
+from medzoo.utils import atomic_write_text, read_json_object
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CROSSVAL_FILE", "EVALUATION_SHARE", "CrossValResult", "cross_validate", "fold_dirs"]
+__all__ = ["CROSSVAL_FILE", "EVALUATION_SHARE", "CrossValResult", "cross_validate", "describe_postprocessing",
+           "fold_dirs", "fold_progress", "is_crossval_dir", "load_crossval"]
 
 CROSSVAL_FILE = "crossval.json"
 RESULT_FILE = "train_result.json"
@@ -101,7 +102,8 @@ class CrossValResult:
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
         n = len(self.cases)
-        lines.append(f"{n} cases, {len(self.folds)} folds; post-processing: {_describe(self.postprocessing)}")
+        post = describe_postprocessing(self.postprocessing)
+        lines.append(f"{n} cases, {len(self.folds)} folds; post-processing: {post}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -147,7 +149,8 @@ def _pm(stats: dict[str, float], over: str) -> str:
     return f"{mean:.4f}" + (f" ± {sd:.4f}" if np.isfinite(sd) else "")
 
 
-def _describe(post: dict) -> str:
+def describe_postprocessing(post: dict) -> str:
+    """One line for a chosen post-processing (``ChosenPostprocessing.to_dict()``)."""
     steps = []
     if post.get("keep_largest_foreground"):
         steps.append("largest foreground component")
@@ -161,6 +164,68 @@ def fold_dirs(run_dir: str | Path) -> list[Path]:
     found = [p for p in Path(run_dir).glob("fold_*") if p.is_dir() and p.name[5:].isdigit()]
     found = [p for p in found if (p / "checkpoint_best.pt").is_file() or (p / "checkpoint_last.pt").is_file()]
     return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def is_crossval_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a cross-validation parent: no run of its own (``plan.json``), but ``crossval.json``
+    or ``fold_k`` folders."""
+    path = Path(path)
+    if not path.is_dir() or (path / "plan.json").is_file():
+        return False
+    return (path / CROSSVAL_FILE).is_file() or any(p.name[5:].isdigit() for p in path.glob("fold_*") if p.is_dir())
+
+
+def fold_progress(run_dir: str | Path) -> dict[int, dict]:
+    """Every fold of a cross-validation parent and how far it got, in fold order.
+
+    Returns:
+        fold -> ``{"status", ...}``: "trained" with ``train_result.json``'s figures (epochs, steps, seconds,
+        best_metric, best_epoch, stop_reason); "interrupted" (a ``checkpoint_last.pt`` the next
+        ``medzoo train --fold`` resumes from) with its epoch, step and seconds; "started" (a folder with nothing
+        to resume); "not started" (a fold of the k-fold split without a folder).
+    """
+    from medzoo.engine.checkpoint import load_checkpoint
+
+    run_dir = Path(run_dir)
+    found = {int(p.name[5:]): p for p in run_dir.glob("fold_*") if p.is_dir() and p.name[5:].isdigit()}
+    k = max((int(read_json_object(p / "config.json").get("folds") or 0) for p in found.values()), default=0)
+    progress = {}
+    for fold in sorted(set(range(k)) | set(found)):
+        fold_dir = found.get(fold)
+        if fold_dir is None:
+            progress[fold] = {"status": "not started"}
+        elif (fold_dir / RESULT_FILE).is_file():
+            figures = read_json_object(fold_dir / RESULT_FILE)
+            figures.pop("fold", None)
+            progress[fold] = {"status": "trained", **figures}
+        elif (fold_dir / "checkpoint_last.pt").is_file():
+            ckpt = load_checkpoint(fold_dir / "checkpoint_last.pt")
+            progress[fold] = {"status": "interrupted", "epochs": ckpt.get("epoch"), "steps": ckpt.get("step"),
+                              "seconds": ckpt.get("elapsed")}
+        else:
+            progress[fold] = {"status": "started"}
+    return progress
+
+
+def load_crossval(run_dir: str | Path) -> CrossValResult | None:
+    """The result :func:`cross_validate` wrote to ``RUN/crossval.json`` (None when there is none, or it is not
+    readable: the next ``medzoo train --fold all`` writes it again)."""
+    data = read_json_object(Path(run_dir) / CROSSVAL_FILE)
+
+    def per_class(d: dict) -> dict[int, float]:
+        return {int(c): float("nan") if v is None else float(v) for c, v in d.items()}
+
+    try:
+        labels = {int(c): str(n) for c, n in data["labels"].items()}
+        result = CrossValResult(Path(run_dir), [int(f) for f in data.get("folds", [])], labels,
+                                postprocessing=dict(data.get("postprocessing") or {}),
+                                seconds=float(data.get("seconds") or 0.0))
+        for cid, case in data["cases"].items():
+            result.cases[cid] = {"fold": int(case["fold"]), "dice": per_class(case["dice"]),
+                                 "dice_postprocessed": per_class(case["dice_postprocessed"])}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return result
 
 
 def _fold_budget(total: float | None, started: float, folds_left: int) -> float | None:

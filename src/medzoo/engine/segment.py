@@ -72,7 +72,7 @@ def make_loader(plan: Plan, cases: list, config: TrainConfig, seed: int, augment
     return PatchLoader(
         cases, plan.patch_size, plan.batch_size, spatial_dims=plan.spatial_dims, seed=seed,
         num_workers=config.num_workers, slice_axis=plan.slice_axis, context_slices=plan.context_slices,
-        augment=augment,
+        augment=augment, mirror_axes=plan.mirror_axes,
     )
 
 
@@ -161,7 +161,7 @@ class SegmentationTask(Task):
         return self.plain_loss(output.float(), target)
 
     def validate(self, model: nn.Module, mirror: bool, keep_example: bool) -> Validation:
-        axes = tuple(range(self.plan.spatial_dims)) if mirror else None
+        axes = self.plan.allowed_mirror_axes if mirror else None
         if self.plan.regions is not None:
             result = regions.validate_regions(model, self.val_cases, self.plan, self.device,
                                               overlap=self.config.val_overlap, keep_example=keep_example,

@@ -25,7 +25,8 @@ from medzoo.inference.pipeline import PredictionReport
 
 log = logging.getLogger(__name__)
 
-__all__ = ["cohort_group", "gather_to_main", "merge_reports", "rank_share", "split_existing"]
+__all__ = ["cohort_group", "gather_to_main", "merge_reports", "rank_share", "remove_interrupted_writes",
+           "split_existing"]
 
 T = TypeVar("T")
 #: How long rank 0 waits at the end for the slowest rank (its share can take hours on a large cohort).
@@ -69,11 +70,26 @@ def gather_to_main(obj: Any) -> list[Any] | None:
     return box
 
 
+def remove_interrupted_writes(output_dir: Path, started: float, info: DistInfo) -> list[Path]:
+    """Remove the temporary files of atomic writes that an earlier prediction, killed midway, left in
+    ``output_dir`` (those older than ``started``, a ``time.time()``), with one info line. Rank 0 removes them
+    while the other ranks wait, so no rank of this job has begun writing yet; returns the files removed."""
+    from medzoo.utils import remove_stale_temp_files
+
+    removed = remove_stale_temp_files(output_dir, started) if info.is_main else []
+    if removed:
+        log.info("removed %d temporary file(s) that an interrupted earlier run left in %s", len(removed), output_dir)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    return removed
+
+
 def split_existing(
     cases: Sequence[InputCase], output_dir: Path, skip_existing: bool
 ) -> tuple[list[InputCase], list[Path]]:
     """``(cases to predict, outputs kept)``: with ``skip_existing``, a case whose output file is there already
-    is kept as it is (outputs are written atomically, so an existing file is a whole one)."""
+    is kept as it is (outputs are written atomically, so an existing file is a whole one; the temporary file
+    of a write that was killed has another name, so it never counts)."""
     if not skip_existing:
         return list(cases), []
     todo = [case for case in cases if not (output_dir / case.output_name).is_file()]

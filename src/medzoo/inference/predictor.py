@@ -420,10 +420,11 @@ class PredictOptions:
         return post if post.active else None
 
     def mirror_axes_for(self, plan: Plan) -> tuple[int, ...] | None:
-        """Test-time mirroring axes: ``mirror_axes``, else every spatial axis of the network with ``tta``."""
+        """Test-time mirroring axes: ``mirror_axes``, else with ``tta`` the axes the plan allows (every axis of
+        the network's input, except one whose mirror image swaps a left/right pair of labels)."""
         if self.mirror_axes:
             return tuple(self.mirror_axes)
-        return tuple(range(3 if plan.spatial_dims == 3 else 2)) if self.tta else None
+        return (plan.allowed_mirror_axes or None) if self.tta else None
 
 
 def predict(
@@ -509,7 +510,7 @@ def run_prediction(
     from medzoo.inference.ensemble import load_models
     from medzoo.packaging import open_model
 
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     runtime.tune_malloc()  # reuse freed buffers across windows and cases
     output_dir = Path(output_dir)
     run_dir = open_model(run_dir) if isinstance(run_dir, (str, Path)) else [open_model(r) for r in run_dir]
@@ -519,6 +520,7 @@ def run_prediction(
         if info.enabled:  # this rank's GPU; one progress bar for the job, not one per rank
             options = replace(options, device=str(resolve_device(options.device, info)),
                               progress=options.progress and info.is_main)
+        cohort.remove_interrupted_writes(output_dir, started_at, info)
         mine, skipped = cohort.split_existing(cohort.rank_share(cases, info), output_dir, options.skip_existing)
         log.debug("rank %d/%d predicts: %s", info.rank, info.world_size, ", ".join(c.name for c in mine))
         report = PredictionReport(skipped=skipped)

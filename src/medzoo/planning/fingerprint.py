@@ -8,6 +8,7 @@
       "spacings": [[si, sj, sk], ...],            # per case, mm
       "shapes": [[I, J, K], ...],                 # per case
       "shapes_after_crop": [[...], ...],          # per case, after cropping to the non-zero region
+      "left_right_axes": [a, ...],                # per case, the voxel axis closest to the world's left-right
       "median_spacing": [...], "median_shape": [...], "median_shape_after_crop": [...],
       "anisotropy": max/min of the median spacing,
       "intensity": [                             # per modality, voxels inside the label foreground
@@ -49,6 +50,11 @@ def _stats(values: np.ndarray) -> dict[str, float]:
     }
 
 
+def left_right_axis(affine: np.ndarray) -> int:
+    """The voxel axis whose direction is closest to the world's left-right (x) axis (RAS or LPS alike)."""
+    return int(np.argmax(np.abs(np.asarray(affine, float)[0, :3])))
+
+
 def compute_fingerprint(
     info: DatasetInfo, *, skip_bad_cases: bool = False, seed: int = 0, progress: bool = False
 ) -> dict:
@@ -69,7 +75,7 @@ def compute_fingerprint(
 
     rng = np.random.default_rng(seed)
     k = info.num_classes
-    spacings, shapes, cropped, ids = [], [], [], []
+    spacings, shapes, cropped, ids, lateral = [], [], [], [], []
     samples: list[list[np.ndarray]] = [[] for _ in info.modalities]
     counts = np.zeros(k, dtype=np.int64)
     presence = np.zeros(k, dtype=np.int64)
@@ -83,6 +89,7 @@ def compute_fingerprint(
         spacings.append([float(s) for s in image.spacing])
         shapes.append(list(image.spatial_shape))
         cropped.append([b - a for a, b in nonzero_bbox(image.array)])
+        lateral.append(left_right_axis(image.affine))
         lab = label.array[0]
         c = np.bincount(lab.reshape(-1), minlength=k)[:k]
         counts += c
@@ -112,6 +119,7 @@ def compute_fingerprint(
         "spacings": spacings,
         "shapes": shapes,
         "shapes_after_crop": cropped,
+        "left_right_axes": lateral,
         "median_spacing": median_spacing,
         "median_shape": [float(v) for v in np.median(np.asarray(shapes), axis=0)],
         "median_shape_after_crop": [float(v) for v in np.median(np.asarray(cropped), axis=0)],

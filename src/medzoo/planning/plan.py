@@ -41,6 +41,9 @@ class Plan:
             regions): region name -> the class indices it unites, in output-channel order; None: softmax.
         regions_class_order: for region plans, the label value each region paints into a predicted label map,
             in painting order (later regions overwrite earlier ones, so nested regions go last).
+        mirror_axes: axes of the network's input that training augmentation flips and test-time augmentation
+            mirrors; None: every axis. The planner leaves out the left-right axis when labels come in left/right
+            pairs, whose meaning a mirror image would swap.
     """
 
     model: str
@@ -62,14 +65,22 @@ class Plan:
     extra: dict[str, Any] = field(default_factory=dict)
     regions: dict[str, list[int]] | None = None
     regions_class_order: list[int] | None = None
+    mirror_axes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         self.patch_size = tuple(int(p) for p in self.patch_size)
+        if self.mirror_axes is not None:
+            self.mirror_axes = tuple(int(a) for a in self.mirror_axes)
         if self.target_spacing is not None:
             self.target_spacing = tuple(float(s) for s in self.target_spacing)
         self.labels = {int(k): str(v) for k, v in self.labels.items()}
         if self.label_mapping is not None:
             self.label_mapping = {int(k): int(v) for k, v in self.label_mapping.items()}
+
+    @property
+    def allowed_mirror_axes(self) -> tuple[int, ...]:
+        """The axes of the network's input that may be mirrored (``mirror_axes``, or every axis)."""
+        return tuple(range(self.spatial_dims)) if self.mirror_axes is None else self.mirror_axes
 
     @property
     def foreground_labels(self) -> dict[int, str]:

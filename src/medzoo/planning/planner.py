@@ -11,6 +11,9 @@ Rules, in the spirit of nnU-Net but small enough to read:
 - batch: as many patches as fit a fixed voxel budget, 2..8 in 3D, 2..32 in 2D.
 - normalisation per channel: "ct" (global clip + z-score from the fingerprint's foreground statistics) for
   channels named CT, per-image z-score otherwise.
+- mirroring (training flips, test-time augmentation): every axis, except the left-right one when two label
+  names differ only by a side word (``kidney_left``/``kidney_right``): a mirror image shows the left organ
+  where the right one belongs, so flipped patches would teach the network that the two are the same class.
 
 Under a time budget (``make_plan(..., time_budget=seconds)``, what ``medzoo train --time-budget`` asks) the
 plan above is priced on this machine (:mod:`medzoo.planning.device`) and, when it would not get the steps
@@ -48,6 +51,7 @@ from medzoo.planning.budgeting import (
     required_steps,
     smallest_structure_mm,
 )
+from medzoo.planning.fingerprint import left_right_axis
 from medzoo.planning.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -67,8 +71,10 @@ BATCH_PIXELS_2D = 12 * 256 * 256
 _PLAN_FIELDS = {
     "model", "in_channels", "num_classes", "spatial_dims", "model_kwargs", "patch_size", "batch_size",
     "target_spacing", "crop_to_nonzero", "normalization", "norm_stats", "labels", "modalities",
-    "label_mapping", "slice_axis", "context_slices", "extra",
+    "label_mapping", "slice_axis", "context_slices", "extra", "mirror_axes",
 }
+#: words that name a side in label names, and the other side
+_SIDES = {"left": "right", "right": "left", "l": "r", "r": "l", "lt": "rt", "rt": "lt"}
 
 
 def _fingerprint_geometry(fingerprint: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -234,6 +240,12 @@ def make_plan(info: DatasetInfo, fingerprint: dict[str, Any] | None = None, *, t
         **overrides.pop("extra", {}),
     }
     norm_stats = overrides.pop("norm_stats", _norm_stats(fingerprint, info.num_channels))
+    labels = dict(overrides.pop("labels", info.labels))
+    if "mirror_axes" in fixed:
+        mirror_axes, reasons["mirroring"] = tuple(overrides.pop("mirror_axes")), "given"
+    else:
+        mirror_axes, reasons["mirroring"] = choose_mirror_axes(
+            labels, lambda: _left_right_axes(info, fingerprint), spatial_dims, slice_axis)
     plan = Plan(
         model=net.model,
         in_channels=in_channels,
@@ -246,16 +258,69 @@ def make_plan(info: DatasetInfo, fingerprint: dict[str, Any] | None = None, *, t
         crop_to_nonzero=bool(crop),
         normalization=list(overrides.pop("normalization", _normalization(info.modalities))),
         norm_stats=norm_stats,
-        labels=dict(overrides.pop("labels", info.labels)),
+        labels=labels,
         modalities=list(overrides.pop("modalities", info.modalities)),
         label_mapping=overrides.pop("label_mapping", info.label_mapping),
         slice_axis=slice_axis,
         context_slices=context,
         extra=extra,
+        mirror_axes=mirror_axes,
     )
     if overrides:  # pragma: no cover - every field is consumed above
         raise ConfigError(f"unused plan settings {sorted(overrides)}")
     return plan
+
+
+def side_pairs(names: Any) -> list[tuple[str, str]]:
+    """Pairs of label names that differ only by a side word: ``kidney_left``/``kidney_right``,
+    ``Left-Putamen``/``Right-Putamen``, ``Kidney_L``/``Kidney_R``, ``right adrenal``/``left adrenal``."""
+    by_key: dict[tuple[str, ...], dict[str, str]] = {}
+    for name in names:
+        words = re.findall(r"[a-z]+|[0-9]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", str(name)).lower())
+        for i, word in enumerate(words):
+            if word in _SIDES:
+                key = (*words[:i], "<side>", *words[i + 1:])
+                by_key.setdefault(key, {})[word] = str(name)
+    pairs = []
+    for sides in by_key.values():
+        for word, name in sides.items():
+            other = sides.get(_SIDES[word])
+            if other is not None and (other, name) not in pairs:
+                pairs.append((name, other))
+    return pairs
+
+
+def choose_mirror_axes(labels: dict[int, str], left_right_axes: Any, spatial_dims: int, slice_axis: int
+                       ) -> tuple[tuple[int, ...] | None, str]:
+    """The axes of the network's input that may be mirrored, and why.
+
+    Args:
+        labels: class index -> name.
+        left_right_axes: a callable returning the volume axes (0-2) that run left-right in the cases (called
+            only when a pair of side names is found).
+        spatial_dims: 3, or 2 for a network on slices along ``slice_axis``.
+    """
+    pairs = side_pairs(name for index, name in sorted(labels.items()) if index != 0)
+    if not pairs:
+        return None, "every axis: no two labels are a left/right pair"
+    volume_axes = list(range(3)) if spatial_dims == 3 else [a for a in range(3) if a != slice_axis]
+    lateral = set(left_right_axes())
+    keep = tuple(i for i, a in enumerate(volume_axes) if a not in lateral)
+    if len(keep) == len(volume_axes):
+        return None, f"every axis: the slices run along the left-right axis, so no flip swaps {pairs[0][0]} and {pairs[0][1]}"
+    named = ", ".join(f"{a}/{b}" for a, b in pairs[:3]) + (" ..." if len(pairs) > 3 else "")
+    return keep, (f"not along the left-right axis (volume axis {', '.join(map(str, sorted(lateral)))}): a mirror "
+                  f"image would swap {named}; every other axis")
+
+
+def _left_right_axes(info: DatasetInfo, fingerprint: dict[str, Any] | None) -> list[int]:
+    """The volume axes that run left-right in the cases: from the fingerprint, else from the first cases' files."""
+    axes = (fingerprint or {}).get("left_right_axes")
+    if not axes:
+        from medzoo.data.loading import read_volume_any
+
+        axes = [left_right_axis(read_volume_any(c.label_path or c.image_paths[0]).affine) for c in info.cases[:3]]
+    return sorted({int(a) for a in axes})
 
 
 @dataclass
@@ -317,8 +382,7 @@ def _check_patch(net: _Net, patch_size: tuple[int, ...]) -> None:
 def _fit_budget(seconds: float, profile: Any, fingerprint: dict[str, Any] | None, full_shapes: np.ndarray,
                 shapes: np.ndarray, spacings: np.ndarray, target: Any, net: _Net, patch: list[int], batch: int,
                 fixed: set[str], reasons: dict[str, str]) -> tuple[Any, _Net, list[int], int, dict | None]:
-    """Give up batch and width until the run gets the steps it needs, then resolution and context, in that
-    order, until it gets at least :data:`KEEP_FRACTION` of them.
+    """Give up batch, width, resolution and context, in that order, until the run gets the steps it needs.
 
     Settings in ``fixed`` (given by the user) are never changed. Writes the reason of every choice into
     ``reasons``; returns (target spacing, network, patch, batch, step price), the step price being the
@@ -358,10 +422,7 @@ def _fit_budget(seconds: float, profile: Any, fingerprint: dict[str, Any] | None
             net = narrow
             reasons["network"] = (f"unet3d with features {NARROW_UNET_FEATURES}: the default width leaves too few "
                                   "steps (half the width learned as well per step on hippocampus)")
-    # resolution and field of view are given up only until the run gets the share of the steps at which a plan
-    # is kept as it is: past it, what a coarser grid or a smaller patch loses outweighs the extra steps
-    enough = KEEP_FRACTION * need
-    max_voxels = net.cost(profile).max_voxels(batch, train_seconds / enough)
+    max_voxels = net.cost(profile).max_voxels(batch, train_seconds / need)
     base = np.median(spacings, axis=0) if target is None else np.asarray(target, float)
     if "patch_size" not in fixed and "target_spacing" not in fixed and math.prod(patch) > max_voxels:
         limit_mm, why_limit = smallest_structure_mm(fingerprint, full_shapes, spacings)
@@ -372,7 +433,7 @@ def _fit_budget(seconds: float, profile: Any, fingerprint: dict[str, Any] | None
             coarse = coarsen(base, ratio, limit_mm / MIN_DIAMETER_VOXELS)
             if np.prod(coarse / base) > 1.05:
                 target = tuple(float(round(t, 4)) for t in coarse)
-                patch, _ = _patch_and_batch(net, shapes, spacings, target)
+                patch = _same_field_of_view(net, patch, base, coarse, shapes, spacings)
                 reasons["spacing"] = (
                     f"{'x'.join(f'{t:.2f}' for t in target)} mm, {np.prod(coarse / base):.1f}x fewer voxels than "
                     f"{'x'.join(f'{t:.2f}' for t in base)} mm: the patch keeps the field of view of the budget-free "
@@ -380,15 +441,14 @@ def _fit_budget(seconds: float, profile: Any, fingerprint: dict[str, Any] | None
                     f"the {why_limit} would span fewer than {MIN_DIAMETER_VOXELS} voxels")
             else:
                 reasons["spacing"] += f"; not coarsened: the {why_limit} allows no coarser spacing"
-    if "patch_size" not in fixed and steps(net, patch, batch) < enough:
-        patch = _shrink_patch(net, patch, net.cost(profile).max_voxels(batch, train_seconds / enough), shapes,
+    if "patch_size" not in fixed and steps(net, patch, batch) < need:
+        patch = _shrink_patch(net, patch, net.cost(profile).max_voxels(batch, train_seconds / need), shapes,
                               spacings, target)
         reasons["patch"] = ("shrunk from the median case (largest axis first, not below "
                             f"{MIN_PATCH_EDGE_3D if net.spatial_dims == 3 else MIN_PATCH_EDGE_2D} voxels or the case) "
                             "until a step fits the budget")
     got = steps(net, patch, batch)
-    short = ("" if got >= need else f"; at least {KEEP_FRACTION:.0%} of them, close enough" if got >= enough
-             else "; fewer than needed: the budget is too short for this data")
+    short = "" if got >= need else "; fewer than needed: the budget is too short for this data"
     reasons["budget"] = f"{budget_words}: about {got:.0f} steps expected ({why_need}){short}"
     return target, net, patch, batch, _price(net, profile, patch, batch)
 
@@ -398,6 +458,16 @@ def _price(net: _Net, profile: Any, patch: list[int], batch: int) -> dict[str, A
 
     key = network_key(net.model, net.spatial_dims, net.kwargs, net.in_channels, net.num_classes)
     return {"network": key, "step_seconds": float(net.cost(profile).seconds(batch, tuple(patch)))}
+
+
+def _same_field_of_view(net: _Net, patch: list[int], base: np.ndarray, coarse: np.ndarray, shapes: np.ndarray,
+                        spacings: np.ndarray) -> list[int]:
+    """The patch at the ``coarse`` spacing that spans what ``patch`` spans at ``base``: the median case at the new
+    spacing is larger than a patch capped at the budget-free maximum, so re-fitting to it would widen the view
+    instead of saving voxels."""
+    axes = [a for a in range(3) if net.spatial_dims == 3 or a != net.slice_axis]
+    refit, _ = _patch_and_batch(net, shapes, spacings, tuple(coarse))
+    return [min(r, _fit(p * base[a] / coarse[a], net.divisor, net.min_size, r)) for r, p, a in zip(refit, patch, axes)]
 
 
 def _shrink_patch(net: _Net, patch: list[int], max_voxels: float, shapes: np.ndarray, spacings: np.ndarray,

@@ -577,8 +577,11 @@ class Augmentation:
         return self.transforms(image, label, generator)
 
 
-def build_augmentation(name: str | Augmentation | None, patch_size: tuple[int, ...]) -> Augmentation:
+def build_augmentation(name: str | Augmentation | None, patch_size: tuple[int, ...],
+                       flip_axes: tuple[int, ...] | None = None) -> Augmentation:
     """A named augmentation pipeline for ``patch_size`` (2 or 3 entries).
+
+    ``flip_axes`` limits flips (and the rot90 planes of ``strong``) to those axes of the patch; None: every axis.
 
     - ``default``: nnU-Net-like — rotation (p 0.2, +-30 deg) + scaling (p 0.2, 0.7-1.4) and flips on every
       axis (p 0.5, folded into the warp), Gaussian noise, blur, brightness, contrast, low resolution, gamma.
@@ -589,19 +592,19 @@ def build_augmentation(name: str | Augmentation | None, patch_size: tuple[int, .
     if isinstance(name, Augmentation):
         return name
     nd = len(patch_size)
-    axes = tuple(range(nd))
+    axes = tuple(range(nd)) if flip_axes is None else tuple(int(a) for a in flip_axes)
     if name in (None, "none"):
         return Augmentation(None, Compose([]), tuple(patch_size))
     if name == "standard":
         return Augmentation(
-            SpatialAugment(patch_size, p_rotation=0.2, p_scale=0.2, p_flip=0.5),
+            SpatialAugment(patch_size, p_rotation=0.2, p_scale=0.2, p_flip=0.5, flip_axes=axes),
             Compose([RandomGamma(p=0.3), RandomNoise(p=0.1)]),
             tuple(patch_size),
         )
     if name in ("default", "strong"):
         strong = name == "strong"
         spatial = SpatialAugment(patch_size, p_rotation=0.2, p_scale=0.2, p_elastic=0.2 if strong else 0.0,
-                                 p_flip=0.5)
+                                 p_flip=0.5, flip_axes=axes)
         ts = [RandomNoise(p=0.1), RandomBlur(p=0.2), RandomBrightness(p=0.15), RandomContrast(p=0.15),
               RandomLowRes(p=0.25), RandomGamma(p=0.1, p_invert=1.0), RandomGamma(p=0.3)]
         if strong:
