@@ -2,7 +2,7 @@
 # Install medzoo with every dependency pinned by constraints.txt.
 #   bash install.sh            # runtime only
 #   bash install.sh test       # + test extras (pytest, MONAI as an oracle, ruff)
-#   bash install.sh test,bench # + benchmark peers (TorchIO, dynamic-network-architectures)
+#   bash install.sh test,bench # + benchmark peers (TorchIO, dynamic-network-architectures, nnU-Net v2)
 #   bash install.sh test,docs  # + the documentation site's tools (MkDocs, Material, mkdocstrings)
 # torch is installed first, alone, so that no other package can make pip pick another build.
 # GPU users: set MEDZOO_TORCH to the torch requirement to use instead of the CPU pin, e.g.

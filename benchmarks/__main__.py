@@ -2,7 +2,7 @@
 
 Default set: training_step, models, sliding_window, backends, data_pipeline, profile, layouts, kernels, gpu
 (skipped without CUDA). ``--full`` adds the long ones
-(time_to_dice, model_table); ``--only`` picks any. Each module follows the convention in
+(time_to_dice, model_table, vs_nnunet); ``--only`` picks any. Each module follows the convention in
 ``benchmarks/common.py`` (``main(argv) -> dict``, prints its table, writes ``benchmarks/results/<name>.json``).
 Afterwards the markdown tables are collected into ``benchmarks/results/summary.md`` (paste into docs/benchmarks.md;
 regenerate with the same command). A module that is missing or fails is reported and the others still run.
@@ -20,7 +20,7 @@ from benchmarks.common import RESULTS_DIR
 DEFAULT = (
     "training_step", "models", "sliding_window", "backends", "data_pipeline", "profile", "layouts", "kernels", "gpu",
 )
-LONG = ("time_to_dice", "model_table")
+LONG = ("time_to_dice", "model_table", "vs_nnunet")
 
 
 def main(argv: list[str] | None = None) -> dict:
