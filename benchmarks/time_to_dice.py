@@ -21,6 +21,7 @@ Run: ``python -m benchmarks.time_to_dice --dataset ct --budget 10m`` (``--budget
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 import time
@@ -160,6 +161,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--memory-format", default="auto", choices=["auto", "channels_last", "contiguous"],
                         help="the trainer's memory_format (A/B against the default)")
     parser.add_argument("--no-predict", action="store_true", help="skip the held-out prediction on original grids")
+    parser.add_argument("--set", type=key_value, action="append", default=[], metavar="KEY=VALUE",
+                        help="a TrainConfig field (patch_size=[56,56,48], batch_size=2, model_kwargs={...}) or "
+                             "a plan setting (mirror_axes=[0,1,2]) for a controlled comparison (repeatable)")
     args = parser.parse_args(argv)
     threads = apply_threads(args.threads)
     runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="medzoo_ttd_"))
@@ -175,6 +179,11 @@ def main(argv: list[str] | None = None) -> dict:
     from medzoo.engine.config import TrainConfig
     from medzoo.engine.trainer import train
 
+    config_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    settings = dict(args.set)
+    config_settings = {k: v for k, v in settings.items() if k in config_fields}
+    plan_settings = {k: v for k, v in settings.items() if k not in config_fields}
+
     budgets = ["20s"] if args.quick else (args.budget or args.budgets).split(",")
     rows: list[dict[str, Any]] = []
     tag = Path(args.dataset).name.replace(" ", "_")
@@ -184,11 +193,12 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             res = train(TrainConfig(data=str(data), out=str(out), time_budget=budget, progress=False, layout=layout,
                                     layout_options=options, memory_format=args.memory_format,
-                                    plan_for_budget=args.plan_for_budget))
+                                    plan_for_budget=args.plan_for_budget, plan_overrides=plan_settings,
+                                    **config_settings))
         except Exception as err:  # noqa: BLE001 - report, do not crash the suite
             rows.append({"dataset": args.dataset, "budget": budget, "skipped": f"{type(err).__name__}: {err}"[:300]})
             continue
-        row = {"dataset": args.dataset, "budget": budget, "wall_s": time.perf_counter() - start, **_plan_columns(out),
+        row = {"dataset": args.dataset, "budget": budget, **({"settings": settings} if settings else {}), "wall_s": time.perf_counter() - start, **_plan_columns(out),
                "steps": res.steps, "epochs": res.epochs, "val_dice_mean": res.final_metrics.get("val_dice_mean"),
                "best_metric": res.best_metric, "data_wait_pct_median": _median_data_wait_pct(out / "metrics.csv"),
                "run_dir": str(res.run_dir)}

@@ -16,3 +16,25 @@ def test_a_region_prediction_is_scored_on_the_values_each_region_unites():
     assert scores == pytest.approx([10 / 12, 6 / 7, 2 / 3])
     assert group_dice(pred, ref, [[3]]) == [0.0]     # a region run never paints class 3 on its own
     assert group_dice(np.zeros(4), np.zeros(4), [[1]]) == [1.0]
+
+
+def test_set_passes_config_fields_and_plan_settings(tmp_path, monkeypatch):
+    from benchmarks import time_to_dice
+
+    from medzoo.engine import trainer
+
+    seen = []
+
+    def fake_train(config):
+        seen.append(config)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    (tmp_path / "data").mkdir()
+    out = time_to_dice.main(["--dataset", str(tmp_path / "data"), "--budget", "1m", "--runs-dir", str(tmp_path / "runs"),
+                             "--out", str(tmp_path / "res"), "--set", "patch_size=[56,56,48]", "--set", "batch_size=2",
+                             "--set", "mirror_axes=[0,1,2]"])
+    (config,) = seen
+    assert list(config.patch_size) == [56, 56, 48] and config.batch_size == 2
+    assert config.plan_overrides == {"mirror_axes": [0, 1, 2]}
+    assert out["rows"][0]["skipped"].startswith("RuntimeError: stop here")
