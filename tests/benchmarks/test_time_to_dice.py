@@ -20,7 +20,6 @@ def test_a_region_prediction_is_scored_on_the_values_each_region_unites():
 
 def test_set_passes_config_fields_and_plan_settings(tmp_path, monkeypatch):
     from benchmarks import time_to_dice
-
     from medzoo.engine import trainer
 
     seen = []
