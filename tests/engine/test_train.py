@@ -194,6 +194,36 @@ def test_time_budget_stops_within_budget(phantom, cache, tmp_path, monkeypatch):
     assert load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")["step"] == result.steps
 
 
+def test_the_last_validation_before_the_budget_ends_is_the_mirrored_final_one(phantom, cache, tmp_path, monkeypatch):
+    # One step per epoch and a plain validation due after every epoch: the budget always runs out at an epoch's
+    # end, right after a plain validation. The time reserved for the final validation with mirroring must be
+    # spent on it, not left over.
+    import medzoo.engine.budget as budget_module
+    import medzoo.engine.segment as segment
+    import medzoo.engine.trainer as trainer
+
+    clock = FakeClock().install(monkeypatch, trainer, budget_module)
+    real_step, real_validate = trainer.Trainer.optimizer_step, segment.validate
+    mirrored = []
+
+    def step(*args):
+        clock.advance(1.0)
+        return real_step(*args)
+
+    def validate(*args, **kwargs):
+        mirrored.append(bool(kwargs.get("mirror_axes")))
+        clock.advance(2.0 * (8 if mirrored[-1] else 1))
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.Trainer, "optimizer_step", step)
+    monkeypatch.setattr(segment, "validate", validate)
+    result = train(_config(phantom, tmp_path / "m", cache, epochs=None, time_budget="100s", iterations_per_epoch=1,
+                           val_time_fraction=None, log_images=False, plan_for_budget=False))
+    assert result.stop_reason == "time_budget" and result.seconds <= 100
+    assert mirrored[-1] and mirrored.count(True) == 1  # the last validation, and only it, mirrored
+    assert result.seconds > 100 - 16  # what was left is less than the mirrored validation took
+
+
 def test_2d_network_on_3d_cases(phantom, cache, tmp_path):
     result = train(_config(phantom, tmp_path / "r2d", cache, model="unet2d", model_kwargs={"features": [4, 8]},
                            patch_size=(16, 16), context_slices=1, batch_size=4))

@@ -239,6 +239,10 @@ class Trainer:
                     self.stop_reason = "time_budget"
                     break
                 logs = self.train_epoch(epoch)
+                if self.stop_reason != "time_budget" and stop_now(self.budget, self.dist, self.device):
+                    # no time for another step: this epoch's validation is the final one, in the time reserved
+                    # for it (else a plain validation due now would leave that reserve unused)
+                    self.stop_reason = "time_budget"
                 last_epoch = self.state.epoch == self.config.max_epochs or self.stop_reason == "time_budget"
                 logs.update(self.validate_if_due(last_epoch))
                 logs["seconds"] = self.state.elapsed = self.budget.elapsed()
