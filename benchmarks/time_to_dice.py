@@ -5,7 +5,8 @@ Each budget is one fresh run with the trainer's defaults (the planner fits the p
 figures: the trainer's final validation (on its validation split, on the preprocessed grid) and, from the best
 checkpoint, a prediction of the same held-out cases on their own grids scored against their labels (what a user
 gets; also says whether any prediction came out empty). Each row gives the plan (network, spatial dims,
-spacing, patch, batch) and the median share of training time the steps waited for the loader.
+spacing, patch, batch), the step price the plan was made with against the median step the run measured, and
+the median share of training time the steps waited for the loader.
 
 ``--dataset``: ``hippocampus`` (default; ``$MEDZOO_HIPPOCAMPUS_DIR`` or ``../shared/data/Task04_Hippocampus``),
 ``brats2013`` (``$MEDZOO_BRATS2013_DIR`` or ``../shared/data/BraTS2013_deepmedic``, through the ``folder`` layout, FLAIR + T1c, labels 0-4;
@@ -91,6 +92,23 @@ def _median_data_wait_pct(metrics_csv: Path) -> float:
     return 100.0 * statistics.median(waits) if waits else float("nan")
 
 
+def _median_step_s(run_dir: Path) -> float:
+    """Median seconds per training step over the run's epochs that did not validate (metrics.csv's elapsed
+    seconds between epochs, over ``iterations_per_epoch``): what the plan's step price is checked against."""
+    import csv
+    import json
+    import statistics
+
+    metrics, config = run_dir / "metrics.csv", run_dir / "config.json"
+    if not metrics.is_file() or not config.is_file():
+        return float("nan")
+    iterations = json.loads(config.read_text()).get("iterations_per_epoch") or 1
+    with metrics.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    gaps = [float(b["seconds"]) - float(a["seconds"]) for a, b in zip(rows, rows[1:]) if not b.get("val_dice_mean")]
+    return statistics.median(gaps) / iterations if gaps else float("nan")
+
+
 def group_dice(pred: Any, ref: Any, groups: list[list[int]]) -> list[float]:
     """Dice of each group of label values (a class: one value; a region: the values it unites) between two
     label maps; 1.0 where both lack the group."""
@@ -139,6 +157,7 @@ def _plan_columns(run_dir: Path) -> dict[str, Any]:
     spacing = "native" if plan.target_spacing is None else "x".join(f"{s:.2f}" for s in plan.target_spacing)
     return {"network": f"{plan.model} {plan.model_kwargs.get('features', '')}".strip(), "dims": plan.spatial_dims,
             "spacing": spacing, "patch": "x".join(map(str, plan.patch_size)), "batch": plan.batch_size,
+            "price_s": (plan.extra.get("step_price") or {}).get("step_seconds"),
             "reasons": plan.extra.get("reasons", {})}
 
 
@@ -201,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
         row = {"dataset": args.dataset, "budget": budget, **({"settings": settings} if settings else {}), "wall_s": time.perf_counter() - start, **_plan_columns(out),
                "steps": res.steps, "epochs": res.epochs, "val_dice_mean": res.final_metrics.get("val_dice_mean"),
                "best_metric": res.best_metric, "data_wait_pct_median": _median_data_wait_pct(out / "metrics.csv"),
-               "run_dir": str(res.run_dir)}
+               "step_s": _median_step_s(out), "run_dir": str(res.run_dir)}
         row.update({f"final_{k}": v for k, v in res.final_metrics.items() if isinstance(v, (int, float))})
         if not args.no_predict:
             try:
@@ -209,7 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
             except Exception as err:  # noqa: BLE001 - report
                 row["heldout_error"] = f"{type(err).__name__}: {err}"[:300]
         rows.append(row)
-    cols = ["dataset", "budget", "network", "dims", "spacing", "patch", "batch", "steps", "val_dice_mean",
+    cols = ["dataset", "budget", "network", "dims", "spacing", "patch", "batch", "price_s", "step_s", "steps",
+            "val_dice_mean",
             "heldout_dice_mean", "heldout_empty", "wall_s", "data_wait_pct_median", "skipped"]
     print(f"== {NAME}: Dice after a time budget, {threads} threads, data {data}")
     print(format_table(rows, cols))

@@ -28,6 +28,10 @@ class FakeProfile(DeviceProfile):
         narrow = model_kwargs.get("features", [16])[0] < 16
         return StepCost(0.02, PER_VOXEL * (0.35 if narrow else 1.0) * (0.5 if spatial_dims == 2 else 1.0))
 
+    def confirm(self, model, spatial_dims, model_kwargs, in_channels, num_classes, batch, patch) -> float:
+        """The chosen plan's step takes what the formula says (no timing, no second round)."""
+        return self.cost(model, spatial_dims, model_kwargs, in_channels, num_classes).seconds(batch, patch)
+
 
 class NoProbe(DeviceProfile):
     def __init__(self) -> None:
@@ -175,3 +179,49 @@ def test_a_coarser_spacing_never_widens_the_field_of_view():
     for p, s, p0, s0 in zip(plan.patch_size, plan.target_spacing, free.patch_size, (0.75, 0.75, 3.0)):
         assert p * s <= p0 * s0 + 1e-6
     assert _expected_steps(plan) >= required_steps(3, plan.batch_size)[0]
+
+
+def test_a_plan_whose_timed_step_is_off_its_price_is_made_again(monkeypatch):
+    # the probe's line prices a step at half what it takes: the plan made on it would get half its steps; the
+    # planner times the chosen step, adds it to the curve and plans again, cheaper
+    from medzoo.planning import device
+
+    line = StepCost(0.02, PER_VOXEL * 0.35)
+    timed = []
+
+    def measure_step(model, spatial_dims, model_kwargs, in_channels, num_classes, batch, patch, device="cpu"):
+        timed.append(batch * math.prod(patch))
+        return 2 * line.seconds(batch, patch)
+
+    monkeypatch.setattr(device, "measure_step_cost", lambda *a, **k: line)
+    monkeypatch.setattr(device, "measure_step", measure_step)
+    profile = DeviceProfile({"device": "cpu"}, {})
+    info = _info(BRATS_LABELS, ("flair", "t1c"))
+    plan = make_plan(info, BRATS, time_budget=600, device_profile=profile)
+    naive = make_plan(info, BRATS, time_budget=600, device_profile=FakeProfile())
+    assert len(timed) >= 2 and timed[-1] < timed[0]  # timed, re-planned smaller, timed again
+    price = plan.extra["step_price"]["step_seconds"]
+    assert price == pytest.approx(2 * line.seconds(plan.batch_size, plan.patch_size))
+    steps = TRAIN_FRACTION * 600 / price
+    need, _ = required_steps(plan.num_classes - 1, plan.batch_size)
+    assert steps >= 0.8 * need  # what the naive plan would have got: about half
+    assert TRAIN_FRACTION * 600 / (2 * line.seconds(naive.batch_size, naive.patch_size)) < 0.7 * need
+    reason = plan.extra["reasons"]["budget"]
+    assert "a step of this plan timed" in reason and "first priced at" in reason
+    key = plan.extra["step_price"]["network"]
+    assert (float(timed[-1]), pytest.approx(price)) in profile.networks[key].points
+
+
+def test_a_plan_whose_step_takes_its_price_is_timed_once(monkeypatch):
+    from medzoo.planning import device
+
+    line = StepCost(0.02, PER_VOXEL * 0.35)
+    timed = []
+    monkeypatch.setattr(device, "measure_step_cost", lambda *a, **k: line)
+    monkeypatch.setattr(device, "measure_step",
+                        lambda *a, **k: timed.append(a) or 1.1 * line.seconds(a[5], a[6]))
+    plan = make_plan(_info(BRATS_LABELS, ("flair", "t1c")), BRATS, time_budget=600,
+                     device_profile=DeviceProfile({"device": "cpu"}, {}))
+    assert len(timed) == 1
+    assert plan.extra["step_price"]["step_seconds"] == pytest.approx(1.1 * line.seconds(plan.batch_size,
+                                                                                          plan.patch_size))

@@ -1,4 +1,5 @@
-"""The step-time probe: a line through two measured steps, cached per machine, validated on read."""
+"""The step-time probe: a curve through timed steps (a line beyond them), cached per machine, validated on read;
+the planner's timed step of its plan adds a point."""
 
 from __future__ import annotations
 
@@ -14,8 +15,69 @@ from medzoo.planning.device import DeviceProfile, StepCost, device_profile, meas
 def test_measured_cost_grows_with_voxels():
     cost = measure_step_cost("unet3d", 3, {"features": [4, 8]}, 1, 2)
     assert cost.per_voxel > 0 and cost.overhead >= 0
-    assert cost.seconds(2, (48, 48, 32)) > cost.seconds(1, (32, 32, 32))
-    assert cost.max_voxels(1, cost.seconds(1, (32, 32, 32))) == pytest.approx(32**3, rel=1e-6)
+    assert [v for v, _ in cost.points] == [2 * 16**3, 2 * 32**3, 2 * 64 * 64 * 32]  # tiny, the two probe sizes
+    assert cost.seconds(2, (48, 48, 32)) >= cost.seconds(2, (32, 32, 32))
+    assert cost.seconds(2, (96, 96, 64)) > cost.seconds(2, (64, 64, 32))  # beyond the points: the line
+    assert cost.max_voxels(2, cost.seconds(2, (32, 32, 32))) >= 32**3 * (1 - 1e-6)
+
+
+def test_one_step_of_a_given_size_is_timed():
+    seconds = device.measure_step("unet3d", 3, {"features": [4, 8]}, 1, 2, 2, (32, 32, 16))
+    assert 0 < seconds < 10
+
+
+# a price curve shaped like a probe's: a tiny step, then one eight and one sixty-four times larger
+CURVE = StepCost(0.04, 0.66e-6, ((4096.0, 0.04), (32768.0, 0.22), (262144.0, 0.35)))
+
+
+def test_a_step_is_priced_between_the_timed_steps_and_on_the_line_beyond():
+    assert CURVE.at(32768) == pytest.approx(0.22)
+    assert CURVE.at((32768 + 262144) / 2) == pytest.approx((0.22 + 0.35) / 2)
+    line = lambda v: 0.04 + 0.66e-6 * v  # noqa: E731
+    # beyond the points: the line scaled through the nearest one
+    assert CURVE.at(362144) == pytest.approx(0.35 * line(362144) / line(262144))
+    assert CURVE.at(1000) == pytest.approx(0.04 * line(1000) / line(4096))
+    sizes = [1000 * 1.3**i for i in range(30)]
+    times = [CURVE.at(v) for v in sizes]
+    assert times == sorted(times)
+    for v in sizes[6:]:  # the inverse: the most voxels a step may see in a time
+        assert CURVE.voxels_within(CURVE.at(v)) == pytest.approx(v, rel=1e-9)
+    assert CURVE.max_voxels(2, 0.35) == pytest.approx(131072)
+
+
+def test_a_noisy_point_never_makes_a_larger_step_cheaper():
+    noisy = StepCost(0.04, 1e-6, ((32768.0, 0.30), (65536.0, 0.25), (262144.0, 0.40)))
+    assert noisy.curve() == [(32768.0, 0.30), (65536.0, 0.30), (262144.0, 0.40)]
+    assert noisy.at(50000) == pytest.approx(0.30)
+
+
+def test_a_timed_step_replaces_the_points_near_it():
+    cost = CURVE.with_point(300000, 0.42)
+    assert cost.points == ((4096.0, 0.04), (32768.0, 0.22), (300000.0, 0.42))  # 262144 is within a quarter
+    assert cost.with_point(600000, 0.8).at(600000) == pytest.approx(0.8)
+    assert CURVE.scaled(2).at(32768) == pytest.approx(0.44)
+
+
+def test_points_are_cached_and_bad_ones_discard_the_file(tmp_path, fake_probe, caplog):
+    profile = device_profile(cache_dir=tmp_path)
+    key = device.network_key("unet3d", 3, {})
+    profile.networks[key] = CURVE
+    device.save_profile(profile, profile.path)
+    assert device_profile(cache_dir=tmp_path).networks[key] == CURVE
+    data = json.loads(profile.path.read_text())
+    data["networks"][key]["points"] = [[32768, -1.0]]
+    profile.path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="medzoo.planning.device"):
+        assert device_profile(cache_dir=tmp_path).networks == {}
+    assert "discarding the cached step-time probe" in caplog.text
+
+
+def test_confirming_a_plan_times_its_step_and_keeps_it(tmp_path, fake_probe, monkeypatch):
+    monkeypatch.setattr(device, "measure_step", lambda *a, **k: 0.5)
+    profile = device_profile(cache_dir=tmp_path)
+    assert profile.confirm("unet3d", 3, {}, 1, 2, 2, (64, 64, 32)) == 0.5
+    cost = device_profile(cache_dir=tmp_path).cost("unet3d", 3, {}, 1, 2)
+    assert cost.seconds(2, (64, 64, 32)) == pytest.approx(0.5)
 
 
 def test_a_2d_network_with_four_poolings_is_probed():

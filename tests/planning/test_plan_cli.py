@@ -13,6 +13,7 @@ def test_plan_prints_choices_and_reasons(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(device, "measure_step_cost", lambda *a, **k: StepCost(0.01, 1e-5))
+    monkeypatch.setattr(device, "measure_step", lambda *a, **k: StepCost(0.01, 1e-5).seconds(a[5], a[6]))
     data = make_phantom_dataset(tmp_path / "ph", cases=2, seed=0, shape=(24, 28, 20))
     out = tmp_path / "plan.json"
     assert main(["plan", str(data), "--time-budget", "10m", "--out", str(out)]) == 0

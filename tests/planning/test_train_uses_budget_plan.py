@@ -19,6 +19,8 @@ def test_time_budget_run_records_a_budget_plan(tmp_path, monkeypatch):
         return StepCost(0.05, 2e-5 if model_kwargs["features"][0] == 16 else 0.7e-5)
 
     monkeypatch.setattr(device, "measure_step_cost", measure)
+    monkeypatch.setattr(device, "measure_step", lambda model, dims, kwargs, c_in, classes, batch, patch, *a:
+                        measure(model, dims, kwargs).seconds(batch, patch))
     data = make_phantom_dataset(tmp_path / "ph", cases=3, seed=0, shape=(24, 28, 20))
     common = dict(data=str(data), device="cpu", num_workers=0, progress=False, log_images=False,
                   iterations_per_epoch=1)

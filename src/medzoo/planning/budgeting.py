@@ -42,6 +42,10 @@ MIN_PATCH_EDGE_2D = 64
 ANISOTROPY_2D = 3.0
 #: ... with fewer slices than this (a 3D patch would span few slices, pooled with in-plane kernels)
 FEW_SLICES = 32
+#: the planner times a step of the plan it chose; one this many times off its price (either way) plans again on
+#: the corrected prices, at most this many rounds (a step's time is not linear in its voxels on a CPU)
+PRICE_TOLERANCE = 1.2
+PRICE_ROUNDS = 3
 #: the narrower U-Net tried when the default one cannot take enough steps even at the smallest patch
 NARROW_UNET_FEATURES = [8, 16, 32, 64]
 

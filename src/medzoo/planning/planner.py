@@ -45,6 +45,8 @@ from medzoo.planning.budgeting import (
     MIN_PATCH_EDGE_2D,
     MIN_PATCH_EDGE_3D,
     NARROW_UNET_FEATURES,
+    PRICE_ROUNDS,
+    PRICE_TOLERANCE,
     TRAIN_FRACTION,
     choose_dims,
     coarsen,
@@ -382,12 +384,12 @@ def _check_patch(net: _Net, patch_size: tuple[int, ...]) -> None:
 def _fit_budget(seconds: float, profile: Any, fingerprint: dict[str, Any] | None, full_shapes: np.ndarray,
                 shapes: np.ndarray, spacings: np.ndarray, target: Any, net: _Net, patch: list[int], batch: int,
                 fixed: set[str], reasons: dict[str, str]) -> tuple[Any, _Net, list[int], int, dict | None]:
-    """Give up batch, width, resolution and context, in that order, until the run gets the steps it needs.
+    """The budget plan (:func:`_trade_for_budget`), checked against a timed step of itself.
 
-    Settings in ``fixed`` (given by the user) are never changed. Writes the reason of every choice into
-    ``reasons``; returns (target spacing, network, patch, batch, step price), the step price being the
-    probed network's key and the seconds it expects a step of the plan to take (None when nothing was priced);
-    the trainer compares it with the steps it measures (:func:`medzoo.planning.device.correct_step_price`).
+    The probe prices every candidate; the chosen plan's step is then timed and added to the network's price
+    curve, and a step more than :data:`PRICE_TOLERANCE` times off its price plans again on the corrected curve
+    (at most :data:`PRICE_ROUNDS` times). Returns what :func:`_trade_for_budget` returns, the price being the
+    timed step.
     """
     width_free = not {"model", "model_kwargs"} & fixed and net.model == "unet3d"
     if {"patch_size", "batch_size"} <= fixed and not width_free:
@@ -397,6 +399,36 @@ def _fit_budget(seconds: float, profile: Any, fingerprint: dict[str, Any] | None
         from medzoo.planning.device import device_profile
 
         profile = device_profile()
+    first_price = None
+    for _ in range(PRICE_ROUNDS):
+        trial = dict(reasons)
+        choice = _trade_for_budget(seconds, profile, fingerprint, full_shapes, shapes, spacings, target, net, patch,
+                                   batch, fixed, trial)
+        _, chosen, chosen_patch, chosen_batch, price = choice
+        first_price = first_price or price["step_seconds"]
+        timed = profile.confirm(chosen.model, chosen.spatial_dims, chosen.kwargs, chosen.in_channels,
+                                chosen.num_classes, chosen_batch, tuple(chosen_patch))
+        if 1 / PRICE_TOLERANCE <= timed / price["step_seconds"] <= PRICE_TOLERANCE:
+            break
+    first = f", first priced at {first_price:.2f} s" if abs(first_price - timed) > 0.005 else ""
+    trial["budget"] += (f"; a step of this plan timed {timed:.2f} s{first}: about "
+                        f"{TRAIN_FRACTION * seconds / timed:.0f} steps")
+    reasons.clear()
+    reasons.update(trial)
+    return (*choice[:4], {**price, "step_seconds": float(timed)})
+
+
+def _trade_for_budget(seconds: float, profile: Any, fingerprint: dict[str, Any] | None, full_shapes: np.ndarray,
+                      shapes: np.ndarray, spacings: np.ndarray, target: Any, net: _Net, patch: list[int], batch: int,
+                      fixed: set[str], reasons: dict[str, str]) -> tuple[Any, _Net, list[int], int, dict]:
+    """Give up batch, width, resolution and context, in that order, until the run gets the steps it needs.
+
+    Settings in ``fixed`` (given by the user) are never changed. Writes the reason of every choice into
+    ``reasons``; returns (target spacing, network, patch, batch, step price), the step price being the
+    probed network's key and the seconds it expects a step of the plan to take; the trainer compares it with
+    the steps it measures (:func:`medzoo.planning.device.correct_step_price`).
+    """
+    width_free = not {"model", "model_kwargs"} & fixed and net.model == "unet3d"
     train_seconds = TRAIN_FRACTION * seconds
     n_fg = max(net.num_classes - 1, 1)
 
