@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 PROBE_VERSION = 3  # 3: points at batch 2 (2: a line, with the trainer's malloc tuning; 1: without it)
 #: the two probe inputs (batch, patch): small enough to cost about a second in all on 2 CPU cores; batch 2 as
-#: every plan has (a batch of one 32^3 patch took twice as long as a batch of two on a 2-core CPU)
+#: every plan has (on a CPU a batch of one can take longer than a batch of two: docs/benchmarks.md)
 PROBE_SIZES = ((2, (32, 32, 32)), (2, (64, 64, 32)))
 PROBE_SIZES_2D = ((2, (64, 64)), (8, (128, 128)))
 
